@@ -1,0 +1,1 @@
+"""ROS 2 adapters: nodes and message conversions (msg -> numpy -> core -> result -> msg)."""

@@ -1,0 +1,151 @@
+"""Write a miniature, randomly initialised SAM3 checkpoint folder for tests and the demo.
+
+The folder holds what a real checkpoint folder (e.g. a download of `facebook/sam3`) holds: a
+`config.json`, `model.safetensors`, a real (tiny, byte-level) CLIP tokenizer and the processor
+configuration. It loads through exactly the code path a real checkpoint uses
+(`from_pretrained(folder)`), so the package's real model code runs in tests and in the demo.
+Its weights are random: its masks and scores mean nothing.
+
+    python -m sam3_ros.tools.make_tiny_checkpoint OUTPUT_DIR [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+TINY_IMAGE_SIZE_PX = 112
+"""Model input size of the tiny checkpoint (the real SAM3 uses 1008)."""
+
+_VOCAB_WORDS = (
+    "mug bottle person cup chair table dog cat robot gripper box ball car red blue green a the of"
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level mapping: every byte gets a printable unicode character.
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+def _tokenizer_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab_tokens: list[str] = byte_chars + [c + "</w>" for c in byte_chars]
+    merges: list[str] = []
+    # A few real merges so that common prompt words become single tokens.
+    for word in _VOCAB_WORDS.split():
+        token = word[0]
+        for i, ch in enumerate(word[1:], start=1):
+            last = i == len(word) - 1
+            right = ch + "</w>" if last else ch
+            merges.append(f"{token} {right}")
+            token = token + right
+            if token not in vocab_tokens:
+                vocab_tokens.append(token)
+    vocab_tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_tokens))}
+    return vocab, [tuple(m.split(" ")) for m in dict.fromkeys(merges)]
+
+
+def tiny_sam3_config(bos_token_id: int, eos_token_id: int):
+    """A `Sam3Config` with 32-wide layers and 112 px input (the real model's structure)."""
+    from transformers import Sam3Config
+
+    feature_sizes = [[TINY_IMAGE_SIZE_PX // 14 * 4] * 2, [TINY_IMAGE_SIZE_PX // 14 * 2] * 2,
+                     [TINY_IMAGE_SIZE_PX // 14] * 2]
+    vision_config = {
+        "model_type": "sam3_vision_model",
+        "backbone_config": {
+            "model_type": "sam3_vit_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": TINY_IMAGE_SIZE_PX,
+            "patch_size": 14,
+            "window_size": 4,
+            "global_attn_indexes": [1],
+            "pretrain_image_size": TINY_IMAGE_SIZE_PX,
+        },
+        "fpn_hidden_size": 32,
+        "backbone_feature_sizes": feature_sizes,
+    }
+    text_config = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "projection_dim": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 32,
+        "vocab_size": 1024,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": eos_token_id,
+    }
+    return Sam3Config(
+        vision_config=vision_config,
+        text_config=text_config,
+        geometry_encoder_config={"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2,
+                                 "intermediate_size": 64},
+        detr_encoder_config={"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2,
+                             "intermediate_size": 64},
+        detr_decoder_config={"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2,
+                             "intermediate_size": 64, "num_queries": 20},
+        mask_decoder_config={"hidden_size": 32, "num_upsampling_stages": 3,
+                             "num_attention_heads": 2},
+    )
+
+
+def make_tiny_checkpoint(output_dir: str | Path, seed: int = 0) -> Path:
+    """Create (or overwrite) a tiny SAM3 checkpoint folder.
+
+    Args:
+        output_dir: Folder to write; created if missing.
+        seed: Seed of the random initialisation (same seed, same weights).
+
+    Returns:
+        The folder, ready for `Sam3Model.from_pretrained` / `Sam3Processor.from_pretrained`.
+    """
+    import torch
+    from transformers import CLIPTokenizer, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _tokenizer_vocab_and_merges()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=32)
+    torch.manual_seed(seed)
+    config = tiny_sam3_config(vocab["<|startoftext|>"], vocab["<|endoftext|>"])
+    model = Sam3Model(config).eval()
+    model.save_pretrained(folder)
+    image_processor = Sam3ImageProcessor(
+        size={"height": TINY_IMAGE_SIZE_PX, "width": TINY_IMAGE_SIZE_PX},
+        mask_size={"height": TINY_IMAGE_SIZE_PX // 4, "width": TINY_IMAGE_SIZE_PX // 4},
+    )
+    processor = Sam3Processor(image_processor=image_processor, tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    folder = make_tiny_checkpoint(args.output_dir, seed=args.seed)
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

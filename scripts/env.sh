@@ -1,0 +1,11 @@
+# Source this file: sets up (idempotently) and enters the sam3_ros environment.
+#   source scripts/env.sh
+_sam3_ros_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$_sam3_ros_repo/scripts/setup.sh" || return 1
+repo="$_sam3_ros_repo"
+venv="${SAM3_ROS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sam3_ros/venv}"
+source "$repo/scripts/_ros_env.sh"
+# colcon's generated setup adds install/ to PYTHONPATH, AMENT_PREFIX_PATH and the library path.
+# shellcheck disable=SC1091
+source "$repo/install/local_setup.bash"
+unset _sam3_ros_repo

@@ -1,0 +1,25 @@
+"""pip metadata: `pip install -e .` gives the pure core and the command-line tools without ROS.
+
+In a ROS workspace the package is built by colcon through CMakeLists.txt (ament_cmake), which
+also generates the msg/srv interfaces.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sam3_ros",
+    version="0.1.0",
+    packages=find_packages(include=["sam3_ros", "sam3_ros.*"]),
+    python_requires=">=3.10",
+    install_requires=["numpy", "opencv-python-headless", "torch", "torchvision",
+                      "transformers>=5.0,<6", "safetensors"],
+    extras_require={"quant": ["torchao"], "onnx": ["onnx", "onnxruntime"],
+                    "test": ["pytest", "pytest-timeout", "ruff", "scipy"]},
+    entry_points={
+        "console_scripts": [
+            "sam3-ros-make-tiny-checkpoint = sam3_ros.tools.make_tiny_checkpoint:main",
+        ],
+    },
+    data_files=[("share/ament_index/resource_index/packages", ["resource/sam3_ros"]),
+                ("share/sam3_ros", ["package.xml"])],
+)
