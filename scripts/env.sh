@@ -1,7 +1,10 @@
 # Source this file: sets up (idempotently) and enters the sam3_ros environment.
 #   source scripts/env.sh
 _sam3_ros_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$_sam3_ros_repo/scripts/setup.sh" || return 1
+# SAM3_ROS_SKIP_SETUP=1: enter an already set-up environment without pip or colcon.
+if [ "${SAM3_ROS_SKIP_SETUP:-0}" != 1 ]; then
+  bash "$_sam3_ros_repo/scripts/setup.sh" || return 1
+fi
 repo="$_sam3_ros_repo"
 venv="${SAM3_ROS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sam3_ros/venv}"
 source "$repo/scripts/_ros_env.sh"
