@@ -1,0 +1,139 @@
+"""Loading SAM3 checkpoints (hub id or local folder) onto a device and dtype, with clear errors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sam3_ros.core.errors import ModelLoadError
+
+DTYPES = ("float32", "float16", "bfloat16")
+"""Parameter values of `dtype`; torchao quantisation is a separate `quantization` setting."""
+
+
+def resolve_device(device: str) -> Any:
+    """Turn a `device` parameter ("cpu", "cuda", "cuda:1", "auto") into a torch.device.
+
+    Raises:
+        ModelLoadError: CUDA was asked for but is absent, or the index does not exist.
+    """
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ModelLoadError(f"invalid device '{device}': {err}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"device '{device}' asked for, but CUDA is not available "
+                f"(torch {torch.__version__}, cuda build {torch.version.cuda})"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"device '{device}' asked for, but only {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise ModelLoadError(f"unsupported device '{device}' (use cpu, cuda, cuda:N or auto)")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: Any) -> Any:
+    """Map a `dtype` parameter to a torch dtype, refusing combinations that cannot run."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unsupported dtype '{dtype}' (supported: {', '.join(DTYPES)})")
+    torch_dtype = getattr(torch, dtype)
+    if torch_dtype is torch.float16 and device.type == "cpu":
+        raise ModelLoadError("dtype float16 is not supported on the CPU; use float32 or bfloat16")
+    return torch_dtype
+
+
+@dataclass
+class LoadedSam3:
+    """A loaded SAM3 checkpoint.
+
+    Attributes:
+        source: The hub id or folder it came from.
+        detector: `Sam3Model` (text/box-exemplar detector + masks). When the checkpoint was
+            loaded as a video model this is `video_model.detector_model` (same weights).
+        processor: `Sam3Processor` (image preprocessing, tokenizer, post-processing).
+        video_model: `Sam3VideoModel` (detector + memory tracker) or None when only the image
+            model was loaded.
+        device / dtype: where the weights live.
+    """
+
+    source: str
+    detector: Any
+    processor: Any
+    video_model: Any
+    device: Any
+    dtype: Any
+
+    def release(self) -> None:
+        """Drop the weights and free cached GPU memory (lifecycle cleanup)."""
+        import gc
+
+        import torch
+
+        self.detector = None
+        self.video_model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
+    local = Path(source).expanduser()
+    looks_local = source.startswith(("/", ".", "~")) or local.exists()
+    if looks_local and not local.is_dir():
+        raise ModelLoadError(f"checkpoint folder '{source}' does not exist")
+    if looks_local and not (local / "config.json").is_file():
+        raise ModelLoadError(f"'{source}' is not a checkpoint folder (no config.json in it)")
+    try:
+        return cls.from_pretrained(str(local) if looks_local else source, **kwargs)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (" (HF_HUB_OFFLINE=1 is set: only locally cached ids load)" if offline else
+                "; a gated id such as facebook/sam3 needs `hf auth login` and accepted terms,"
+                " or download it and pass the folder")
+        raise ModelLoadError(f"cannot load '{source}' with {cls.__name__}: {err}{hint}") from None
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise ModelLoadError(f"'{source}' is not a loadable SAM3 checkpoint for "
+                             f"{cls.__name__}: {err}") from None
+
+
+def load_sam3(source: str, device: str = "cpu", dtype: str = "float32",
+              with_tracker: bool = False) -> LoadedSam3:
+    """Load a SAM3 checkpoint.
+
+    Args:
+        source: Hugging Face id (e.g. "facebook/sam3") or a local checkpoint folder.
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        dtype: One of `DTYPES`.
+        with_tracker: Load the video model (detector + memory tracker sharing one vision
+            backbone) instead of the image detector alone.
+
+    Raises:
+        ModelLoadError: with the reason (missing folder, not a checkpoint, unreachable or gated
+            id, CUDA absent, unsupported dtype).
+    """
+    from transformers import Sam3Model, Sam3Processor, Sam3VideoModel
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    processor = _from_pretrained(Sam3Processor, source)
+    video_model = None
+    if with_tracker:
+        video_model = _from_pretrained(Sam3VideoModel, source, dtype=torch_dtype)
+        video_model = video_model.to(torch_device).eval()
+        detector = video_model.detector_model
+    else:
+        detector = _from_pretrained(Sam3Model, source, dtype=torch_dtype)
+        detector = detector.to(torch_device).eval()
+    return LoadedSam3(source, detector, processor, video_model, torch_device, torch_dtype)

@@ -1,0 +1,311 @@
+"""SAM3 text/box-exemplar prompted detection and instance segmentation of single images.
+
+Split as in transformers' SAM3 (processor / session / model):
+
+* `Sam3Segmenter` is the stateless backend: preprocess, one vision-backbone pass per frame for
+  all prompts, the DETR decoder per chunk of prompts, and transformers' own post-processing.
+* `SegmenterSession` holds the state of one camera stream: the prompt set with its cached text
+  embeddings (computed once per prompt set, never per frame) and its generation counter.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sam3_ros.core.detections import Detections
+from sam3_ros.core.errors import ConfigError, InvalidImageError, InvalidPromptError
+from sam3_ros.core.model_loading import LoadedSam3
+from sam3_ros.core.prompts import PromptSpec, check_box, exemplar_arrays, validate_prompts
+from sam3_ros.core.vision_features import VisionFeatureCache
+
+TEXT_MAX_TOKENS = 32
+"""SAM3's text encoder context length (the processor pads every prompt to it)."""
+
+
+@dataclass
+class SegmenterConfig:
+    """Thresholds and limits of the segmenter (all live-changeable).
+
+    Attributes:
+        score_threshold: Keep instances whose score (presence x query) is above this, in [0, 1].
+        mask_threshold: Binarise mask probabilities above this, in [0, 1].
+        max_detections: Keep at most this many instances per frame (highest scores first).
+        max_prompts: Largest accepted prompt set.
+        prompts_per_batch: Prompts decoded together in one batch (memory vs. speed); the vision
+            backbone still runs once per frame for all of them.
+    """
+
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    max_detections: int = 100
+    max_prompts: int = 64
+    prompts_per_batch: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "mask_threshold"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 1.0):
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        for name in ("max_detections", "max_prompts", "prompts_per_batch"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class EncodedPrompts:
+    """A validated prompt set with its text embeddings (computed once per set).
+
+    Attributes:
+        specs: The prompts; index = class id.
+        text_features: (P, 32, D) projected text-encoder states, on the model's device.
+        attention_mask: (P, 32) text attention mask.
+        generation: Increments with every new prompt set of a session.
+    """
+
+    specs: tuple[PromptSpec, ...]
+    text_features: Any
+    attention_mask: Any
+    generation: int
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(spec.label for spec in self.specs)
+
+
+def _expand_batch(vision_embeds: Any, batch: int) -> Any:
+    """Broadcast one frame's vision features to `batch` prompts without copying."""
+    if batch == 1:
+        return vision_embeds
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    def expand(t):
+        return t.expand(batch, *t.shape[1:])
+
+    return Sam3VisionEncoderOutput(
+        last_hidden_state=expand(vision_embeds.last_hidden_state),
+        fpn_hidden_states=tuple(expand(t) for t in vision_embeds.fpn_hidden_states),
+        fpn_position_encoding=tuple(expand(t) for t in vision_embeds.fpn_position_encoding),
+    )
+
+
+class Sam3Segmenter:
+    """Stateless SAM3 detector backend for single images.
+
+    Args:
+        loaded: The loaded checkpoint (detector + processor), possibly shared with a tracker.
+        feature_cache: Shares vision features with other users of the same frame; None runs the
+            backbone directly.
+    """
+
+    def __init__(self, loaded: LoadedSam3, feature_cache: VisionFeatureCache | None = None):
+        self.loaded = loaded
+        self.feature_cache = feature_cache or VisionFeatureCache(loaded.detector, capacity=1)
+
+    @property
+    def model_image_size(self) -> int:
+        return int(self.loaded.processor.image_processor.size["height"])
+
+    def encode_prompts(self, specs: Sequence[PromptSpec], generation: int = 0) -> EncodedPrompts:
+        """Tokenise and encode the prompts' texts once.
+
+        Raises:
+            InvalidPromptError: a text is longer than the encoder's 32 tokens.
+        """
+        import torch
+
+        tokenizer = self.loaded.processor.tokenizer
+        texts = [spec.model_text for spec in specs]
+        for i, text in enumerate(texts):
+            n_tokens = len(tokenizer(text)["input_ids"])
+            if n_tokens > TEXT_MAX_TOKENS:
+                raise InvalidPromptError(
+                    f"prompt {i} ('{text[:40]}...') has {n_tokens} tokens, the text encoder reads "
+                    f"at most {TEXT_MAX_TOKENS}")
+        tokens = self.loaded.processor(text=texts, return_tensors="pt")
+        input_ids = tokens["input_ids"].to(self.loaded.device)
+        attention_mask = tokens["attention_mask"].to(self.loaded.device)
+        with torch.inference_mode():
+            text_out = self.loaded.detector.get_text_features(
+                input_ids=input_ids, attention_mask=attention_mask)
+        return EncodedPrompts(tuple(specs), text_out.pooler_output, attention_mask, generation)
+
+    def preprocess(self, rgb: np.ndarray) -> Any:
+        """(H, W, 3) uint8 RGB -> (1, 3, S, S) pixel values on the model's device and dtype."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise InvalidImageError(
+                f"model input must be (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
+        inputs = self.loaded.processor.image_processor(images=rgb, return_tensors="pt")
+        return inputs["pixel_values"].to(self.loaded.device, self.loaded.dtype)
+
+    def segment(
+        self,
+        rgb: np.ndarray,
+        prompts: EncodedPrompts,
+        config: SegmenterConfig,
+        frame_key: Hashable | None = None,
+    ) -> Detections:
+        """Detect and segment every instance of every prompt in one image.
+
+        Args:
+            rgb: (H, W, 3) uint8 RGB image.
+            prompts: Encoded prompt set (`encode_prompts`).
+            config: Thresholds and limits.
+            frame_key: Identifies the frame for the shared vision-feature cache.
+
+        Returns:
+            Detections with full-size masks, sorted by descending score, at most
+            `config.max_detections`; class_ids index `prompts.specs`.
+
+        Raises:
+            InvalidImageError: the image is not (H, W, 3) uint8.
+            InvalidPromptError: an exemplar box lies outside this image.
+        """
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        height, width = int(rgb.shape[0]), int(rgb.shape[1])
+        pixel_values = self.preprocess(rgb)
+        for i, spec in enumerate(prompts.specs):
+            for j, box in enumerate(spec.exemplars):
+                check_box(box.xyxy, f"prompt {i} exemplar box {j}", (height, width))
+        detector = self.loaded.detector
+        vision_embeds = self.feature_cache.get(frame_key, pixel_values)
+        scores, boxes, low_res_masks, class_ids = [], [], [], []
+        n_prompts = len(prompts.specs)
+        with torch.inference_mode():
+            for start in range(0, n_prompts, config.prompts_per_batch):
+                stop = min(start + config.prompts_per_batch, n_prompts)
+                batch = stop - start
+                kwargs: dict[str, Any] = {}
+                packed = exemplar_arrays(prompts.specs[start:stop])
+                if packed is not None:
+                    kwargs.update(self._box_inputs(*packed, height, width))
+                outputs = detector(
+                    vision_embeds=_expand_batch(vision_embeds, batch),
+                    text_embeds=BaseModelOutputWithPooling(
+                        pooler_output=prompts.text_features[start:stop]),
+                    attention_mask=prompts.attention_mask[start:stop],
+                    **kwargs,
+                )
+                # The same arithmetic as Sam3ImageProcessor.post_process_instance_segmentation
+                # (bit-exact, tested), but masks are upsampled only for the instances kept
+                # after the max_detections cut, in one call, and binarised straight to bool.
+                query_scores = outputs.pred_logits.sigmoid()
+                if outputs.presence_logits is not None:
+                    query_scores = query_scores * outputs.presence_logits.sigmoid()
+                keep = query_scores > config.score_threshold
+                scores.append(query_scores[keep])
+                boxes.append(outputs.pred_boxes[keep])
+                # sigmoid over the whole tensor, as the reference does: vectorised and scalar
+                # exp differ in the last ulp, which flips rare pixels at the mask threshold.
+                low_res_masks.append(outputs.pred_masks.sigmoid()[keep])
+                prompt_index = torch.arange(start, stop, dtype=torch.int32, device=keep.device)
+                class_ids.append(prompt_index[:, None].expand_as(keep)[keep])
+            all_scores = torch.cat(scores)
+            if all_scores.numel() == 0:
+                return Detections.empty(height, width)
+            order = torch.argsort(all_scores, descending=True, stable=True)
+            order = order[: config.max_detections]
+            scale = torch.tensor([width, height, width, height], device=all_scores.device)
+            xyxy = torch.cat(boxes)[order] * scale
+            masks = torch.nn.functional.interpolate(
+                torch.cat(low_res_masks)[order].unsqueeze(0), size=(height, width),
+                mode="bilinear", align_corners=False,
+            ).squeeze(0) > config.mask_threshold
+            ids = torch.cat(class_ids)[order].cpu().numpy()
+            labels = prompts.labels
+            return Detections(
+                xyxy=xyxy.float().cpu().numpy(),
+                scores=all_scores[order].float().cpu().numpy(),
+                class_ids=ids,
+                image_height_px=height,
+                image_width_px=width,
+                masks=masks.cpu().numpy(),
+                labels=tuple(labels[i] for i in ids),
+            )
+
+    def _box_inputs(self, boxes_xyxy: np.ndarray, labels: np.ndarray, height: int,
+                    width: int) -> dict[str, Any]:
+        # SAM3's geometry encoder takes boxes normalised to [0, 1] as (cx, cy, w, h).
+        import torch
+
+        scale = np.array([width, height, width, height], np.float32)
+        xyxy = boxes_xyxy / scale
+        cxcywh = np.concatenate(
+            [(xyxy[..., :2] + xyxy[..., 2:]) / 2, xyxy[..., 2:] - xyxy[..., :2]], axis=-1)
+        cxcywh[labels == -10] = 0.0
+        return {
+            "input_boxes": torch.from_numpy(cxcywh).to(self.loaded.device, self.loaded.dtype),
+            "input_boxes_labels": torch.from_numpy(labels).to(self.loaded.device),
+        }
+
+
+class SegmenterSession:
+    """State of one camera stream for the segmenter: the live prompt set.
+
+    Prompt changes (services, parameters) and frames may come from different threads: a new
+    prompt set is validated and encoded first and then swapped in atomically, so a frame in
+    flight finishes with the set it started with.
+    """
+
+    def __init__(self, segmenter: Sam3Segmenter, config: SegmenterConfig,
+                 prompts: Sequence[PromptSpec]):
+        self.segmenter = segmenter
+        self.config = config
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._image_size_hw: tuple[int, int] | None = None
+        self._prompts = self._encode(prompts)
+
+    @property
+    def prompts(self) -> EncodedPrompts:
+        return self._prompts
+
+    def _encode(self, prompts: Sequence[PromptSpec]) -> EncodedPrompts:
+        specs = validate_prompts(prompts, self.config.max_prompts, self._image_size_hw)
+        return self.segmenter.encode_prompts(specs, generation=self._generation)
+
+    def set_prompts(self, prompts: Sequence[PromptSpec]) -> list[int]:
+        """Replace the prompt set; returns the class id of each prompt (its index).
+
+        Raises:
+            InvalidPromptError: the set is invalid; the previous set stays active.
+        """
+        with self._lock:
+            self._generation += 1
+            try:
+                encoded = self._encode(prompts)
+            except InvalidPromptError:
+                self._generation -= 1
+                raise
+            self._prompts = encoded
+        return list(range(len(encoded.specs)))
+
+    def set_config(self, config: SegmenterConfig) -> None:
+        if config.max_prompts < len(self._prompts.specs):
+            raise ConfigError(f"max_prompts {config.max_prompts} is below the "
+                              f"{len(self._prompts.specs)} prompts now active")
+        self.config = config
+
+    def process(self, rgb: np.ndarray,
+                frame_key: Hashable | None = None) -> tuple[Detections, EncodedPrompts]:
+        """Segment one frame with the current prompts (see `Sam3Segmenter.segment`).
+
+        Returns:
+            The detections and the prompt set that produced them (labels, generation).
+        """
+        prompts, config = self._prompts, self.config
+        detections = self.segmenter.segment(rgb, prompts, config, frame_key)
+        self._image_size_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+        return detections, prompts
+
+    def reset(self) -> None:
+        """Forget per-stream observations (image size); the prompt set stays."""
+        self._image_size_hw = None
+        self.segmenter.feature_cache.clear()
