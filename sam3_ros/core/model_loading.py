@@ -12,6 +12,9 @@ from sam3_ros.core.errors import ModelLoadError
 DTYPES = ("float32", "float16", "bfloat16")
 """Parameter values of `dtype`; torchao quantisation is a separate `quantization` setting."""
 
+QUANTIZATIONS = ("none", "int8_weight_only", "int8_dynamic", "nvfp4")
+"""torchao weight quantisation modes (applied to the nn.Linear layers after loading)."""
+
 
 def resolve_device(device: str) -> Any:
     """Turn a `device` parameter ("cpu", "cuda", "cuda:1", "auto") into a torch.device.
@@ -108,8 +111,51 @@ def _from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
                              f"{cls.__name__}: {err}") from None
 
 
+def apply_quantization(model: Any, mode: str, device: Any) -> None:
+    """Quantise `model`'s linear layers in place with torchao.
+
+    Args:
+        model: The module to quantise (the detector, or the whole video model).
+        mode: One of `QUANTIZATIONS`.
+        device: The model's torch.device (NVFP4 needs a CUDA GPU of compute capability >= 10.0).
+
+    Raises:
+        ModelLoadError: unknown mode, torchao missing, or hardware that cannot run the mode.
+    """
+    if mode == "none":
+        return
+    if mode not in QUANTIZATIONS:
+        raise ModelLoadError(f"unsupported quantization '{mode}' "
+                             f"(supported: {', '.join(QUANTIZATIONS)})")
+    try:
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
+    except ImportError as err:
+        raise ModelLoadError(f"quantization '{mode}' needs torchao: {err}") from None
+    if mode == "nvfp4":
+        import torch
+
+        if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 10:
+            raise ModelLoadError("quantization 'nvfp4' needs an NVIDIA Blackwell GPU "
+                                 "(compute capability >= 10.0)")
+        from torchao.prototype.mx_formats import NVFP4DynamicActivationNVFP4WeightConfig
+
+        config = NVFP4DynamicActivationNVFP4WeightConfig()
+    elif mode == "int8_weight_only":
+        config = Int8WeightOnlyConfig()
+    else:
+        config = Int8DynamicActivationInt8WeightConfig()
+    try:
+        quantize_(model, config)
+    except (RuntimeError, NotImplementedError, ValueError) as err:
+        raise ModelLoadError(f"quantization '{mode}' failed on {device}: {err}") from None
+
+
 def load_sam3(source: str, device: str = "cpu", dtype: str = "float32",
-              with_tracker: bool = False) -> LoadedSam3:
+              with_tracker: bool = False, quantization: str = "none") -> LoadedSam3:
     """Load a SAM3 checkpoint.
 
     Args:
@@ -118,6 +164,7 @@ def load_sam3(source: str, device: str = "cpu", dtype: str = "float32",
         dtype: One of `DTYPES`.
         with_tracker: Load the video model (detector + memory tracker sharing one vision
             backbone) instead of the image detector alone.
+        quantization: One of `QUANTIZATIONS` (torchao, applied after moving to the device).
 
     Raises:
         ModelLoadError: with the reason (missing folder, not a checkpoint, unreachable or gated
@@ -136,4 +183,6 @@ def load_sam3(source: str, device: str = "cpu", dtype: str = "float32",
     else:
         detector = _from_pretrained(Sam3Model, source, dtype=torch_dtype)
         detector = detector.to(torch_device).eval()
+    apply_quantization(video_model if video_model is not None else detector, quantization,
+                       torch_device)
     return LoadedSam3(source, detector, processor, video_model, torch_device, torch_dtype)

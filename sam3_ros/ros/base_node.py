@@ -1,0 +1,421 @@
+"""Shared lifecycle plumbing of the sam3_ros nodes (segmenter, tracker).
+
+Lifecycle phases mean what they say:
+
+* configure: validate parameters, load (or adopt a shared) model, warm it up, create the
+  publishers and services. Fails with the reason in the log.
+* activate: subscribe to the camera and start the inference worker.
+* deactivate: unsubscribe and stop the worker; the model stays loaded.
+* cleanup: drop publishers, services and the model (GPU memory is freed).
+
+Frames go from the subscription callback into a `LatestSlot`; one worker thread always takes
+the newest frame, so a slow model never builds a queue (frames replaced while it is busy are
+counted as dropped). Subclasses implement `_create_session`, `_process` and their services.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from sam3_ros.core.detections import Detections
+from sam3_ros.core.errors import Sam3RosError
+from sam3_ros.core.image_codec import to_rgb8
+from sam3_ros.core.latest_frame import LatestSlot
+from sam3_ros.core.model_loading import LoadedSam3, load_sam3
+from sam3_ros.core.render import draw_overlay, label_image
+from sam3_ros.core.vision_features import VisionFeatureCache
+from sam3_ros.msg import DetectionArray, LabelInfo
+from sam3_ros.ros.detection_conversions import (
+    detections_to_msg,
+    detections_to_vision_msgs,
+    label_info_msg,
+)
+from sam3_ros.ros.image_conversions import (
+    compressed_msg_to_numpy,
+    image_msg_to_numpy,
+    numpy_to_image_msg,
+)
+from sam3_ros.ros.params import ParamSpec
+
+# Latest-frame semantics start in DDS: keep only the newest image in the reader's history.
+IMAGE_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=qos_profile_sensor_data.reliability,
+    durability=qos_profile_sensor_data.durability,
+)
+LABEL_INFO_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+
+_PY_TO_PARAM_TYPE = {bool: 1, int: 2, float: 3, str: 4}  # rcl_interfaces ParameterType values
+
+
+class SharedModel:
+    """A loaded model and its feature cache, shared by the nodes of one process.
+
+    The pipeline executable creates one and passes it to every node, so the weights are loaded
+    once and each frame's vision-backbone features are computed once for all nodes.
+    """
+
+    def __init__(self, loaded: LoadedSam3):
+        self.loaded = loaded
+        self.feature_cache = VisionFeatureCache(loaded.detector, capacity=4)
+
+
+class Sam3LifecycleNode(LifecycleNode):
+    """Base class: parameters, image input, latest-frame worker and the common outputs.
+
+    Args:
+        node_name: ROS node name.
+        param_specs: The node's parameter table (name -> ParamSpec).
+        shared_model: A model shared with other nodes in this process; None loads its own at
+            configure.
+        needs_tracker: Load the video model (detector + tracker) rather than the detector.
+        **kwargs: Passed to rclpy's Node (e.g. parameter_overrides, namespace).
+    """
+
+    def __init__(self, node_name: str, param_specs: dict[str, ParamSpec],
+                 shared_model: SharedModel | None = None, needs_tracker: bool = False,
+                 **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        self._specs = param_specs
+        self._shared = shared_model
+        self._needs_tracker = needs_tracker
+        for spec in param_specs.values():
+            self.declare_parameter(spec.name, spec.default, self._descriptor(spec))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._configured = False
+        self._model: SharedModel | None = None
+        self._slot: LatestSlot[Image | CompressedImage] = LatestSlot()
+        self._worker: threading.Thread | None = None
+        self._running = False
+        self._subscription = None
+        self._publishers: dict[str, Any] = {}
+        self._services: list[Any] = []
+        self._diag_timer = None
+        self._stats_lock = threading.Lock()
+        self._processed = 0
+        self._errors = 0
+        self._last_latency_ms = float("nan")
+        self._last_error = ""
+        self._last_error_log_s = 0.0
+
+    # ----------------------------------------------------------------------------- parameters
+    def _descriptor(self, spec: ParamSpec) -> ParameterDescriptor:
+        desc = spec.description
+        if spec.choices:
+            desc += f" (one of: {', '.join(spec.choices)})"
+        if spec.reload:
+            desc += " [needs cleanup + configure to change]"
+        kind = type(spec.default)
+        param_type = 9 if kind is list else _PY_TO_PARAM_TYPE[kind]  # 9: STRING_ARRAY
+        return ParameterDescriptor(name=spec.name, type=param_type, description=desc)
+
+    def param(self, name: str) -> Any:
+        value = self.get_parameter(name).value
+        return list(value) if isinstance(value, list | tuple) else value
+
+    def _on_set_parameters(self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
+        changes: dict[str, Any] = {}
+        for p in params:
+            spec = self._specs.get(p.name)
+            if spec is None:
+                continue  # rclpy's own (use_sim_time, qos_overrides.*)
+            value = list(p.value) if isinstance(p.value, list | tuple) else p.value
+            reason = spec.check(value)
+            if reason is None and spec.reload and self._configured:
+                reason = (f"parameter '{p.name}' needs the model reloaded: deactivate, cleanup, "
+                          f"set it, then configure again")
+            if reason is not None:
+                return self._refuse(reason)
+            changes[p.name] = value
+        if changes and self._configured:
+            reason = self._apply_live_parameters(changes)
+            if reason is not None:
+                return self._refuse(reason)
+        return SetParametersResult(successful=True)
+
+    def _refuse(self, reason: str) -> SetParametersResult:
+        self.get_logger().warning(f"rejected parameter change: {reason}")
+        return SetParametersResult(successful=False, reason=reason)
+
+    def _apply_live_parameters(self, changes: dict[str, Any]) -> str | None:
+        """Apply validated live parameters (all of one set call) to the running session.
+
+        Returns:
+            A reason to refuse the whole change, or None. The default accepts (output options
+            are read per frame); subclasses apply the settings that live in their session.
+        """
+        return None
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self._model = self._shared or SharedModel(self._load_model())
+            self._create_session(self._model)
+            if self.param("warmup"):
+                self._warm_up()
+        except (Sam3RosError, ValueError) as err:
+            self.get_logger().error(f"configure failed: {err}")
+            self._model = None
+            return TransitionCallbackReturn.FAILURE
+        self._create_outputs()
+        self._configured = True
+        self.get_logger().info(
+            f"configured: model '{self._model.loaded.source}' on {self._model.loaded.device} "
+            f"({str(self._model.loaded.dtype).replace('torch.', '')})")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._slot.reopen()
+        self._slot.reset_counters()
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}_worker",
+                                        daemon=True)
+        self._worker.start()
+        options = QoSOverridingOptions.with_default_policies()
+        if self.param("input_kind") == "compressed":
+            self._subscription = self.create_subscription(
+                CompressedImage, "image/compressed", self._slot.put, IMAGE_QOS,
+                qos_overriding_options=options)
+        else:
+            self._subscription = self.create_subscription(
+                Image, "image", self._slot.put, IMAGE_QOS, qos_overriding_options=options)
+        self.get_logger().info(f"active: listening on {self._subscription.topic_name}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self.get_logger().info("inactive: model kept loaded")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._destroy_outputs()
+        self._release_session()
+        if self._model is not None and self._shared is None:
+            self._model.loaded.release()
+        self._model = None
+        self._configured = False
+        self.get_logger().info("cleaned up: model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        if self._configured:
+            self.on_cleanup(state)
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_worker(self) -> None:
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        self._running = False
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        self._slot.clear()
+
+    # ------------------------------------------------------------------------- model, outputs
+    def _load_model(self) -> LoadedSam3:
+        return load_sam3(self.param("model"), device=self.param("device"),
+                         dtype=self.param("dtype"), with_tracker=self._needs_tracker,
+                         quantization=self.param("quantization"))
+
+    def _warm_up(self) -> None:
+        # One frame through the whole per-frame path allocates and autotunes kernels now,
+        # not on the first camera frame.
+        rgb = np.zeros((480, 640, 3), np.uint8)
+        self._process(rgb, stamp_ns=0, frame_key=None, warmup=True)
+
+    def _create_outputs(self) -> None:
+        qos = 10
+        self._publishers = {
+            "detections": self.create_publisher(DetectionArray, "detections", qos),
+            "mask": self.create_publisher(Image, "mask", qos),
+            "overlay": self.create_publisher(Image, "overlay", qos),
+            "label_info": self.create_publisher(LabelInfo, "label_info", LABEL_INFO_QOS),
+            "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 1),
+        }
+        vision_cls = _vision_msgs_array_type()
+        if vision_cls is not None:
+            self._publishers["vision_detections"] = self.create_publisher(
+                vision_cls, "vision_detections", qos)
+        self._services = self._create_services()
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self._publish_label_info()
+
+    def _destroy_outputs(self) -> None:
+        for pub in self._publishers.values():
+            self.destroy_publisher(pub)
+        self._publishers = {}
+        for srv in self._services:
+            self.destroy_service(srv)
+        self._services = []
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+
+    def _publish_label_info(self) -> None:
+        pub = self._publishers.get("label_info")
+        if pub is None:
+            return
+        names, generation = self._class_names()
+        header = Header(stamp=self.get_clock().now().to_msg())
+        pub.publish(label_info_msg(names, generation, header))
+
+    # --------------------------------------------------------------------------- per frame
+    def _work(self) -> None:
+        while self._running:
+            msg = self._slot.take(timeout_s=0.5)
+            if msg is None:
+                continue
+            started = time.perf_counter()
+            try:
+                self._handle_frame(msg)
+            except Sam3RosError as err:
+                self._report_frame_error(str(err))
+                continue
+            except Exception as err:
+                self._report_frame_error(f"{type(err).__name__}: {err}")
+                continue
+            with self._stats_lock:
+                self._processed += 1
+                self._last_latency_ms = (time.perf_counter() - started) * 1e3
+
+    def _report_frame_error(self, text: str) -> None:
+        with self._stats_lock:
+            self._errors += 1
+            self._last_error = text
+        now = time.monotonic()
+        if now - self._last_error_log_s >= 2.0:  # throttled: a bad camera must not flood logs
+            self._last_error_log_s = now
+            self.get_logger().error(f"frame skipped: {text}")
+
+    def _decode(self, msg: Image | CompressedImage) -> tuple[np.ndarray, str]:
+        if isinstance(msg, CompressedImage):
+            array, encoding = compressed_msg_to_numpy(msg)
+        else:
+            array, encoding = image_msg_to_numpy(msg), msg.encoding
+        return array, encoding
+
+    def _handle_frame(self, msg: Image | CompressedImage) -> None:
+        array, encoding = self._decode(msg)
+        rgb = to_rgb8(array, encoding)
+        header = msg.header
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        frame_key = (header.stamp.sec, header.stamp.nanosec, header.frame_id)
+        detections, generation = self._process(rgb, stamp_ns=stamp_ns, frame_key=frame_key)
+        self._publish(detections, generation, header, rgb)
+
+    def _publish(self, detections: Detections, generation: int, header: Any,
+                 rgb: np.ndarray) -> None:
+        pubs = self._publishers
+        pubs["detections"].publish(detections_to_msg(
+            detections, header, generation, include_masks=self.param("publish_masks")))
+        if "vision_detections" in pubs and self.param("publish_vision_msgs"):
+            vision = detections_to_vision_msgs(detections, header)
+            if vision is not None:
+                pubs["vision_detections"].publish(vision)
+        if self.param("publish_mask_image") and detections.masks is not None:
+            labels = label_image(detections)
+            encoding = "mono8" if labels.dtype == np.uint8 else "mono16"
+            pubs["mask"].publish(numpy_to_image_msg(labels, encoding, header))
+        if self.param("publish_overlay"):
+            overlay = draw_overlay(
+                rgb, detections, "rgb8", alpha=self.param("overlay_alpha"),
+                draw_boxes=self.param("overlay_boxes"), draw_labels=self.param("overlay_labels"))
+            pubs["overlay"].publish(numpy_to_image_msg(overlay, "rgb8", header))
+
+    # ------------------------------------------------------------------------- diagnostics
+    def stats(self) -> dict[str, float]:
+        """Counters since activation: received, dropped, processed, errors, last latency."""
+        with self._stats_lock:
+            return {"received": self._slot.received, "dropped": self._slot.dropped,
+                    "processed": self._processed, "errors": self._errors,
+                    "last_latency_ms": self._last_latency_ms}
+
+    def _publish_diagnostics(self) -> None:
+        pub = self._publishers.get("diagnostics")
+        if pub is None:
+            return
+        stats = self.stats()
+        status = DiagnosticStatus(
+            name=f"{self.get_fully_qualified_name()}: sam3",
+            hardware_id=str(self._model.loaded.device) if self._model else "",
+            level=DiagnosticStatus.OK if not self._last_error else DiagnosticStatus.WARN,
+            message=self._last_error or "ok",
+            values=[KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v))
+                    for k, v in stats.items()],
+        )
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        pub.publish(msg)
+
+    # ---------------------------------------------------------------------- for subclasses
+    def _create_session(self, model: SharedModel) -> None:
+        raise NotImplementedError
+
+    def _release_session(self) -> None:
+        raise NotImplementedError
+
+    def _process(self, rgb: np.ndarray, stamp_ns: int, frame_key: Any,
+                 warmup: bool = False) -> tuple[Detections, int]:
+        """Run the model on one RGB frame; return detections and the prompt generation."""
+        raise NotImplementedError
+
+    def _class_names(self) -> tuple[list[str], int]:
+        """Class names (index = class id) and the prompt generation, for label_info."""
+        raise NotImplementedError
+
+    def _create_services(self) -> list[Any]:
+        return []
+
+
+def _vision_msgs_array_type() -> type | None:
+    try:
+        from vision_msgs.msg import Detection2DArray
+    except ImportError:
+        return None
+    return Detection2DArray
+
+
+def spin_node(node: LifecycleNode, autostart: bool) -> None:
+    """Spin one lifecycle node on a multi-threaded executor, optionally autostarting it."""
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    if autostart:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("autostart: configure failed, staying unconfigured")
+        else:
+            node.trigger_activate()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()

@@ -1,0 +1,90 @@
+"""Parameter declarations: one table per node, declared once, validated live.
+
+The defaults here equal `config/<node>.yaml` (a test checks both ways), so `ros2 run` without a
+parameter file and `ros2 launch` with it behave the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter.
+
+    Attributes:
+        name: Parameter name.
+        default: Default value; its Python type fixes the ROS type (list[str] -> string array).
+        description: Shown by `ros2 param describe`.
+        reload: True if a change needs the model reloaded (cleanup + configure); such changes
+            are refused while the node is configured, with a reason saying so.
+        choices: Allowed values (strings), if restricted.
+        min_value / max_value: Inclusive numeric range, if restricted.
+    """
+
+    name: str
+    default: Any
+    description: str
+    reload: bool = False
+    choices: tuple[str, ...] | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+
+    def check(self, value: Any) -> str | None:
+        """Return why `value` is invalid, or None when it is valid."""
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name} must be one of {list(self.choices)}, got '{value}'"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{self.name} must be finite, got {value}"
+        if self.min_value is not None and value < self.min_value:
+            return f"{self.name} must be >= {self.min_value}, got {value}"
+        if self.max_value is not None and value > self.max_value:
+            return f"{self.name} must be <= {self.max_value}, got {value}"
+        return None
+
+
+MODEL_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("model", "facebook/sam3",
+              "Hugging Face id or local checkpoint folder of a SAM3 checkpoint", reload=True),
+    ParamSpec("device", "auto", "cpu, cuda, cuda:N or auto (cuda when available)", reload=True),
+    ParamSpec("dtype", "float32", "Weights/activations dtype", reload=True,
+              choices=("float32", "float16", "bfloat16")),
+    ParamSpec("quantization", "none",
+              "torchao weight quantisation: none, int8_weight_only, int8_dynamic, nvfp4 "
+              "(nvfp4 needs a Blackwell GPU)", reload=True,
+              choices=("none", "int8_weight_only", "int8_dynamic", "nvfp4")),
+    ParamSpec("warmup", True, "Run one inference during configure so the first frame is fast",
+              reload=True),
+)
+
+IO_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("input_kind", "raw",
+              "raw: subscribe to `image` (sensor_msgs/Image); compressed: to `image/compressed`",
+              choices=("raw", "compressed"), reload=True),
+    ParamSpec("publish_masks", True, "Include cropped instance masks in `detections`"),
+    ParamSpec("publish_mask_image", True, "Publish the instance-id label image on `mask`"),
+    ParamSpec("publish_overlay", True, "Publish the debug overlay image on `overlay`"),
+    ParamSpec("publish_vision_msgs", True,
+              "Publish vision_msgs/Detection2DArray on `vision_detections` (when installed)"),
+    ParamSpec("overlay_alpha", 0.5, "Mask opacity in the overlay", min_value=0.0, max_value=1.0),
+    ParamSpec("overlay_boxes", True, "Draw boxes in the overlay"),
+    ParamSpec("overlay_labels", True, "Draw labels and scores in the overlay"),
+    ParamSpec("autostart", False,
+              "Configure and activate at startup (for `ros2 run` without a lifecycle manager)",
+              reload=True),
+)
+
+
+def spec_table(*groups: Sequence[ParamSpec]) -> dict[str, ParamSpec]:
+    """Merge parameter groups into a name -> spec table (names must be unique)."""
+    table: dict[str, ParamSpec] = {}
+    for group in groups:
+        for spec in group:
+            if spec.name in table:
+                raise ValueError(f"parameter '{spec.name}' declared twice")
+            table[spec.name] = spec
+    return table

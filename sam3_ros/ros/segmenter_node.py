@@ -1,0 +1,187 @@
+"""`segmenter`: SAM3 text-prompted detection and instance segmentation on a camera topic.
+
+Topics (relative names; remap them in launch):
+    sub  image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage)
+    pub  detections (sam3_ros/DetectionArray), vision_detections (vision_msgs/Detection2DArray,
+         when vision_msgs is installed), mask (sensor_msgs/Image, instance-id label image),
+         overlay (sensor_msgs/Image, rgb8), label_info (sam3_ros/LabelInfo, transient local),
+         /diagnostics
+Services:
+    set_prompts (sam3_ros/SetPrompts), reset (std_srvs/Trigger: restarts tracking ids)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import rclpy
+from std_srvs.srv import Trigger
+
+from sam3_ros.core.bytetrack import ByteTrackConfig, ByteTracker
+from sam3_ros.core.detections import Detections
+from sam3_ros.core.errors import ConfigError, InvalidPromptError
+from sam3_ros.core.prompts import BoxExemplar, PromptSpec
+from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
+from sam3_ros.ros.base_node import Sam3LifecycleNode, SharedModel, spin_node
+from sam3_ros.ros.params import IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
+from sam3_ros.srv import SetPrompts
+
+SEGMENTER_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("prompts", ["person"],
+              "Text prompts, one class each (class id = index); live, like set_prompts"),
+    ParamSpec("score_threshold", 0.5, "Keep instances scoring above this", min_value=0.0,
+              max_value=1.0),
+    ParamSpec("mask_threshold", 0.5, "Binarise mask probabilities above this", min_value=0.0,
+              max_value=1.0),
+    ParamSpec("max_detections", 100, "Most instances per frame (highest scores)", min_value=1,
+              max_value=10000),
+    ParamSpec("max_prompts", 64, "Largest accepted prompt set", min_value=1, max_value=1024),
+    ParamSpec("prompts_per_batch", 16,
+              "Prompts decoded together; the backbone runs once per frame regardless",
+              min_value=1, max_value=1024),
+    ParamSpec("track_ids", False,
+              "ByteTrack-style association: object_id persists across frames"),
+    ParamSpec("track_high_score", 0.5, "ByteTrack first-stage score threshold", min_value=0.0,
+              max_value=1.0),
+    ParamSpec("track_low_score", 0.1, "ByteTrack second-stage score threshold", min_value=0.0,
+              max_value=1.0),
+    ParamSpec("track_new_score", 0.6, "ByteTrack score needed to start a track", min_value=0.0,
+              max_value=1.0),
+    ParamSpec("track_max_lost_frames", 30, "ByteTrack frames a lost track is kept",
+              min_value=0, max_value=100000),
+)
+
+PARAMS = spec_table(MODEL_PARAMS, IO_PARAMS, SEGMENTER_PARAMS)
+
+_SEGMENTER_CONFIG_PARAMS = ("score_threshold", "mask_threshold", "max_detections",
+                            "max_prompts", "prompts_per_batch")
+_TRACK_PARAMS = ("track_ids", "track_high_score", "track_low_score", "track_new_score",
+                 "track_max_lost_frames")
+
+
+def prompt_specs_from_msgs(texts: list[str], prompts: list[Any]) -> list[PromptSpec]:
+    """SetPrompts request fields -> PromptSpecs (texts first, then full prompts)."""
+    specs = [PromptSpec(text) for text in texts]
+    for prompt in prompts:
+        exemplars = tuple(BoxExemplar(b.x_min, b.y_min, b.x_max, b.y_max, bool(b.positive))
+                          for b in prompt.exemplar_boxes)
+        specs.append(PromptSpec(prompt.text, exemplars))
+    return specs
+
+
+class SegmenterNode(Sam3LifecycleNode):
+    """Lifecycle node running SAM3 text/box-exemplar prompted instance segmentation."""
+
+    def __init__(self, shared_model: SharedModel | None = None, node_name: str = "segmenter",
+                 **kwargs: Any):
+        super().__init__(node_name, PARAMS, shared_model=shared_model, **kwargs)
+        self._session: SegmenterSession | None = None
+        self._tracker: ByteTracker | None = None
+        self._syncing_prompts = False
+
+    # ---------------------------------------------------------------------------- session
+    def _segmenter_config(self, **override: Any) -> SegmenterConfig:
+        values = {name: self.param(name) for name in _SEGMENTER_CONFIG_PARAMS}
+        values.update(override)
+        return SegmenterConfig(**values)
+
+    def _bytetracker(self, **override: Any) -> ByteTracker | None:
+        values = {name: self.param(name) for name in _TRACK_PARAMS}
+        values.update(override)
+        if not values["track_ids"]:
+            return None
+        return ByteTracker(ByteTrackConfig(
+            high_score_threshold=values["track_high_score"],
+            low_score_threshold=values["track_low_score"],
+            new_track_threshold=values["track_new_score"],
+            max_lost_frames=values["track_max_lost_frames"]))
+
+    def _create_session(self, model: SharedModel) -> None:
+        segmenter = Sam3Segmenter(model.loaded, model.feature_cache)
+        prompts = [PromptSpec(text) for text in self.param("prompts")]
+        self._session = SegmenterSession(segmenter, self._segmenter_config(), prompts)
+        self._tracker = self._bytetracker()
+
+    def _release_session(self) -> None:
+        self._session = None
+        self._tracker = None
+
+    def _process(self, rgb: np.ndarray, stamp_ns: int, frame_key: Any,
+                 warmup: bool = False) -> tuple[Detections, int]:
+        detections, prompts = self._session.process(rgb, frame_key)
+        tracker = self._tracker
+        if tracker is not None and not warmup:
+            detections = tracker.update(detections)
+        return detections, prompts.generation
+
+    def _class_names(self) -> tuple[list[str], int]:
+        prompts = self._session.prompts
+        return list(prompts.labels), prompts.generation
+
+    # ------------------------------------------------------------------- live parameters
+    def _apply_live_parameters(self, changes: dict[str, Any]) -> str | None:
+        try:
+            if "prompts" in changes and not self._syncing_prompts:
+                self._session.set_prompts([PromptSpec(t) for t in changes["prompts"]])
+                self._publish_label_info()
+            if any(name in changes for name in _SEGMENTER_CONFIG_PARAMS):
+                self._session.set_config(self._segmenter_config(**{
+                    k: v for k, v in changes.items() if k in _SEGMENTER_CONFIG_PARAMS}))
+            if any(name in changes for name in _TRACK_PARAMS):
+                self._tracker = self._bytetracker(**{
+                    k: v for k, v in changes.items() if k in _TRACK_PARAMS})
+        except (InvalidPromptError, ConfigError) as err:
+            return str(err)
+        return None
+
+    # --------------------------------------------------------------------------- services
+    def _create_services(self) -> list[Any]:
+        return [
+            self.create_service(SetPrompts, "set_prompts", self._on_set_prompts),
+            self.create_service(Trigger, "reset", self._on_reset),
+        ]
+
+    def _on_set_prompts(self, request: SetPrompts.Request,
+                        response: SetPrompts.Response) -> SetPrompts.Response:
+        specs = prompt_specs_from_msgs(list(request.texts), list(request.prompts))
+        try:
+            class_ids = self._session.set_prompts(specs)
+        except InvalidPromptError as err:
+            response.success, response.message = False, str(err)
+            self.get_logger().warning(f"set_prompts refused: {err}")
+            return response
+        if self._tracker is not None:
+            self._tracker.reset()  # class ids changed meaning
+        if all(not spec.exemplars and spec.text for spec in specs):
+            # Keep the `prompts` parameter truthful for text-only sets.
+            self._syncing_prompts = True
+            try:
+                self.set_parameters([rclpy.parameter.Parameter(
+                    "prompts", rclpy.parameter.Parameter.Type.STRING_ARRAY,
+                    [s.text for s in specs])])
+            finally:
+                self._syncing_prompts = False
+        self._publish_label_info()
+        response.success = True
+        response.class_ids = class_ids
+        labels = self._session.prompts.labels
+        response.message = f"{len(class_ids)} prompt(s) active: {', '.join(labels)}"
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._session.reset()
+        if self._tracker is not None:
+            self._tracker.reset()
+        response.success = True
+        response.message = "segmenter reset (tracking ids restart at 0)"
+        return response
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = SegmenterNode()
+    spin_node(node, autostart=node.param("autostart"))
+    if rclpy.ok():
+        rclpy.shutdown()
+    return 0

@@ -1,0 +1,129 @@
+"""Helpers for node tests over real DDS: a node in a child process, a client node here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def node_command(executable: str, params: dict[str, Any], name: str | None = None,
+                 remaps: dict[str, str] | None = None) -> list[str]:
+    """Command line for `ros2 run sam3_ros <executable>` without ros2cli (not on PyPI)."""
+    cmd = [sys.executable, str(REPO / "scripts" / executable), "--ros-args"]
+    if name:
+        cmd += ["-r", f"__node:={name}"]
+    for key, value in params.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list):
+            value = "[" + ",".join(f"'{v}'" for v in value) + "]"
+        cmd += ["-p", f"{key}:={value}"]
+    for src, dst in (remaps or {}).items():
+        cmd += ["-r", f"{src}:={dst}"]
+    return cmd
+
+
+class NodeProcess:
+    """A node running in its own process; its output is kept for assertions and failures."""
+
+    def __init__(self, cmd: list[str]):
+        tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+        self.log_path = tmp / f"sam3_node_{os.getpid()}_{id(self)}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class Client:
+    """An rclpy node in the test process, spun by a background executor."""
+
+    def __init__(self, name: str = "test_client"):
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+
+        if not rclpy.ok():
+            rclpy.init()
+        self.node = rclpy.create_node(name)
+        self.executor = MultiThreadedExecutor(num_threads=4)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self.received: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def subscribe(self, msg_type: type, topic: str, qos: Any = 10) -> None:
+        self.received.setdefault(topic, [])
+
+        def store(msg: Any) -> None:
+            with self._lock:
+                self.received[topic].append(msg)
+
+        self.node.create_subscription(msg_type, topic, store, qos)
+
+    def messages(self, topic: str) -> list[Any]:
+        with self._lock:
+            return list(self.received.get(topic, []))
+
+    def clear(self, topic: str | None = None) -> None:
+        with self._lock:
+            for key in [topic] if topic else list(self.received):
+                self.received[key] = []
+
+    def call(self, srv_type: type, name: str, request: Any, timeout_s: float = 60.0) -> Any:
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout_s):
+                raise TimeoutError(f"service {name} not available")
+            future = client.call_async(request)
+            deadline = time.monotonic() + timeout_s
+            while not future.done():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"service {name} did not answer")
+                time.sleep(0.01)
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
+             node: NodeProcess | None = None, poll_s: float = 0.02) -> Any:
+    """Poll until `predicate()` is truthy; fail with the node's log otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        if node is not None and not node.alive():
+            raise AssertionError(f"node died while waiting for {what}:\n{node.output()[-4000:]}")
+        time.sleep(poll_s)
+    log = f"\nnode log:\n{node.output()[-4000:]}" if node is not None else ""
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{log}")

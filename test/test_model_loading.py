@@ -1,0 +1,84 @@
+"""Model loading errors and torchao quantisation on the CPU (pure core)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sam3_ros.core.errors import ModelLoadError
+from sam3_ros.core.model_loading import load_sam3, resolve_device, resolve_dtype
+from sam3_ros.core.prompts import PromptSpec
+from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_sam3(str(tmp_path / "nope"))
+
+
+def test_folder_without_checkpoint(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        load_sam3(str(tmp_path))
+
+
+def test_unreachable_hub_id_says_why(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="cannot load 'facebook/sam3-does-not-exist'"):
+        load_sam3("facebook/sam3-does-not-exist")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_asked_but_absent(device):
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("tpu", "invalid device"), ("mps", "unsupported device"), ("cuda:x", "invalid device")])
+def test_bad_device(device, message):
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_device(device)
+
+
+def test_auto_device_and_dtypes():
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    cpu = torch.device("cpu")
+    assert resolve_dtype("bfloat16", cpu) is torch.bfloat16
+    with pytest.raises(ModelLoadError, match="float16 is not supported on the CPU"):
+        resolve_dtype("float16", cpu)
+    with pytest.raises(ModelLoadError, match="unsupported dtype 'int4'"):
+        resolve_dtype("int4", cpu)
+
+
+def test_nvfp4_refused_without_blackwell(tiny_checkpoint):
+    with pytest.raises(ModelLoadError, match="Blackwell"):
+        load_sam3(str(tiny_checkpoint), quantization="nvfp4")
+
+
+@pytest.mark.parametrize("mode", ["int8_weight_only", "int8_dynamic"])
+def test_int8_quantisation_runs_on_cpu(tiny_checkpoint, mode):
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    config = SegmenterConfig(score_threshold=0.0, max_detections=5)
+    results = {}
+    for quantization in ("none", mode):
+        loaded = load_sam3(str(tiny_checkpoint), quantization=quantization)
+        session = SegmenterSession(Sam3Segmenter(loaded), config, [PromptSpec("mug")])
+        results[quantization], _ = session.process(image)
+    # Plumbing only (random weights): same shapes, finite scores, boxes roughly alike.
+    assert len(results[mode]) == len(results["none"]) == 5
+    assert np.isfinite(results[mode].scores).all()
+    quantized = [type(m.weight).__name__ for m in loaded.detector.modules()
+                 if isinstance(m, torch.nn.Linear)]
+    assert any(name != "Parameter" for name in quantized), "no layer was quantised"
+
+
+def test_bfloat16_on_cpu(tiny_checkpoint):
+    loaded = load_sam3(str(tiny_checkpoint), dtype="bfloat16")
+    image = np.zeros((32, 40, 3), np.uint8)
+    session = SegmenterSession(Sam3Segmenter(loaded), SegmenterConfig(score_threshold=0.0,
+                                                                      max_detections=2),
+                               [PromptSpec("mug")])
+    detections, _ = session.process(image)
+    assert detections.scores.dtype == np.float32 and len(detections) == 2
