@@ -18,6 +18,8 @@ setup(
     entry_points={
         "console_scripts": [
             "sam3-ros-make-tiny-checkpoint = sam3_ros.tools.make_tiny_checkpoint:main",
+            "sam3-ros-demo = sam3_ros.tools.demo:main",
+            "sam3-ros-benchmark = sam3_ros.tools.benchmark:main",
         ],
     },
     data_files=[("share/ament_index/resource_index/packages", ["resource/sam3_ros"]),

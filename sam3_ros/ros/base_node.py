@@ -40,9 +40,8 @@ from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import Sam3RosError
 from sam3_ros.core.image_codec import to_rgb8
 from sam3_ros.core.latest_frame import LatestSlot
-from sam3_ros.core.model_loading import LoadedSam3, load_sam3
+from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
 from sam3_ros.core.render import draw_overlay, label_image
-from sam3_ros.core.vision_features import VisionFeatureCache
 from sam3_ros.msg import DetectionArray, LabelInfo
 from sam3_ros.ros.detection_conversions import (
     detections_to_msg,
@@ -71,36 +70,24 @@ LABEL_INFO_QOS = QoSProfile(
 _PY_TO_PARAM_TYPE = {bool: 1, int: 2, float: 3, str: 4}  # rcl_interfaces ParameterType values
 
 
-class SharedModel:
-    """A loaded model and its feature cache, shared by the nodes of one process.
-
-    The pipeline executable creates one and passes it to every node, so the weights are loaded
-    once and each frame's vision-backbone features are computed once for all nodes.
-    """
-
-    def __init__(self, loaded: LoadedSam3):
-        self.loaded = loaded
-        self.feature_cache = VisionFeatureCache(loaded.detector, capacity=4)
-
-
 class Sam3LifecycleNode(LifecycleNode):
     """Base class: parameters, image input, latest-frame worker and the common outputs.
 
     Args:
         node_name: ROS node name.
         param_specs: The node's parameter table (name -> ParamSpec).
-        shared_model: A model shared with other nodes in this process; None loads its own at
-            configure.
+        model_hub: Hands out models shared with the other nodes of this process (the pipeline
+            executable passes one hub to all); None gives the node a private hub.
         needs_tracker: Load the video model (detector + tracker) rather than the detector.
         **kwargs: Passed to rclpy's Node (e.g. parameter_overrides, namespace).
     """
 
     def __init__(self, node_name: str, param_specs: dict[str, ParamSpec],
-                 shared_model: SharedModel | None = None, needs_tracker: bool = False,
+                 model_hub: ModelHub | None = None, needs_tracker: bool = False,
                  **kwargs: Any):
         super().__init__(node_name, **kwargs)
         self._specs = param_specs
-        self._shared = shared_model
+        self._hub = model_hub or ModelHub()
         self._needs_tracker = needs_tracker
         for spec in param_specs.values():
             self.declare_parameter(spec.name, spec.default, self._descriptor(spec))
@@ -172,12 +159,17 @@ class Sam3LifecycleNode(LifecycleNode):
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
-            self._model = self._shared or SharedModel(self._load_model())
+            self._model = self._hub.acquire(ModelKey(
+                self.param("model"), self.param("device"), self.param("dtype"),
+                self.param("quantization")), with_tracker=self._needs_tracker)
             self._create_session(self._model)
             if self.param("warmup"):
                 self._warm_up()
         except (Sam3RosError, ValueError) as err:
             self.get_logger().error(f"configure failed: {err}")
+            if self._model is not None:
+                self._release_session()
+                self._hub.release(self._model)
             self._model = None
             return TransitionCallbackReturn.FAILURE
         self._create_outputs()
@@ -214,8 +206,8 @@ class Sam3LifecycleNode(LifecycleNode):
         self._stop_worker()
         self._destroy_outputs()
         self._release_session()
-        if self._model is not None and self._shared is None:
-            self._model.loaded.release()
+        if self._model is not None:
+            self._hub.release(self._model)
         self._model = None
         self._configured = False
         self.get_logger().info("cleaned up: model released")
@@ -238,11 +230,6 @@ class Sam3LifecycleNode(LifecycleNode):
         self._slot.clear()
 
     # ------------------------------------------------------------------------- model, outputs
-    def _load_model(self) -> LoadedSam3:
-        return load_sam3(self.param("model"), device=self.param("device"),
-                         dtype=self.param("dtype"), with_tracker=self._needs_tracker,
-                         quantization=self.param("quantization"))
-
     def _warm_up(self) -> None:
         # One frame through the whole per-frame path allocates and autotunes kernels now,
         # not on the first camera frame.

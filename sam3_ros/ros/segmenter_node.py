@@ -21,9 +21,10 @@ from std_srvs.srv import Trigger
 from sam3_ros.core.bytetrack import ByteTrackConfig, ByteTracker
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
+from sam3_ros.core.model_hub import ModelHub, SharedModel
 from sam3_ros.core.prompts import BoxExemplar, PromptSpec
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
-from sam3_ros.ros.base_node import Sam3LifecycleNode, SharedModel, spin_node
+from sam3_ros.ros.base_node import Sam3LifecycleNode, spin_node
 from sam3_ros.ros.params import IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
 from sam3_ros.srv import SetPrompts
 
@@ -73,12 +74,13 @@ def prompt_specs_from_msgs(texts: list[str], prompts: list[Any]) -> list[PromptS
 class SegmenterNode(Sam3LifecycleNode):
     """Lifecycle node running SAM3 text/box-exemplar prompted instance segmentation."""
 
-    def __init__(self, shared_model: SharedModel | None = None, node_name: str = "segmenter",
+    def __init__(self, model_hub: ModelHub | None = None, node_name: str = "segmenter",
                  **kwargs: Any):
-        super().__init__(node_name, PARAMS, shared_model=shared_model, **kwargs)
+        super().__init__(node_name, PARAMS, model_hub=model_hub, **kwargs)
         self._session: SegmenterSession | None = None
         self._tracker: ByteTracker | None = None
         self._syncing_prompts = False
+        self._last_stamp_ns: int | None = None
 
     # ---------------------------------------------------------------------------- session
     def _segmenter_config(self, **override: Any) -> SegmenterConfig:
@@ -112,7 +114,10 @@ class SegmenterNode(Sam3LifecycleNode):
         detections, prompts = self._session.process(rgb, frame_key)
         tracker = self._tracker
         if tracker is not None and not warmup:
-            detections = tracker.update(detections)
+            # The stamp gap lets the motion model skip dropped frames correctly.
+            last, self._last_stamp_ns = self._last_stamp_ns, stamp_ns
+            dt_s = (stamp_ns - last) * 1e-9 if last is not None and stamp_ns > last else None
+            detections = tracker.update(detections, dt_s=dt_s)
         return detections, prompts.generation
 
     def _class_names(self) -> tuple[list[str], int]:

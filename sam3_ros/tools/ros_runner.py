@@ -1,4 +1,7 @@
-"""Helpers for node tests over real DDS: a node in a child process, a client node here."""
+"""Run a sam3_ros node in a child process and talk to it over real DDS.
+
+Used by the node tests, the demo and the benchmark (ros2cli is not needed).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+_ENTRY_POINTS = {
+    "segmenter": "sam3_ros.ros.segmenter_node",
+    "tracker": "sam3_ros.ros.tracker_node",
+    "pipeline": "sam3_ros.ros.pipeline",
+}
 
 
 def node_command(executable: str, params: dict[str, Any], name: str | None = None,
                  remaps: dict[str, str] | None = None) -> list[str]:
-    """Command line for `ros2 run sam3_ros <executable>` without ros2cli (not on PyPI)."""
-    cmd = [sys.executable, str(REPO / "scripts" / executable), "--ros-args"]
+    """Command line equal to `ros2 run sam3_ros <executable> --ros-args ...` (ros2cli is not
+    needed: the installed executables only call the module's main)."""
+    cmd = [sys.executable, "-c",
+           f"import sys; from {_ENTRY_POINTS[executable]} import main; sys.exit(main())",
+           "--ros-args"]
     if name:
         cmd += ["-r", f"__node:={name}"]
     for key, value in params.items():
@@ -74,14 +84,19 @@ class Client:
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
         self.received: dict[str, list[Any]] = {}
+        self.received_at: dict[str, list[float]] = {}
+        """time.monotonic() of each received message, parallel to `received`."""
         self._lock = threading.Lock()
 
     def subscribe(self, msg_type: type, topic: str, qos: Any = 10) -> None:
         self.received.setdefault(topic, [])
+        self.received_at.setdefault(topic, [])
 
         def store(msg: Any) -> None:
+            now = time.monotonic()
             with self._lock:
                 self.received[topic].append(msg)
+                self.received_at[topic].append(now)
 
         self.node.create_subscription(msg_type, topic, store, qos)
 
@@ -89,10 +104,17 @@ class Client:
         with self._lock:
             return list(self.received.get(topic, []))
 
+    def messages_with_times(self, topic: str) -> list[tuple[float, Any]]:
+        """(monotonic receive time, message) pairs."""
+        with self._lock:
+            return list(zip(self.received_at.get(topic, []), self.received.get(topic, []),
+                            strict=True))
+
     def clear(self, topic: str | None = None) -> None:
         with self._lock:
             for key in [topic] if topic else list(self.received):
                 self.received[key] = []
+                self.received_at[key] = []
 
     def call(self, srv_type: type, name: str, request: Any, timeout_s: float = 60.0) -> Any:
         client = self.node.create_client(srv_type, name)

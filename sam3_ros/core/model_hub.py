@@ -1,0 +1,86 @@
+"""One loaded model per process, shared by every node that asks for the same checkpoint."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from sam3_ros.core.errors import ModelLoadError
+from sam3_ros.core.model_loading import LoadedSam3, load_sam3
+from sam3_ros.core.vision_features import VisionFeatureCache
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """What identifies a loaded model: checkpoint, device, dtype and quantisation."""
+
+    source: str
+    device: str
+    dtype: str
+    quantization: str
+
+
+class SharedModel:
+    """A loaded checkpoint and the vision-feature cache its users share."""
+
+    def __init__(self, key: ModelKey, loaded: LoadedSam3):
+        self.key = key
+        self.loaded = loaded
+        self.feature_cache = VisionFeatureCache(loaded.detector, capacity=4)
+
+
+class ModelHub:
+    """Loads each checkpoint once and hands it to every node that asks (reference counted).
+
+    A standalone node owns a private hub. The `pipeline` executable gives all its nodes one hub
+    with `with_tracker=True`, so the segmenter and the tracker run on the same weights (the
+    video model's detector is the segmenter's model) and share each frame's backbone features.
+
+    Args:
+        with_tracker: Always load the video model (detector + tracker), even for a segmenter.
+    """
+
+    def __init__(self, with_tracker: bool = False):
+        self._with_tracker = with_tracker
+        self._lock = threading.Lock()
+        self._models: dict[ModelKey, tuple[SharedModel, int]] = {}
+        self.loads = 0
+        """How many times a checkpoint was actually loaded (for tests and benchmarks)."""
+
+    def acquire(self, key: ModelKey, with_tracker: bool = False) -> SharedModel:
+        """The model for `key`, loading it on first use.
+
+        Raises:
+            ModelLoadError: loading failed, or a node needs the tracker from a hub that loaded
+                the detector only.
+        """
+        with self._lock:
+            if key in self._models:
+                shared, users = self._models[key]
+                if with_tracker and shared.loaded.video_model is None:
+                    raise ModelLoadError("this process loaded the detector only; the tracker "
+                                         "needs the video model (use one ModelHub with "
+                                         "with_tracker=True)")
+                self._models[key] = (shared, users + 1)
+                return shared
+            loaded = load_sam3(key.source, device=key.device, dtype=key.dtype,
+                               with_tracker=with_tracker or self._with_tracker,
+                               quantization=key.quantization)
+            self.loads += 1
+            shared = SharedModel(key, loaded)
+            self._models[key] = (shared, 1)
+            return shared
+
+    def release(self, shared: SharedModel) -> None:
+        """Give a model back; the last user's release frees it (GPU memory included)."""
+        with self._lock:
+            entry = self._models.get(shared.key)
+            if entry is None:
+                return
+            model, users = entry
+            if users > 1:
+                self._models[shared.key] = (model, users - 1)
+                return
+            del self._models[shared.key]
+            model.feature_cache.clear()
+            model.loaded.release()

@@ -1,0 +1,231 @@
+"""Benchmark: bare model call vs. the segmenter node end to end, output building, dropping.
+
+    python -m sam3_ros.tools.benchmark [--model CHECKPOINT] [--device cuda] [--dtype bfloat16]
+
+Measures, in one run on the same frames:
+  1. the bare call: transformers' processor + Sam3Model forward + post-processing, as a user
+     would write it (`bare_transformers`), and the package's core path without ROS
+     (`bare_core`: the same preprocessing, one backbone pass, cached text, post-processing);
+  2. the node end to end: publish a sensor_msgs/Image, receive sam3_ros/DetectionArray, over
+     real DDS with the node in its own process, one frame at a time (no queueing);
+  3. the time to build the output messages (DetectionArray with masks + label image) for
+     20 instances at 1280x720, and the overlay;
+  4. latest-frame behaviour: a camera publishing at --camera-rate for --rate-seconds; frames
+     processed vs dropped and the latency of processed frames (must not grow).
+Without --model it uses the tiny RANDOM checkpoint (plumbing and overhead figures only).
+Prints a Markdown table (and writes it with --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _ms(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e3, ordered[int(0.9 * (len(ordered) - 1))] * 1e3
+
+
+def bare_calls(model: str, device: str, dtype: str, frames: list[np.ndarray],
+               prompts: list[str], score_threshold: float) -> dict[str, tuple[float, float]]:
+    """Median and p90 latency (ms) of the bare transformers call and the core path."""
+    import torch
+
+    from sam3_ros.core.model_loading import load_sam3
+    from sam3_ros.core.prompts import PromptSpec
+    from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
+
+    loaded = load_sam3(model, device=device, dtype=dtype)
+    processor, detector = loaded.processor, loaded.detector
+
+    def sync() -> None:
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def transformers_call(rgb: np.ndarray) -> None:
+        with torch.inference_mode():
+            inputs = processor(images=[rgb] * len(prompts), text=prompts,
+                               return_tensors="pt").to(loaded.device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
+            outputs = detector(**inputs)
+            results = processor.post_process_instance_segmentation(
+                outputs, threshold=score_threshold, mask_threshold=0.5,
+                target_sizes=[rgb.shape[:2]] * len(prompts))
+            for result in results:
+                result["masks"].cpu()
+        sync()
+
+    session = SegmenterSession(Sam3Segmenter(loaded),
+                               SegmenterConfig(score_threshold=score_threshold),
+                               [PromptSpec(p) for p in prompts])
+    timings: dict[str, list[float]] = {"bare_transformers": [], "bare_core": []}
+    for name, call in (("bare_transformers", transformers_call),
+                       ("bare_core", lambda rgb: (session.process(rgb), sync()))):
+        for rgb in frames[:3]:  # warm-up
+            call(rgb)
+        for rgb in frames:
+            start = time.perf_counter()
+            call(rgb)
+            timings[name].append(time.perf_counter() - start)
+    loaded.release()
+    return {name: _ms(samples) for name, samples in timings.items()}
+
+
+def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray],
+                    prompts: list[str], score_threshold: float, camera_rate_hz: float,
+                    rate_seconds: float) -> dict[str, object]:
+    """Latency publish->detections one frame at a time, then behaviour at a camera rate."""
+    import rclpy
+    from sensor_msgs.msg import Image
+
+    from sam3_ros.msg import DetectionArray
+    from sam3_ros.ros.image_conversions import numpy_to_image_msg
+    from sam3_ros.tools.ros_runner import Client, NodeProcess, node_command, wait_for
+
+    ns = "/sam3_bench"
+    node = NodeProcess(node_command("segmenter", {
+        "model": model, "device": device, "dtype": dtype, "autostart": True, "prompts": prompts,
+        "score_threshold": score_threshold,
+    }, remaps={"__ns": ns}))
+    client = Client("sam3_bench_camera")
+    topic = f"{ns}/detections"
+    try:
+        camera = client.node.create_publisher(Image, f"{ns}/image", 10)
+        client.subscribe(DetectionArray, topic)
+        wait_for(lambda: client.node.count_subscribers(f"{ns}/image") > 0, 600,
+                 "the node to subscribe", node)
+        time.sleep(1.0)  # let discovery settle in both directions
+        messages = []
+        for i, rgb in enumerate(frames):
+            msg = numpy_to_image_msg(rgb, "rgb8")
+            msg.header.stamp.sec = i + 1
+            messages.append(msg)
+        latencies = []
+        for index, msg in enumerate(messages[:3] + messages):
+            sec = msg.header.stamp.sec
+            client.clear(topic)
+            start = time.monotonic()
+            camera.publish(msg)
+            received = wait_for(
+                lambda sec=sec: [t for t, m in client.messages_with_times(topic)
+                                 if m.header.stamp.sec == sec], 120, "detections", node,
+                poll_s=0.0005)
+            if index >= 3:  # the first three are warm-up
+                latencies.append(received[0] - start)
+        e2e = _ms(latencies)
+
+        # Camera at a fixed rate: the node must skip frames, not queue them.
+        client.clear(topic)
+        period = 1.0 / camera_rate_hz
+        count = int(rate_seconds * camera_rate_hz)
+        sent_at = {}
+        start = time.monotonic()
+        for i in range(count):
+            msg = messages[i % len(messages)]
+            msg.header.stamp.sec = 10_000 + i
+            sent_at[10_000 + i] = time.monotonic()
+            camera.publish(msg)
+            time.sleep(max(0.0, start + (i + 1) * period - time.monotonic()))
+        last = 10_000 + count - 1
+        wait_for(lambda: any(m.header.stamp.sec == last for m in client.messages(topic)), 120,
+                 "the last frame's result", node)
+        timed = client.messages_with_times(topic)
+        rate_latencies = [t - sent_at[m.header.stamp.sec] for t, m in timed]
+        half = len(rate_latencies) // 2
+        return {
+            "e2e_ms": e2e,
+            "rate_sent": count,
+            "rate_processed": len(timed),
+            "rate_dropped": count - len(timed),
+            "rate_latency_ms": _ms(rate_latencies),
+            "rate_latency_first_half_ms": _ms(rate_latencies[:max(half, 1)]),
+            "rate_latency_second_half_ms": _ms(rate_latencies[half:]),
+        }
+    finally:
+        client.close()
+        node.stop()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="checkpoint id or folder (default: tiny RANDOM model)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--prompts", nargs="+", default=["mug", "bottle", "person"])
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--camera-rate", type=float, default=30.0)
+    parser.add_argument("--rate-seconds", type=float, default=5.0)
+    parser.add_argument("--output", type=Path, help="also write the Markdown table here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    model, model_note = args.model, args.model
+    if model is None:
+        from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+        model = str(make_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="sam3_tiny_"))))
+        model_note = "tiny random checkpoint (112 px, 32-wide)"
+    from sam3_ros.tools.demo import synthetic_frames
+
+    frames = synthetic_frames(args.frames, args.height, args.width)
+    bare = bare_calls(model, args.device, args.dtype, frames, args.prompts,
+                      args.score_threshold)
+    node = node_end_to_end(model, args.device, args.dtype, frames, args.prompts,
+                           args.score_threshold, args.camera_rate, args.rate_seconds)
+    from sam3_ros.ros.detection_conversions import build_outputs_benchmark
+
+    outputs = build_outputs_benchmark(n_instances=20, height=720, width=1280, repeats=50)
+
+    e2e_median = node["e2e_ms"][0]
+    rows = [
+        ("bare call, transformers (processor + forward + post-process)",
+         *bare["bare_transformers"]),
+        ("bare call, sam3_ros core (no ROS)", *bare["bare_core"]),
+        ("node end to end (publish Image -> receive DetectionArray)", *node["e2e_ms"]),
+    ]
+    lines = [
+        f"Model: {model_note}; device {args.device}, {args.dtype}; {args.width}x{args.height} "
+        f"frames; prompts {args.prompts}; {args.frames} frames.",
+        "",
+        "| measurement | median ms | p90 ms |",
+        "|---|---:|---:|",
+        *[f"| {name} | {median:.2f} | {p90:.2f} |" for name, median, p90 in rows],
+        f"| output messages, 20 instances at 1280x720 (DetectionArray with masks + label "
+        f"image) | {outputs['messages_ms'][0]:.2f} | {outputs['messages_ms'][1]:.2f} |",
+        f"| overlay, 20 instances at 1280x720 | {outputs['overlay_ms'][0]:.2f} | "
+        f"{outputs['overlay_ms'][1]:.2f} |",
+        "",
+        f"End-to-end / bare ratio (medians): {e2e_median / bare['bare_transformers'][0]:.3f}x "
+        f"vs transformers, {e2e_median / bare['bare_core'][0]:.3f}x vs the core path; "
+        f"end-to-end overhead {e2e_median - bare['bare_core'][0]:.2f} ms.",
+        "",
+        f"Camera at {args.camera_rate:g} Hz for {args.rate_seconds:g} s: {node['rate_sent']} "
+        f"frames sent, {node['rate_processed']} processed, {node['rate_dropped']} dropped "
+        f"(never queued); latency median {node['rate_latency_ms'][0]:.1f} ms, p90 "
+        f"{node['rate_latency_ms'][1]:.1f} ms; first half median "
+        f"{node['rate_latency_first_half_ms'][0]:.1f} ms, second half "
+        f"{node['rate_latency_second_half_ms'][0]:.1f} ms (flat = no latency build-up).",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
