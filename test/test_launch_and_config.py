@@ -70,7 +70,7 @@ def test_yaml_equals_declared_parameters(node):
     pytest.importorskip("sam3_ros.msg")
     params = importlib.import_module(NODE_PARAM_TABLES[node]).PARAMS
     path = REPO / "config" / f"{node}.yaml"
-    values = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
+    values = yaml.safe_load(path.read_text())[f"/**/{node}"]["ros__parameters"]
     assert set(values) == set(params), (
         f"only in yaml: {set(values) - set(params)}; only declared: {set(params) - set(values)}")
     for name, spec in params.items():

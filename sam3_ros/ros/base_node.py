@@ -98,8 +98,8 @@ class Sam3LifecycleNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._running = False
         self._subscription = None
-        self._publishers: dict[str, Any] = {}
-        self._services: list[Any] = []
+        self._output_pubs: dict[str, Any] = {}
+        self._service_handles: list[Any] = []
         self._diag_timer = None
         self._stats_lock = threading.Lock()
         self._processed = 0
@@ -165,8 +165,9 @@ class Sam3LifecycleNode(LifecycleNode):
             self._create_session(self._model)
             if self.param("warmup"):
                 self._warm_up()
-        except (Sam3RosError, ValueError) as err:
-            self.get_logger().error(f"configure failed: {err}")
+        except Exception as err:  # configure must fail with a reason, never crash the node
+            reason = str(err) if isinstance(err, Sam3RosError) else f"{type(err).__name__}: {err}"
+            self.get_logger().error(f"configure failed: {reason}")
             if self._model is not None:
                 self._release_session()
                 self._hub.release(self._model)
@@ -238,7 +239,7 @@ class Sam3LifecycleNode(LifecycleNode):
 
     def _create_outputs(self) -> None:
         qos = 10
-        self._publishers = {
+        self._output_pubs = {
             "detections": self.create_publisher(DetectionArray, "detections", qos),
             "mask": self.create_publisher(Image, "mask", qos),
             "overlay": self.create_publisher(Image, "overlay", qos),
@@ -247,25 +248,25 @@ class Sam3LifecycleNode(LifecycleNode):
         }
         vision_cls = _vision_msgs_array_type()
         if vision_cls is not None:
-            self._publishers["vision_detections"] = self.create_publisher(
+            self._output_pubs["vision_detections"] = self.create_publisher(
                 vision_cls, "vision_detections", qos)
-        self._services = self._create_services()
+        self._service_handles = self._create_services()
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         self._publish_label_info()
 
     def _destroy_outputs(self) -> None:
-        for pub in self._publishers.values():
+        for pub in self._output_pubs.values():
             self.destroy_publisher(pub)
-        self._publishers = {}
-        for srv in self._services:
+        self._output_pubs = {}
+        for srv in self._service_handles:
             self.destroy_service(srv)
-        self._services = []
+        self._service_handles = []
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self._diag_timer = None
 
     def _publish_label_info(self) -> None:
-        pub = self._publishers.get("label_info")
+        pub = self._output_pubs.get("label_info")
         if pub is None:
             return
         names, generation = self._class_names()
@@ -318,7 +319,7 @@ class Sam3LifecycleNode(LifecycleNode):
 
     def _publish(self, detections: Detections, generation: int, header: Any,
                  rgb: np.ndarray) -> None:
-        pubs = self._publishers
+        pubs = self._output_pubs
         pubs["detections"].publish(detections_to_msg(
             detections, header, generation, include_masks=self.param("publish_masks")))
         if "vision_detections" in pubs and self.param("publish_vision_msgs"):
@@ -344,7 +345,7 @@ class Sam3LifecycleNode(LifecycleNode):
                     "last_latency_ms": self._last_latency_ms}
 
     def _publish_diagnostics(self) -> None:
-        pub = self._publishers.get("diagnostics")
+        pub = self._output_pubs.get("diagnostics")
         if pub is None:
             return
         stats = self.stats()
