@@ -9,6 +9,10 @@ repo="$_sam3_ros_repo"
 venv="${SAM3_ROS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sam3_ros/venv}"
 source "$repo/scripts/_ros_env.sh"
 # colcon's generated setup adds install/ to PYTHONPATH, AMENT_PREFIX_PATH and the library path.
+# It reads unset variables, so `set -u` (scripts/test.sh) is lifted around it.
+case $- in *u*) _sam3_ros_nounset=1; set +u ;; *) _sam3_ros_nounset= ;; esac
 # shellcheck disable=SC1091
 source "$repo/install/local_setup.bash"
+[ -n "$_sam3_ros_nounset" ] && set -u
+unset _sam3_ros_nounset
 unset _sam3_ros_repo
