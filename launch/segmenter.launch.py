@@ -11,11 +11,10 @@ autostart:=false, in which case a lifecycle manager drives it.
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
-
-from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -166,16 +166,21 @@ class Sam3Segmenter:
             InvalidImageError: the image is not (H, W, 3) uint8.
             InvalidPromptError: an exemplar box lies outside this image.
         """
+        height, width = int(rgb.shape[0]), int(rgb.shape[1])
+        pixel_values = self.preprocess(rgb)
+        vision_embeds = self.feature_cache.get(frame_key, pixel_values)
+        return self.segment_features(vision_embeds, prompts, config, height, width)
+
+    def segment_features(self, vision_embeds: Any, prompts: EncodedPrompts,
+                         config: SegmenterConfig, height: int, width: int) -> Detections:
+        """`segment` from already computed vision features of a (height x width) image."""
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        height, width = int(rgb.shape[0]), int(rgb.shape[1])
-        pixel_values = self.preprocess(rgb)
         for i, spec in enumerate(prompts.specs):
             for j, box in enumerate(spec.exemplars):
                 check_box(box.xyxy, f"prompt {i} exemplar box {j}", (height, width))
         detector = self.loaded.detector
-        vision_embeds = self.feature_cache.get(frame_key, pixel_values)
         scores, boxes, low_res_masks, class_ids = [], [], [], []
         n_prompts = len(prompts.specs)
         with torch.inference_mode():

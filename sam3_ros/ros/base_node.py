@@ -79,16 +79,19 @@ class Sam3LifecycleNode(LifecycleNode):
         model_hub: Hands out models shared with the other nodes of this process (the pipeline
             executable passes one hub to all); None gives the node a private hub.
         needs_tracker: Load the video model (detector + tracker) rather than the detector.
+        output_prefix: Prepended to output topic and service names ("" standalone; the
+            pipeline gives "segmenter/" and "tracker/" so two nodes in one namespace differ).
         **kwargs: Passed to rclpy's Node (e.g. parameter_overrides, namespace).
     """
 
     def __init__(self, node_name: str, param_specs: dict[str, ParamSpec],
                  model_hub: ModelHub | None = None, needs_tracker: bool = False,
-                 **kwargs: Any):
+                 output_prefix: str = "", **kwargs: Any):
         super().__init__(node_name, **kwargs)
         self._specs = param_specs
         self._hub = model_hub or ModelHub()
         self._needs_tracker = needs_tracker
+        self._prefix = output_prefix
         for spec in param_specs.values():
             self.declare_parameter(spec.name, spec.default, self._descriptor(spec))
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -240,19 +243,24 @@ class Sam3LifecycleNode(LifecycleNode):
     def _create_outputs(self) -> None:
         qos = 10
         self._output_pubs = {
-            "detections": self.create_publisher(DetectionArray, "detections", qos),
-            "mask": self.create_publisher(Image, "mask", qos),
-            "overlay": self.create_publisher(Image, "overlay", qos),
-            "label_info": self.create_publisher(LabelInfo, "label_info", LABEL_INFO_QOS),
+            "detections": self.create_publisher(DetectionArray, self._name("detections"), qos),
+            "mask": self.create_publisher(Image, self._name("mask"), qos),
+            "overlay": self.create_publisher(Image, self._name("overlay"), qos),
+            "label_info": self.create_publisher(LabelInfo, self._name("label_info"),
+                                                LABEL_INFO_QOS),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 1),
         }
         vision_cls = _vision_msgs_array_type()
         if vision_cls is not None:
             self._output_pubs["vision_detections"] = self.create_publisher(
-                vision_cls, "vision_detections", qos)
+                vision_cls, self._name("vision_detections"), qos)
         self._service_handles = self._create_services()
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         self._publish_label_info()
+
+    def _name(self, relative: str) -> str:
+        """Output topic / service name (relative, with this node's prefix)."""
+        return self._prefix + relative
 
     def _destroy_outputs(self) -> None:
         for pub in self._output_pubs.values():
@@ -338,11 +346,15 @@ class Sam3LifecycleNode(LifecycleNode):
 
     # ------------------------------------------------------------------------- diagnostics
     def stats(self) -> dict[str, float]:
-        """Counters since activation: received, dropped, processed, errors, last latency."""
+        """Counters since activation (received, dropped, processed, errors, last latency) and
+        the shared model's backbone passes."""
         with self._stats_lock:
-            return {"received": self._slot.received, "dropped": self._slot.dropped,
-                    "processed": self._processed, "errors": self._errors,
-                    "last_latency_ms": self._last_latency_ms}
+            stats = {"received": self._slot.received, "dropped": self._slot.dropped,
+                     "processed": self._processed, "errors": self._errors,
+                     "last_latency_ms": self._last_latency_ms}
+        if self._model is not None:
+            stats["backbone_calls"] = self._model.feature_cache.backbone_calls
+        return stats
 
     def _publish_diagnostics(self) -> None:
         pub = self._output_pubs.get("diagnostics")

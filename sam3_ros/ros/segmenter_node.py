@@ -75,8 +75,9 @@ class SegmenterNode(Sam3LifecycleNode):
     """Lifecycle node running SAM3 text/box-exemplar prompted instance segmentation."""
 
     def __init__(self, model_hub: ModelHub | None = None, node_name: str = "segmenter",
-                 **kwargs: Any):
-        super().__init__(node_name, PARAMS, model_hub=model_hub, **kwargs)
+                 output_prefix: str = "", **kwargs: Any):
+        super().__init__(node_name, PARAMS, model_hub=model_hub, output_prefix=output_prefix,
+                         **kwargs)
         self._session: SegmenterSession | None = None
         self._tracker: ByteTracker | None = None
         self._syncing_prompts = False
@@ -143,8 +144,8 @@ class SegmenterNode(Sam3LifecycleNode):
     # --------------------------------------------------------------------------- services
     def _create_services(self) -> list[Any]:
         return [
-            self.create_service(SetPrompts, "set_prompts", self._on_set_prompts),
-            self.create_service(Trigger, "reset", self._on_reset),
+            self.create_service(SetPrompts, self._name("set_prompts"), self._on_set_prompts),
+            self.create_service(Trigger, self._name("reset"), self._on_reset),
         ]
 
     def _on_set_prompts(self, request: SetPrompts.Request,

@@ -15,6 +15,9 @@ import argparse
 from pathlib import Path
 
 TINY_IMAGE_SIZE_PX = 112
+FPN_WIDTH = 128
+"""Width of the FPN neck and the heads: the SAM2-style tracker needs more than its 64-channel
+memory (object pointers are split into memory-sized tokens)."""
 """Model input size of the tiny checkpoint (the real SAM3 uses 1008)."""
 
 _VOCAB_WORDS = (
@@ -78,7 +81,7 @@ def tiny_sam3_config(bos_token_id: int, eos_token_id: int):
             "global_attn_indexes": [1],
             "pretrain_image_size": TINY_IMAGE_SIZE_PX,
         },
-        "fpn_hidden_size": 32,
+        "fpn_hidden_size": FPN_WIDTH,
         "backbone_feature_sizes": feature_sizes,
     }
     text_config = {
@@ -96,15 +99,42 @@ def tiny_sam3_config(bos_token_id: int, eos_token_id: int):
     return Sam3Config(
         vision_config=vision_config,
         text_config=text_config,
-        geometry_encoder_config={"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2,
-                                 "intermediate_size": 64},
-        detr_encoder_config={"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2,
+        geometry_encoder_config={"hidden_size": FPN_WIDTH, "num_layers": 1,
+                                 "num_attention_heads": 2, "intermediate_size": 64},
+        detr_encoder_config={"hidden_size": FPN_WIDTH, "num_layers": 1, "num_attention_heads": 2,
                              "intermediate_size": 64},
-        detr_decoder_config={"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2,
+        detr_decoder_config={"hidden_size": FPN_WIDTH, "num_layers": 1, "num_attention_heads": 2,
                              "intermediate_size": 64, "num_queries": 20},
-        mask_decoder_config={"hidden_size": 32, "num_upsampling_stages": 3,
+        mask_decoder_config={"hidden_size": FPN_WIDTH, "num_upsampling_stages": 3,
                              "num_attention_heads": 2},
     )
+
+
+def tiny_sam3_video_config(detector_config):
+    """A `Sam3VideoConfig`: the tiny detector plus a tiny SAM2-style memory tracker."""
+    from transformers import Sam3VideoConfig
+
+    size = TINY_IMAGE_SIZE_PX
+    tracker_config = {
+        "vision_config": detector_config.vision_config.to_dict(),
+        "image_size": size,
+        "prompt_encoder_config": {"hidden_size": FPN_WIDTH, "image_size": size,
+                                  "patch_size": 14},
+        "mask_decoder_config": {"hidden_size": FPN_WIDTH, "mlp_dim": 64,
+                                "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+        "memory_attention_hidden_size": FPN_WIDTH,
+        "memory_attention_num_layers": 1,
+        "memory_attention_feed_forward_hidden_size": 64,
+        "memory_attention_rope_feat_sizes": [size // 14, size // 14],
+        "memory_encoder_hidden_size": FPN_WIDTH,
+        "memory_encoder_output_channels": 64,
+        "mask_downsampler_embed_dim": FPN_WIDTH,
+        "memory_fuser_embed_dim": FPN_WIDTH,
+        "memory_fuser_intermediate_dim": 64,
+    }
+    # fill_hole_area=0: hole filling would fetch a compiled kernel from the hub.
+    return Sam3VideoConfig(detector_config=detector_config.to_dict(),
+                           tracker_config=tracker_config, fill_hole_area=0, hotstart_delay=0)
 
 
 def make_tiny_checkpoint(output_dir: str | Path, seed: int = 0) -> Path:
@@ -115,18 +145,22 @@ def make_tiny_checkpoint(output_dir: str | Path, seed: int = 0) -> Path:
         seed: Seed of the random initialisation (same seed, same weights).
 
     Returns:
-        The folder, ready for `Sam3Model.from_pretrained` / `Sam3Processor.from_pretrained`.
+        The folder, ready for `Sam3Model`, `Sam3VideoModel` and `Sam3Processor`
+        `.from_pretrained`.
     """
     import torch
-    from transformers import CLIPTokenizer, Sam3ImageProcessor, Sam3Model, Sam3Processor
+    from transformers import CLIPTokenizer, Sam3ImageProcessor, Sam3Processor, Sam3VideoModel
 
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = _tokenizer_vocab_and_merges()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=32)
     torch.manual_seed(seed)
-    config = tiny_sam3_config(vocab["<|startoftext|>"], vocab["<|endoftext|>"])
-    model = Sam3Model(config).eval()
+    config = tiny_sam3_video_config(
+        tiny_sam3_config(vocab["<|startoftext|>"], vocab["<|endoftext|>"]))
+    # A video checkpoint, like facebook/sam3: Sam3Model loads its detector part,
+    # Sam3VideoModel the detector and the tracker sharing one vision backbone.
+    model = Sam3VideoModel(config).eval()
     model.save_pretrained(folder)
     image_processor = Sam3ImageProcessor(
         size={"height": TINY_IMAGE_SIZE_PX, "width": TINY_IMAGE_SIZE_PX},

@@ -6,6 +6,7 @@ Used by the node tests, the demo and the benchmark (ros2cli is not needed).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -41,6 +42,17 @@ def node_command(executable: str, params: dict[str, Any], name: str | None = Non
     return cmd
 
 
+def _die_with_parent() -> None:
+    # A test process that crashes must not leave nodes running (they would answer the next
+    # run's requests on the same domain). Linux only; elsewhere the node is stopped normally.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class NodeProcess:
     """A node running in its own process; its output is kept for assertions and failures."""
 
@@ -49,7 +61,8 @@ class NodeProcess:
         self.log_path = tmp / f"sam3_node_{os.getpid()}_{id(self)}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                     preexec_fn=_die_with_parent)
 
     def output(self) -> str:
         self._log.flush()

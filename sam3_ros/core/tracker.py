@@ -1,0 +1,564 @@
+"""Streaming memory-bank tracking of one camera stream with SAM3's tracker.
+
+`TrackerSession` holds all state of one stream: the transformers tracker session (memory bank,
+object pointers, prompts), the object table (ids, labels, ages), the text prompts and the
+frames still held. The model (`Sam3VideoModel`: detector + tracker sharing one vision backbone)
+is stateless and may be shared with a segmenter in the same process.
+
+Per frame:
+  1. the vision backbone runs once (through the shared `VisionFeatureCache`, or reused for
+     `reuse_backbone_frames` frames in realtime mode) and its features are projected for the
+     tracker (`Sam3VideoModel.get_vision_features_for_tracker`);
+  2. prompt requests queued by services since the last frame are applied, in order;
+  3. every `detect_every_n_frames` frames, with text prompts set, the SAM3 detector runs on the
+     same features; detections that overlap no tracked object start new objects (mask prompt);
+  4. the tracker propagates every object with its memory bank (`Sam3TrackerVideoModel`
+     streaming forward, one frame at a time);
+  5. state older than the memory window is pruned: transformers keeps every frame's outputs and
+     every processed frame otherwise (measured: RSS grows without bound).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sam3_ros.core.detections import STATE_OCCLUDED, STATE_VISIBLE, Detections
+from sam3_ros.core.errors import ConfigError, InvalidPromptError, ModelLoadError
+from sam3_ros.core.model_loading import LoadedSam3
+from sam3_ros.core.prompts import PromptSpec, check_box, check_point, validate_prompts
+from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig
+from sam3_ros.core.vision_features import VisionFeatureCache
+
+FRAMES_HELD_FOR_PROMPTS = 4
+"""Recent frames whose features are kept so a prompt can refer to them by stamp."""
+
+
+@dataclass(frozen=True)
+class ObjectPromptSpec:
+    """Points and/or one box identifying one object, in input-image pixels.
+
+    Attributes:
+        object_id: Caller's id (>= 0), or -1 to assign the next free id.
+        label: Free text echoed on the object's detections.
+        points: (x, y, positive) triples; positive = foreground.
+        box: (x_min, y_min, x_max, y_max), or None.
+    """
+
+    object_id: int = -1
+    label: str = ""
+    points: tuple[tuple[float, float, bool], ...] = ()
+    box: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class TrackerConfig:
+    """Settings of a tracking stream.
+
+    Attributes:
+        score_threshold: Detector score a text-prompted instance needs to start a track.
+        mask_threshold: Mask logit threshold (SAM trackers binarise logits at 0.0).
+        max_objects: Most objects tracked at once; more are refused (or not started).
+        memory_frames: Frames of per-object model state kept (memory-bank masks and object
+            pointers). SAM3 reads at most num_maskmem (7) memory frames and 16 object
+            pointers; with memory_frames >= 16 the pruning never changes a result.
+        detect_every_n_frames: Run the text detector every N frames (realtime mode), track
+            in between.
+        reuse_backbone_frames: Reuse a frame's backbone features for up to M following frames
+            (realtime mode on weak GPUs; 0 = compute every frame).
+        max_time_gap_s: Reset the stream when the stamp goes backwards or jumps further.
+        new_object_iou: A detection overlapping a tracked object's mask by more than this IoU
+            belongs to that object rather than starting a new one.
+    """
+
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.0
+    max_objects: int = 16
+    memory_frames: int = 16
+    detect_every_n_frames: int = 1
+    reuse_backbone_frames: int = 0
+    max_time_gap_s: float = 1.0
+    new_object_iou: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "new_object_iou"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 1.0):
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        if not math.isfinite(self.mask_threshold):
+            raise ConfigError(f"mask_threshold must be finite, got {self.mask_threshold}")
+        for name, minimum in (("max_objects", 1), ("memory_frames", 1),
+                              ("detect_every_n_frames", 1), ("reuse_backbone_frames", 0)):
+            value = getattr(self, name)
+            if int(value) != value or value < minimum:
+                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value}")
+        if not (self.max_time_gap_s > 0 and math.isfinite(self.max_time_gap_s)):
+            raise ConfigError(f"max_time_gap_s must be > 0, got {self.max_time_gap_s}")
+
+
+@dataclass
+class _TrackedObject:
+    object_id: int
+    label: str
+    class_id: int
+    first_frame_idx: int
+
+
+@dataclass
+class _Request:
+    kind: str  # "add", "refine", "remove"
+    objects: list[ObjectPromptSpec] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    frame_idx: int | None = None
+
+
+class TrackerSession:
+    """All state of one tracked camera stream, with one `reset()`.
+
+    Thread safety: prompt methods (services) may be called while `process_frame` runs in
+    another thread. They validate at once (raising InvalidPromptError with the reason) and queue
+    the change; the next frame applies queued changes in order before it is tracked, so a frame
+    in flight is never modified and a request never waits longer than one inference.
+
+    Args:
+        loaded: A checkpoint loaded with the video model (`load_sam3(..., with_tracker=True)`).
+        config: Stream settings.
+        feature_cache: The process's shared vision-feature cache (pipeline); None makes one.
+    """
+
+    def __init__(self, loaded: LoadedSam3, config: TrackerConfig,
+                 feature_cache: VisionFeatureCache | None = None):
+        if loaded.video_model is None:
+            raise ModelLoadError("the tracker needs the SAM3 video model (load_sam3(..., "
+                                 "with_tracker=True)); this checkpoint was loaded as a detector")
+        self.loaded = loaded
+        self.config = config
+        self.video_model = loaded.video_model
+        self.tracker_model = loaded.video_model.tracker_model
+        self.feature_cache = feature_cache or VisionFeatureCache(loaded.detector, capacity=1)
+        self._segmenter = Sam3Segmenter(loaded, self.feature_cache)
+        self._lock = threading.Lock()
+        self._text_prompts: tuple[PromptSpec, ...] = ()
+        self._encoded_prompts = None
+        self.prompt_generation = 0
+        self.last_reset_reason: str | None = None
+        self.detector_calls = 0
+        self.reset()
+
+    # ------------------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Drop every object, the memory bank and held frames; text prompts stay."""
+        with self._lock:
+            self._reset_locked()
+
+    def _reset_locked(self) -> None:
+        from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
+            Sam3TrackerVideoInferenceSession,
+        )
+
+        self._session = Sam3TrackerVideoInferenceSession(
+            inference_device=self.loaded.device, inference_state_device=self.loaded.device,
+            video_storage_device=self.loaded.device, dtype=self.loaded.dtype,
+            max_vision_features_cache_size=FRAMES_HELD_FOR_PROMPTS)
+        self._objects: dict[int, _TrackedObject] = {}
+        self._pending: deque[_Request] = deque()
+        self._frame_idx = -1
+        self._frames: deque[tuple[int, int]] = deque(maxlen=FRAMES_HELD_FOR_PROMPTS)
+        self._image_size_hw: tuple[int, int] | None = None
+        self._last_stamp_ns: int | None = None
+        self._reused_vision: tuple[Any, int] | None = None
+        self._last_masks: np.ndarray | None = None
+        self._next_id = 0
+
+    @property
+    def text_prompts(self) -> tuple[str, ...]:
+        return tuple(p.text for p in self._text_prompts)
+
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted(self._objects)
+
+    def set_config(self, config: TrackerConfig) -> None:
+        if config.max_objects < len(self._objects):
+            raise ConfigError(f"max_objects {config.max_objects} is below the "
+                              f"{len(self._objects)} objects tracked now")
+        self.config = config
+
+    def memory_stats(self) -> dict[str, int]:
+        """Sizes of everything that could grow with the stream (for tests and soak runs)."""
+        session = self._session
+        outputs = sum(len(d["cond_frame_outputs"]) + len(d["non_cond_frame_outputs"])
+                      for d in session.output_dict_per_obj.values())
+        inputs = sum(len(d) for d in session.point_inputs_per_obj.values()) + sum(
+            len(d) for d in session.mask_inputs_per_obj.values())
+        tracked = sum(len(d) for d in session.frames_tracked_per_obj.values())
+        return {
+            "objects": len(self._objects),
+            "frames_held": len(session.processed_frames or {}),
+            "outputs_held": outputs,
+            "max_outputs_per_object": max(
+                (len(d["cond_frame_outputs"]) + len(d["non_cond_frame_outputs"])
+                 for d in session.output_dict_per_obj.values()), default=0),
+            "inputs_held": inputs,
+            "tracked_entries": tracked,
+            "vision_features_held": len(session.cache._vision_features),
+        }
+
+    # ---------------------------------------------------------------------------- prompts
+    def set_text_prompts(self, texts: Sequence[str]) -> list[int]:
+        """Track every instance of each phrase (class id = index); [] stops text detection.
+
+        Objects already tracked keep tracking; new ones come from the new prompts.
+        """
+        specs = validate_prompts([PromptSpec(t) for t in texts], 64) if texts else ()
+        encoded = self._segmenter.encode_prompts(specs) if specs else None
+        with self._lock:
+            self._text_prompts, self._encoded_prompts = tuple(specs), encoded
+            self.prompt_generation += 1
+        return list(range(len(specs)))
+
+    def _frame_for_stamp(self, stamp_ns: int | None) -> int | None:
+        if stamp_ns is None:
+            return None
+        for frame_idx, held_stamp in self._frames:
+            if held_stamp == stamp_ns:
+                return frame_idx
+        held = [s for _, s in self._frames]
+        raise InvalidPromptError(
+            f"no held frame has stamp {stamp_ns} ns (the tracker holds the last "
+            f"{len(held)} frame(s): {held}); use a zero stamp for the next frame")
+
+    def _check_object(self, spec: ObjectPromptSpec, what: str) -> None:
+        if not spec.points and spec.box is None:
+            raise InvalidPromptError(f"{what}: give points and/or a box")
+        for j, (x, y, _) in enumerate(spec.points):
+            check_point((x, y), f"{what} point {j}", self._image_size_hw)
+        if spec.box is not None:
+            check_box(spec.box, f"{what} box", self._image_size_hw)
+
+    def add_objects(self, objects: Sequence[ObjectPromptSpec], frame_stamp_ns: int | None = None,
+                    refine: bool = False) -> list[int]:
+        """Queue new objects (or refinements of existing ones) for the next frame.
+
+        Args:
+            objects: Object prompts; ids must be new (or -1) unless `refine`.
+            frame_stamp_ns: Apply on the held frame with this stamp instead of the next frame.
+            refine: Add the prompts to existing objects (ids must exist).
+
+        Returns:
+            The object id of each entry.
+
+        Raises:
+            InvalidPromptError: with the reason; nothing is queued.
+        """
+        if not objects:
+            raise InvalidPromptError("no objects given")
+        with self._lock:
+            frame_idx = self._frame_for_stamp(frame_stamp_ns)
+            pending_new = {o.object_id for r in self._pending if r.kind == "add"
+                           for o in r.objects}
+            known = set(self._objects) | pending_new
+            ids: list[int] = []
+            next_id = max([self._next_id, *[i + 1 for i in known]])
+            for i, spec in enumerate(objects):
+                what = f"object {i} (id {spec.object_id})"
+                self._check_object(spec, what)
+                if refine:
+                    if spec.object_id not in known:
+                        raise InvalidPromptError(f"{what}: unknown id (tracked: {sorted(known)})")
+                    ids.append(spec.object_id)
+                    continue
+                if spec.object_id < -1:
+                    raise InvalidPromptError(f"{what}: ids are >= 0, or -1 to assign one")
+                if spec.object_id == -1:
+                    ids.append(next_id)
+                    next_id += 1
+                elif spec.object_id in known or spec.object_id in ids:
+                    raise InvalidPromptError(f"{what}: id already in use")
+                else:
+                    ids.append(spec.object_id)
+                    next_id = max(next_id, spec.object_id + 1)
+            if not refine and len(known) + len(ids) > self.config.max_objects:
+                raise InvalidPromptError(
+                    f"{len(known)} object(s) tracked, {len(ids)} more would exceed max_objects "
+                    f"{self.config.max_objects}")
+            resolved = [ObjectPromptSpec(oid, s.label, tuple(s.points), s.box)
+                        for oid, s in zip(ids, objects, strict=True)]
+            self._pending.append(_Request("refine" if refine else "add", resolved,
+                                          frame_idx=frame_idx))
+            self._next_id = max(self._next_id, next_id)
+        return ids
+
+    def remove_objects(self, object_ids: Sequence[int]) -> None:
+        """Stop tracking objects (from the next frame). Unknown ids fail the whole request."""
+        if not object_ids:
+            raise InvalidPromptError("no object ids given")
+        with self._lock:
+            pending_new = {o.object_id for r in self._pending if r.kind == "add"
+                           for o in r.objects}
+            known = set(self._objects) | pending_new
+            unknown = sorted(set(object_ids) - known)
+            if unknown:
+                raise InvalidPromptError(f"unknown object id(s) {unknown} (tracked: "
+                                         f"{sorted(known)})")
+            self._pending.append(_Request("remove", ids=list(object_ids)))
+
+    # ----------------------------------------------------------------------------- frames
+    def process_frame(self, rgb: np.ndarray, stamp_ns: int,
+                      frame_key: Hashable | None = None) -> Detections:
+        """Track every object in the next camera frame.
+
+        Args:
+            rgb: (H, W, 3) uint8 RGB frame.
+            stamp_ns: The frame's stamp (nanoseconds); jumps reset the stream.
+            frame_key: Key of the frame in the shared vision-feature cache.
+
+        Returns:
+            One instance per tracked object, sorted by object id: masks (H, W) bool, boxes
+            from the masks (xyxy), score = sigmoid(object score), state VISIBLE or OCCLUDED
+            (occluded objects keep their id, with an empty mask and zero box).
+        """
+        import torch
+
+        height, width = int(rgb.shape[0]), int(rgb.shape[1])
+        pixel_values = self._segmenter.preprocess(rgb)
+        with self._lock:
+            reason = None
+            if self._last_stamp_ns is not None:
+                gap_s = (stamp_ns - self._last_stamp_ns) * 1e-9
+                if gap_s < 0:
+                    reason = f"stamp went backwards by {-gap_s:.3f} s (bag loop?)"
+                elif gap_s > self.config.max_time_gap_s:
+                    reason = (f"{gap_s:.3f} s gap between frames exceeds max_time_gap_s "
+                              f"{self.config.max_time_gap_s}")
+            if self._image_size_hw not in (None, (height, width)):
+                reason = f"the image size changed from {self._image_size_hw} to {(height, width)}"
+            if reason is not None:
+                # Old objects, prompts in pixels and the memory bank no longer apply.
+                self._reset_locked()
+                self.last_reset_reason = reason
+            self._image_size_hw = (height, width)
+            self._last_stamp_ns = stamp_ns
+            self._frame_idx += 1
+            frame_idx = self._frame_idx
+            self._frames.append((frame_idx, stamp_ns))
+            session = self._session
+            session.video_height, session.video_width = height, width
+            with torch.inference_mode():
+                vision = self._vision_features(pixel_values, frame_key, frame_idx)
+                feats, pos = self.video_model.get_vision_features_for_tracker(vision)
+                session.cache.cache_vision_features(
+                    frame_idx, {"vision_feats": feats, "vision_pos_embeds": pos})
+                new_inputs = self._apply_requests(frame_idx)
+                new_inputs += self._detect_new_objects(rgb, vision, frame_idx, height, width)
+                session.obj_with_new_inputs = new_inputs
+                detections = self._track(pixel_values, frame_idx, height, width)
+            self._prune(frame_idx)
+        return detections
+
+    def _vision_features(self, pixel_values: Any, frame_key: Hashable | None,
+                         frame_idx: int) -> Any:
+        reuse = self.config.reuse_backbone_frames
+        if reuse and self._reused_vision is not None:
+            vision, computed_at = self._reused_vision
+            if frame_idx - computed_at <= reuse:
+                return vision
+        vision = self.feature_cache.get(frame_key, pixel_values)
+        self._reused_vision = (vision, frame_idx) if reuse else None
+        return vision
+
+    def _to_model_points(self, spec: ObjectPromptSpec, height: int, width: int):
+        import torch
+
+        # Model input coordinates: pixels scaled to the square model input (as the processor).
+        size = float(self.tracker_model.config.image_size)
+        sx, sy = size / width, size / height
+        coords, labels = [], []
+        if spec.box is not None:
+            x0, y0, x1, y1 = spec.box
+            coords += [[x0 * sx, y0 * sy], [x1 * sx, y1 * sy]]
+            labels += [2, 3]  # SAM's box corner labels
+        for x, y, positive in spec.points:
+            coords.append([x * sx, y * sy])
+            labels.append(1 if positive else 0)
+        device = self.loaded.device
+        return (torch.tensor([[coords]], dtype=torch.float32, device=device),
+                torch.tensor([[labels]], dtype=torch.int32, device=device))
+
+    def _apply_requests(self, frame_idx: int) -> list[int]:
+        """Apply queued requests in order; return object ids with new inputs on this frame."""
+        import torch
+
+        session = self._session
+        height, width = self._image_size_hw
+        new_inputs: list[int] = []
+        while self._pending:
+            request = self._pending.popleft()
+            if request.kind == "remove":
+                self._remove(request.ids)
+                new_inputs = [i for i in new_inputs if i not in request.ids]
+                continue
+            target = frame_idx if request.frame_idx is None else request.frame_idx
+            for spec in request.objects:
+                if request.kind == "add":
+                    self._objects[spec.object_id] = _TrackedObject(
+                        spec.object_id, spec.label, -1, target)
+                elif spec.label:
+                    self._objects[spec.object_id].label = spec.label
+                obj_idx = session.obj_id_to_idx(spec.object_id)
+                coords, labels = self._to_model_points(spec, height, width)
+                existing = session.point_inputs_per_obj[obj_idx].get(target)
+                if request.kind == "refine" and existing is not None:
+                    coords = torch.cat([existing["point_coords"], coords], dim=2)
+                    labels = torch.cat([existing["point_labels"], labels], dim=2)
+                session.add_point_inputs(obj_idx, target, {"point_coords": coords,
+                                                           "point_labels": labels})
+                session.remove_mask_inputs(obj_idx, target)
+                if target != frame_idx:
+                    # A prompt on an earlier held frame: condition the object there first.
+                    session.obj_with_new_inputs = [spec.object_id]
+                    self.tracker_model(inference_session=session, frame_idx=target)
+                elif spec.object_id not in new_inputs:
+                    new_inputs.append(spec.object_id)
+        return new_inputs
+
+    def _remove(self, object_ids: Sequence[int]) -> None:
+        # transformers' tracker session has no object removal: rebuild its per-object tables
+        # with contiguous indices for the objects that stay.
+        session = self._session
+        keep = [oid for oid in session.obj_ids if oid not in set(object_ids)]
+        old_idx = {oid: session._obj_id_to_idx[oid] for oid in keep}
+        tables = ("point_inputs_per_obj", "mask_inputs_per_obj", "output_dict_per_obj",
+                  "frames_tracked_per_obj")
+        saved = {name: getattr(session, name) for name in tables}
+        session._obj_id_to_idx.clear()
+        session._obj_idx_to_id.clear()
+        for name in tables:
+            setattr(session, name, {})
+        for new, oid in enumerate(keep):
+            session._obj_id_to_idx[oid] = new
+            session._obj_idx_to_id[new] = oid
+            for name in tables:
+                getattr(session, name)[new] = saved[name][old_idx[oid]]
+        session.obj_ids = list(keep)
+        session.obj_with_new_inputs = [i for i in session.obj_with_new_inputs if i in keep]
+        for oid in object_ids:
+            self._objects.pop(oid, None)
+
+    def _detect_new_objects(self, rgb: np.ndarray, vision: Any, frame_idx: int, height: int,
+                            width: int) -> list[int]:
+        """Text-prompted detection; instances not matching a tracked object start tracks."""
+        import torch
+
+        encoded = self._encoded_prompts
+        if encoded is None or frame_idx % self.config.detect_every_n_frames:
+            return []
+        self.detector_calls += 1
+        config = SegmenterConfig(score_threshold=self.config.score_threshold,
+                                 max_detections=self.config.max_objects,
+                                 prompts_per_batch=16, max_prompts=64)
+        detections = self._segmenter.segment_features(vision, encoded, config, height, width)
+        if len(detections) == 0:
+            return []
+        tracked = self._previous_masks(height, width)
+        new_ids: list[int] = []
+        free = self.config.max_objects - len(self._objects)
+        size = int(self.tracker_model.config.image_size)
+        for i in range(len(detections)):
+            if free <= 0:
+                break
+            mask = detections.masks[i]
+            if tracked is not None and len(tracked):
+                inter = (tracked & mask).sum(axis=(1, 2))
+                union = (tracked | mask).sum(axis=(1, 2))
+                if (inter / np.maximum(union, 1)).max() > self.config.new_object_iou:
+                    continue
+            object_id = self._next_id
+            self._next_id += 1
+            class_id = int(detections.class_ids[i])
+            self._objects[object_id] = _TrackedObject(object_id, detections.labels[i], class_id,
+                                                      frame_idx)
+            obj_idx = self._session.obj_id_to_idx(object_id)
+            mask_t = torch.from_numpy(mask).to(self.loaded.device)[None, None].float()
+            mask_t = torch.nn.functional.interpolate(mask_t, size=(size, size), mode="bilinear",
+                                                     align_corners=False, antialias=True)
+            self._session.add_mask_inputs(obj_idx, frame_idx, (mask_t >= 0.5).float())
+            self._session.remove_point_inputs(obj_idx, frame_idx)
+            new_ids.append(object_id)
+            free -= 1
+        return new_ids
+
+    def _previous_masks(self, height: int, width: int) -> np.ndarray | None:
+        masks = self._last_masks
+        if masks is None or masks.shape[1:] != (height, width):
+            return None
+        return masks
+
+    def _track(self, pixel_values: Any, frame_idx: int, height: int, width: int) -> Detections:
+        import torch
+
+        session = self._session
+        if session.get_obj_num() == 0:
+            # Nothing to track: keep the frame out of the session (no memory to grow).
+            self._last_masks = None
+            return Detections.empty(height, width)
+        out = self.tracker_model(inference_session=session, frame=pixel_values[0],
+                                 frame_idx=frame_idx)
+        logits = torch.nn.functional.interpolate(
+            out.pred_masks.float(), size=(height, width), mode="bilinear", align_corners=False)
+        masks = (logits[:, 0] > self.config.mask_threshold).cpu().numpy()
+        object_scores = out.object_score_logits.float().reshape(-1)
+        scores = object_scores.sigmoid().cpu().numpy()
+        visible = (object_scores > 0).cpu().numpy()
+        self._last_masks = masks
+        ids = list(out.object_ids)
+        boxes = np.zeros((len(ids), 4), np.float32)
+        rows, cols = masks.any(axis=2), masks.any(axis=1)
+        for i in range(len(ids)):
+            if rows[i].any():
+                ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+                boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+        occluded = ~visible | ~rows.any(axis=1)
+        masks[occluded] = False
+        boxes[occluded] = 0.0
+        objects = [self._objects[oid] for oid in ids]
+        order = np.argsort(ids, kind="stable")
+        return Detections(
+            xyxy=boxes, scores=scores, class_ids=np.array([o.class_id for o in objects]),
+            image_height_px=height, image_width_px=width, masks=masks,
+            object_ids=np.array(ids), states=np.where(occluded, STATE_OCCLUDED, STATE_VISIBLE),
+            age_frames=np.array([frame_idx - o.first_frame_idx for o in objects]),
+            labels=tuple(o.label for o in objects),
+        ).select(order)
+
+    def _prune(self, frame_idx: int) -> None:
+        """Drop model state the memory window no longer reads (bounded memory)."""
+        session = self._session
+        oldest = frame_idx - self.config.memory_frames
+        max_cond = int(self.tracker_model.config.max_cond_frame_num)
+        held = {f for f, _ in self._frames}
+        if session.processed_frames:
+            for f in [f for f in session.processed_frames if f != frame_idx]:
+                del session.processed_frames[f]
+        for obj_idx, outputs in session.output_dict_per_obj.items():
+            non_cond = outputs["non_cond_frame_outputs"]
+            for f in [f for f in non_cond if f < oldest and f not in held]:
+                del non_cond[f]
+            cond = outputs["cond_frame_outputs"]
+            # Conditioning (prompted) frames: keep the newest max_cond_frame_num, as many as
+            # the model reads.
+            for f in sorted(cond)[:-max_cond] if len(cond) > max_cond else []:
+                del cond[f]
+            tracked = session.frames_tracked_per_obj[obj_idx]
+            for f in [f for f in tracked if f < oldest]:
+                del tracked[f]
+            for table in (session.point_inputs_per_obj[obj_idx],
+                          session.mask_inputs_per_obj[obj_idx]):
+                for f in [f for f in table if f not in cond and f not in held]:
+                    del table[f]

@@ -1,0 +1,51 @@
+"""`pipeline`: the segmenter and the tracker in one process, sharing one loaded model.
+
+SAM3's detector and tracker share the vision backbone: the nodes get one `ModelHub` that loads
+the video model once (its detector serves the segmenter), and a frame's backbone features are
+computed once for both nodes (they subscribe to the same camera; the cache key is the image
+stamp and frame id). Both run on one multi-threaded executor; each keeps its own lifecycle,
+parameters (node names `segmenter` and `tracker`), topics and services, which are prefixed
+with the node name (`segmenter/detections`, `tracker/add_objects`, ...).
+
+    ros2 run sam3_ros pipeline --ros-args -p model:=facebook/sam3 -p autostart:=true
+"""
+
+from __future__ import annotations
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+
+from sam3_ros.core.model_hub import ModelHub
+from sam3_ros.ros.segmenter_node import SegmenterNode
+from sam3_ros.ros.tracker_node import TrackerNode
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    hub = ModelHub(with_tracker=True)
+    # Both nodes live in one namespace: their outputs and services get the node name as a
+    # prefix (segmenter/detections, tracker/detections, tracker/add_objects, ...).
+    nodes = [SegmenterNode(model_hub=hub, output_prefix="segmenter/"),
+             TrackerNode(model_hub=hub, output_prefix="tracker/")]
+    executor = MultiThreadedExecutor()
+    for node in nodes:
+        executor.add_node(node)
+        if node.param("autostart"):
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error("autostart: configure failed, staying unconfigured")
+    if hub.loads:
+        nodes[0].get_logger().info(f"pipeline: {hub.loads} model load(s) for {len(nodes)} nodes")
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

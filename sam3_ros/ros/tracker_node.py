@@ -1,0 +1,203 @@
+"""`tracker`: SAM3 streaming memory-bank tracking with persistent object ids.
+
+Topics (relative names; the same outputs as the segmenter, so consumers can switch nodes):
+    sub  image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage)
+    pub  detections (sam3_ros/DetectionArray), vision_detections (vision_msgs, when installed),
+         mask, overlay, label_info, /diagnostics
+Services:
+    set_prompts (sam3_ros/SetPrompts: text prompts; every instance is tracked, new ones picked up)
+    add_objects (sam3_ros/AddObjects: points and/or a box per object, caller-chosen ids, refine)
+    remove_objects (sam3_ros/RemoveObjects), reset (std_srvs/Trigger)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import rclpy
+from std_srvs.srv import Trigger
+
+from sam3_ros.core.detections import Detections
+from sam3_ros.core.errors import ConfigError, InvalidPromptError
+from sam3_ros.core.model_hub import ModelHub, SharedModel
+from sam3_ros.core.tracker import ObjectPromptSpec, TrackerConfig, TrackerSession
+from sam3_ros.ros.base_node import Sam3LifecycleNode, spin_node
+from sam3_ros.ros.params import IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
+from sam3_ros.srv import AddObjects, RemoveObjects, SetPrompts
+
+TRACKER_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("prompts", [""],
+              "Text prompts to track every instance of; [''] = none (objects come from "
+              "add_objects)"),
+    ParamSpec("score_threshold", 0.5, "Detector score needed to start tracking an instance",
+              min_value=0.0, max_value=1.0),
+    ParamSpec("mask_threshold", 0.0,
+              "Mask logit threshold (SAM trackers binarise logits at 0.0)"),
+    ParamSpec("max_objects", 16, "Most objects tracked at once", min_value=1, max_value=1000),
+    ParamSpec("memory_frames", 16,
+              "Frames of per-object model state kept (memory bank + object pointers; SAM3 "
+              "reads 7 and 16 of them); older state is dropped, so memory stays flat",
+              min_value=1, max_value=256),
+    ParamSpec("detect_every_n_frames", 1,
+              "Realtime mode: run the text detector every N frames, propagate in between",
+              min_value=1, max_value=1000),
+    ParamSpec("reuse_backbone_frames", 0,
+              "Realtime mode: reuse a frame's backbone features for M more frames (0 = never)",
+              min_value=0, max_value=100),
+    ParamSpec("max_time_gap_s", 1.0,
+              "Reset the stream when stamps jump backwards or by more than this",
+              min_value=0.0, max_value=3600.0),
+)
+
+PARAMS = spec_table(MODEL_PARAMS, IO_PARAMS, TRACKER_PARAMS)
+
+_CONFIG_PARAMS = ("score_threshold", "mask_threshold", "max_objects", "memory_frames",
+                  "detect_every_n_frames", "reuse_backbone_frames", "max_time_gap_s")
+
+
+def _texts(values: list[str]) -> list[str]:
+    return [v for v in values if v.strip()] if values != [""] else []
+
+
+def object_specs_from_msgs(objects: list[Any]) -> list[ObjectPromptSpec]:
+    """AddObjects request objects -> core object prompts (validated by the session)."""
+    specs = []
+    for obj in objects:
+        box = None
+        if len(obj.box) > 1:
+            raise InvalidPromptError(f"object {obj.object_id}: at most one box, got {len(obj.box)}")
+        if len(obj.box):
+            b = obj.box[0]
+            if not b.positive:
+                raise InvalidPromptError(f"object {obj.object_id}: a tracker box must be positive")
+            box = (b.x_min, b.y_min, b.x_max, b.y_max)
+        specs.append(ObjectPromptSpec(
+            object_id=int(obj.object_id), label=obj.label,
+            points=tuple((p.x, p.y, bool(p.positive)) for p in obj.points), box=box))
+    return specs
+
+
+class TrackerNode(Sam3LifecycleNode):
+    """Lifecycle node tracking objects with SAM3's streaming memory bank."""
+
+    def __init__(self, model_hub: ModelHub | None = None, node_name: str = "tracker",
+                 output_prefix: str = "", **kwargs: Any):
+        super().__init__(node_name, PARAMS, model_hub=model_hub, needs_tracker=True,
+                         output_prefix=output_prefix, **kwargs)
+        self._session: TrackerSession | None = None
+
+    def _tracker_config(self, **override: Any) -> TrackerConfig:
+        values = {name: self.param(name) for name in _CONFIG_PARAMS}
+        values.update(override)
+        return TrackerConfig(**values)
+
+    def _create_session(self, model: SharedModel) -> None:
+        self._session = TrackerSession(model.loaded, self._tracker_config(),
+                                       feature_cache=model.feature_cache)
+        texts = _texts(self.param("prompts"))
+        if texts:
+            self._session.set_text_prompts(texts)
+
+    def _release_session(self) -> None:
+        self._session = None
+
+    def _warm_up(self) -> None:
+        # A throwaway session: the warm-up frame must not enter the stream's memory bank.
+        session = TrackerSession(self._model.loaded, self._tracker_config())
+        session.add_objects([ObjectPromptSpec(object_id=0, points=((320.0, 240.0, True),))])
+        session.process_frame(np.zeros((480, 640, 3), np.uint8), stamp_ns=0)
+
+    def _process(self, rgb: np.ndarray, stamp_ns: int, frame_key: Any,
+                 warmup: bool = False) -> tuple[Detections, int]:
+        session = self._session
+        detections = session.process_frame(rgb, stamp_ns=stamp_ns, frame_key=frame_key)
+        reason = session.last_reset_reason
+        if reason:
+            self.get_logger().warning(f"tracker reset: {reason}")
+            session.last_reset_reason = None
+        return detections, session.prompt_generation
+
+    def _class_names(self) -> tuple[list[str], int]:
+        return list(self._session.text_prompts), self._session.prompt_generation
+
+    def _apply_live_parameters(self, changes: dict[str, Any]) -> str | None:
+        try:
+            if any(name in changes for name in _CONFIG_PARAMS):
+                self._session.set_config(self._tracker_config(**{
+                    k: v for k, v in changes.items() if k in _CONFIG_PARAMS}))
+            if "prompts" in changes:
+                self._session.set_text_prompts(_texts(changes["prompts"]))
+                self._publish_label_info()
+        except (InvalidPromptError, ConfigError) as err:
+            return str(err)
+        return None
+
+    # --------------------------------------------------------------------------- services
+    def _create_services(self) -> list[Any]:
+        return [
+            self.create_service(SetPrompts, self._name("set_prompts"), self._on_set_prompts),
+            self.create_service(AddObjects, self._name("add_objects"), self._on_add_objects),
+            self.create_service(RemoveObjects, self._name("remove_objects"),
+                                self._on_remove_objects),
+            self.create_service(Trigger, self._name("reset"), self._on_reset),
+        ]
+
+    def _refused(self, response: Any, service: str, err: Exception) -> Any:
+        response.success, response.message = False, str(err)
+        self.get_logger().warning(f"{service} refused: {err}")
+        return response
+
+    def _on_set_prompts(self, request: SetPrompts.Request,
+                        response: SetPrompts.Response) -> SetPrompts.Response:
+        try:
+            if any(len(p.exemplar_boxes) for p in request.prompts):
+                raise InvalidPromptError("the tracker takes text prompts only; box exemplars "
+                                         "are a segmenter feature (use add_objects for boxes)")
+            texts = list(request.texts) + [p.text for p in request.prompts]
+            class_ids = self._session.set_text_prompts(texts)
+        except InvalidPromptError as err:
+            return self._refused(response, "set_prompts", err)
+        self._publish_label_info()
+        response.success, response.class_ids = True, class_ids
+        response.message = f"tracking every instance of: {', '.join(texts)}"
+        return response
+
+    def _on_add_objects(self, request: AddObjects.Request,
+                        response: AddObjects.Response) -> AddObjects.Response:
+        stamp_ns = request.stamp.sec * 1_000_000_000 + request.stamp.nanosec
+        try:
+            ids = self._session.add_objects(object_specs_from_msgs(list(request.objects)),
+                                            frame_stamp_ns=stamp_ns or None,
+                                            refine=request.refine)
+        except InvalidPromptError as err:
+            return self._refused(response, "add_objects", err)
+        response.success, response.object_ids = True, ids
+        verb = "refining" if request.refine else "tracking"
+        response.message = f"{verb} object(s) {ids}"
+        return response
+
+    def _on_remove_objects(self, request: RemoveObjects.Request,
+                           response: RemoveObjects.Response) -> RemoveObjects.Response:
+        try:
+            self._session.remove_objects(list(request.object_ids))
+        except InvalidPromptError as err:
+            return self._refused(response, "remove_objects", err)
+        response.success = True
+        response.message = f"removed object(s) {list(request.object_ids)}"
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._session.reset()
+        response.success = True
+        response.message = "tracker reset: all objects and memory dropped, prompts kept"
+        return response
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = TrackerNode()
+    spin_node(node, autostart=node.param("autostart"))
+    if rclpy.ok():
+        rclpy.shutdown()
+    return 0
