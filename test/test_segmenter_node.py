@@ -247,6 +247,23 @@ def test_reset_service(harness):
     assert response.success and response.message
 
 
+def test_track_ids_persist_across_frames(harness):
+    # The random model scores ~0.25: lower ByteTrack's thresholds (all in one atomic change).
+    results = harness.set_params(track_ids=True, track_low_score=0.05, track_high_score=0.2,
+                                 track_new_score=0.2)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    rgb = _frame(9)
+    first = harness.send_until_result(rgb, sec=700)
+    second = harness.send_until_result(rgb, sec=701)
+    ids_first = sorted(d.object_id for d in first.detections)
+    ids_second = sorted(d.object_id for d in second.detections)
+    assert ids_first and ids_first == ids_second  # the same scene keeps its ids
+    assert max(d.age_frames for d in second.detections) >= 1
+    bad = harness.set_params(track_high_score=0.9)  # above track_new_score 0.2: refused
+    assert not bad[0].successful and "track" in bad[0].reason.lower()
+    assert harness.set_params(track_ids=False)[0].successful
+
+
 def test_lifecycle_reload_and_compressed_input(harness, tiny_checkpoint):
     assert harness.state() == "active"
     assert harness.lifecycle(Transition.TRANSITION_DEACTIVATE)
