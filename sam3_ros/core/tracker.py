@@ -66,13 +66,19 @@ class TrackerConfig:
         mask_threshold: Mask logit threshold (SAM trackers binarise logits at 0.0).
         max_objects: Most objects tracked at once; more are refused (or not started).
         memory_frames: Frames of per-object model state kept (memory-bank masks and object
-            pointers). SAM3 reads at most num_maskmem (7) memory frames and 16 object
-            pointers; with memory_frames >= 16 the pruning never changes a result.
+            pointers); older state is pruned every frame. 0 = the model's read window,
+            max(num_maskmem, max_object_pointers_in_encoder) (16 for SAM3): the tracker reads
+            num_maskmem - 1 (6) past memory frames but object pointers from up to 15 past
+            frames, so any window >= that leaves every result unchanged; a smaller window
+            (e.g. num_maskmem) bounds memory tighter but drops the older object pointers.
         detect_every_n_frames: Run the text detector every N frames (realtime mode), track
             in between.
         reuse_backbone_frames: Reuse a frame's backbone features for up to M following frames
             (realtime mode on weak GPUs; 0 = compute every frame).
         max_time_gap_s: Reset the stream when the stamp goes backwards or jumps further.
+        max_lost_frames: A text-detected object occluded for more than this many consecutive
+            frames is dropped (its slot under max_objects frees up for new instances);
+            0 = never. Point/box objects are the caller's: only remove_objects drops them.
         new_object_iou: A detection overlapping a tracked object's mask by more than this IoU
             belongs to that object rather than starting a new one.
     """
@@ -80,11 +86,12 @@ class TrackerConfig:
     score_threshold: float = 0.5
     mask_threshold: float = 0.0
     max_objects: int = 16
-    memory_frames: int = 16
+    memory_frames: int = 0
     detect_every_n_frames: int = 1
     reuse_backbone_frames: int = 0
     max_time_gap_s: float = 1.0
     new_object_iou: float = 0.3
+    max_lost_frames: int = 30
 
     def __post_init__(self) -> None:
         for name in ("score_threshold", "new_object_iou"):
@@ -93,8 +100,9 @@ class TrackerConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
         if not math.isfinite(self.mask_threshold):
             raise ConfigError(f"mask_threshold must be finite, got {self.mask_threshold}")
-        for name, minimum in (("max_objects", 1), ("memory_frames", 1),
-                              ("detect_every_n_frames", 1), ("reuse_backbone_frames", 0)):
+        for name, minimum in (("max_objects", 1), ("memory_frames", 0),
+                              ("detect_every_n_frames", 1), ("reuse_backbone_frames", 0),
+                              ("max_lost_frames", 0)):
             value = getattr(self, name)
             if int(value) != value or value < minimum:
                 raise ConfigError(f"{name} must be an integer >= {minimum}, got {value}")
@@ -108,6 +116,8 @@ class _TrackedObject:
     label: str
     class_id: int
     first_frame_idx: int
+    lost_frames: int = 0
+    """Consecutive frames the object has been occluded."""
 
 
 @dataclass
@@ -148,6 +158,10 @@ class TrackerSession:
         self._encoded_prompts = None
         self.prompt_generation = 0
         self.last_reset_reason: str | None = None
+        """Why the stream last reset itself (time jump, image size change); None if never.
+        The caller may set it back to None after reporting it."""
+        self.reset_count = 0
+        """Automatic resets so far (a frame's result follows a reset when this grew)."""
         self.detector_calls = 0
         self.reset()
 
@@ -157,24 +171,30 @@ class TrackerSession:
         with self._lock:
             self._reset_locked()
 
-    def _reset_locked(self) -> None:
+    def _reset_locked(self, keep_next_frame_adds: bool = False) -> None:
         from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
             Sam3TrackerVideoInferenceSession,
         )
+
+        # An automatic reset (time jump) keeps objects a caller queued for "the next frame":
+        # their ids were already handed out and they refer to no old frame. Requests on held
+        # frames and refine/remove requests refer to state that is gone.
+        kept = [r for r in getattr(self, "_pending", ()) if keep_next_frame_adds
+                and r.kind == "add" and r.frame_idx is None]
 
         self._session = Sam3TrackerVideoInferenceSession(
             inference_device=self.loaded.device, inference_state_device=self.loaded.device,
             video_storage_device=self.loaded.device, dtype=self.loaded.dtype,
             max_vision_features_cache_size=FRAMES_HELD_FOR_PROMPTS)
         self._objects: dict[int, _TrackedObject] = {}
-        self._pending: deque[_Request] = deque()
+        self._pending: deque[_Request] = deque(kept)
         self._frame_idx = -1
         self._frames: deque[tuple[int, int]] = deque(maxlen=FRAMES_HELD_FOR_PROMPTS)
         self._image_size_hw: tuple[int, int] | None = None
         self._last_stamp_ns: int | None = None
         self._reused_vision: tuple[Any, int] | None = None
         self._last_masks: np.ndarray | None = None
-        self._next_id = 0
+        self._next_id = 1 + max((o.object_id for r in kept for o in r.objects), default=-1)
 
     @property
     def text_prompts(self) -> tuple[str, ...]:
@@ -184,6 +204,14 @@ class TrackerSession:
     def object_ids(self) -> list[int]:
         return sorted(self._objects)
 
+    @property
+    def memory_window(self) -> int:
+        """Frames of per-object state kept (`TrackerConfig.memory_frames`, 0 resolved)."""
+        if self.config.memory_frames:
+            return self.config.memory_frames
+        tracker = self.tracker_model.config
+        return max(int(tracker.num_maskmem), int(tracker.max_object_pointers_in_encoder))
+
     def set_config(self, config: TrackerConfig) -> None:
         if config.max_objects < len(self._objects):
             raise ConfigError(f"max_objects {config.max_objects} is below the "
@@ -191,7 +219,19 @@ class TrackerSession:
         self.config = config
 
     def memory_stats(self) -> dict[str, int]:
-        """Sizes of everything that could grow with the stream (for tests and soak runs)."""
+        """Sizes of everything that could grow with the stream (for tests and soak runs).
+
+        Returns:
+            objects, frames_held (processed frames in the transformers session),
+            outputs_held (per-object memory-bank entries, all objects),
+            max_outputs_per_object, inputs_held (point/mask prompts), tracked_entries,
+            vision_features_held, stamps_held (frames a prompt may refer to) and
+            pending_requests.
+        """
+        with self._lock:
+            return self._memory_stats_locked()
+
+    def _memory_stats_locked(self) -> dict[str, int]:
         session = self._session
         outputs = sum(len(d["cond_frame_outputs"]) + len(d["non_cond_frame_outputs"])
                       for d in session.output_dict_per_obj.values())
@@ -208,19 +248,39 @@ class TrackerSession:
             "inputs_held": inputs,
             "tracked_entries": tracked,
             "vision_features_held": len(session.cache._vision_features),
+            "stamps_held": len(self._frames),
+            "pending_requests": len(self._pending),
         }
 
     # ---------------------------------------------------------------------------- prompts
     def set_text_prompts(self, texts: Sequence[str]) -> list[int]:
-        """Track every instance of each phrase (class id = index); [] stops text detection.
+        """Replace the text prompts: track every instance of each phrase (class id = index).
 
-        Objects already tracked keep tracking; new ones come from the new prompts.
+        Objects detected for a phrase that stays keep their id and get the phrase's new class
+        id; objects of phrases no longer asked for are dropped from the next frame. [] stops
+        text detection. Point/box objects are not affected.
+
+        Returns:
+            The class id of each phrase.
+
+        Raises:
+            InvalidPromptError: empty or duplicate phrases, or a phrase too long to encode.
         """
         specs = validate_prompts([PromptSpec(t) for t in texts], 64) if texts else ()
+        # Encoding runs outside the lock: a frame in flight does not wait for it.
         encoded = self._segmenter.encode_prompts(specs) if specs else None
+        class_of_label = {spec.label: i for i, spec in enumerate(specs)}
         with self._lock:
             self._text_prompts, self._encoded_prompts = tuple(specs), encoded
             self.prompt_generation += 1
+            gone = []
+            for obj in self._objects.values():
+                if obj.class_id >= 0:
+                    obj.class_id = class_of_label.get(obj.label, -1)
+                    if obj.class_id < 0:
+                        gone.append(obj.object_id)
+            if gone:
+                self._pending.append(_Request("remove", ids=gone))
         return list(range(len(specs)))
 
     def _frame_for_stamp(self, stamp_ns: int | None) -> int | None:
@@ -341,8 +401,9 @@ class TrackerSession:
                 reason = f"the image size changed from {self._image_size_hw} to {(height, width)}"
             if reason is not None:
                 # Old objects, prompts in pixels and the memory bank no longer apply.
-                self._reset_locked()
+                self._reset_locked(keep_next_frame_adds=True)
                 self.last_reset_reason = reason
+                self.reset_count += 1
             self._image_size_hw = (height, width)
             self._last_stamp_ns = stamp_ns
             self._frame_idx += 1
@@ -508,14 +569,17 @@ class TrackerSession:
             # Nothing to track: keep the frame out of the session (no memory to grow).
             self._last_masks = None
             return Detections.empty(height, width)
+        # frame_idx is always passed: pruned processed frames make the session's own frame
+        # count meaningless as the next index.
         out = self.tracker_model(inference_session=session, frame=pixel_values[0],
                                  frame_idx=frame_idx)
         logits = torch.nn.functional.interpolate(
             out.pred_masks.float(), size=(height, width), mode="bilinear", align_corners=False)
+        # The two transfers to the host: the full-size masks and the object score logits.
         masks = (logits[:, 0] > self.config.mask_threshold).cpu().numpy()
-        object_scores = out.object_score_logits.float().reshape(-1)
-        scores = object_scores.sigmoid().cpu().numpy()
-        visible = (object_scores > 0).cpu().numpy()
+        object_logits = out.object_score_logits.float().reshape(-1).cpu()
+        scores = object_logits.sigmoid().numpy()
+        visible = (object_logits > 0).numpy()
         self._last_masks = masks
         ids = list(out.object_ids)
         boxes = np.zeros((len(ids), 4), np.float32)
@@ -528,6 +592,15 @@ class TrackerSession:
         masks[occluded] = False
         boxes[occluded] = 0.0
         objects = [self._objects[oid] for oid in ids]
+        lost = []
+        for obj, is_occluded in zip(objects, occluded, strict=True):
+            obj.lost_frames = obj.lost_frames + 1 if is_occluded else 0
+            if (obj.class_id >= 0 and self.config.max_lost_frames
+                    and obj.lost_frames > self.config.max_lost_frames):
+                lost.append(obj.object_id)
+        if lost:
+            # Reported occluded on this frame, gone from the next one.
+            self._remove(lost)
         order = np.argsort(ids, kind="stable")
         return Detections(
             xyxy=boxes, scores=scores, class_ids=np.array([o.class_id for o in objects]),
@@ -540,7 +613,7 @@ class TrackerSession:
     def _prune(self, frame_idx: int) -> None:
         """Drop model state the memory window no longer reads (bounded memory)."""
         session = self._session
-        oldest = frame_idx - self.config.memory_frames
+        oldest = frame_idx - self.memory_window
         max_cond = int(self.tracker_model.config.max_cond_frame_num)
         held = {f for f, _ in self._frames}
         if session.processed_frames:

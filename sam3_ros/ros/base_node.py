@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -401,21 +402,36 @@ def _vision_msgs_array_type() -> type | None:
     return Detection2DArray
 
 
-def spin_node(node: LifecycleNode, autostart: bool) -> None:
-    """Spin one lifecycle node on a multi-threaded executor, optionally autostarting it."""
+def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
+              args: list[str] | None = None,
+              after_start: Callable[[list[Sam3LifecycleNode]], None] | None = None) -> int:
+    """Entry point of the executables: init rclpy, build the nodes, autostart those whose
+    `autostart` parameter is set, spin them on one multi-threaded executor, shut down cleanly.
+    `after_start` runs once the autostart transitions are done.
+    """
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
-    if autostart:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            node.get_logger().error("autostart: configure failed, staying unconfigured")
-        else:
-            node.trigger_activate()
+    rclpy.init(args=args)
+    nodes = make_nodes()
     executor = MultiThreadedExecutor()
-    executor.add_node(node)
+    for node in nodes:
+        executor.add_node(node)
+        if not node.param("autostart"):
+            continue
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+        else:
+            node.get_logger().error("autostart: configure failed, staying unconfigured")
+    if after_start is not None:
+        after_start(nodes)
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         executor.shutdown()
-        node.destroy_node()
+        for node in nodes:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

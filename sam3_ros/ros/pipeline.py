@@ -12,40 +12,22 @@ with the node name (`segmenter/detections`, `tracker/add_objects`, ...).
 
 from __future__ import annotations
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.lifecycle import TransitionCallbackReturn
-
 from sam3_ros.core.model_hub import ModelHub
+from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
 from sam3_ros.ros.segmenter_node import SegmenterNode
 from sam3_ros.ros.tracker_node import TrackerNode
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
     hub = ModelHub(with_tracker=True)
-    # Both nodes live in one namespace: their outputs and services get the node name as a
-    # prefix (segmenter/detections, tracker/detections, tracker/add_objects, ...).
-    nodes = [SegmenterNode(model_hub=hub, output_prefix="segmenter/"),
-             TrackerNode(model_hub=hub, output_prefix="tracker/")]
-    executor = MultiThreadedExecutor()
-    for node in nodes:
-        executor.add_node(node)
-        if node.param("autostart"):
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
-            else:
-                node.get_logger().error("autostart: configure failed, staying unconfigured")
-    if hub.loads:
+
+    def make_nodes() -> list[Sam3LifecycleNode]:
+        # Both nodes live in one namespace: their outputs and services get the node name as a
+        # prefix (segmenter/detections, tracker/detections, tracker/add_objects, ...).
+        return [SegmenterNode(model_hub=hub, output_prefix="segmenter/"),
+                TrackerNode(model_hub=hub, output_prefix="tracker/")]
+
+    def report(nodes: list[Sam3LifecycleNode]) -> None:
         nodes[0].get_logger().info(f"pipeline: {hub.loads} model load(s) for {len(nodes)} nodes")
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        for node in nodes:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+
+    return run_nodes(make_nodes, args, after_start=report)

@@ -24,7 +24,7 @@ from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
 from sam3_ros.core.prompts import BoxExemplar, PromptSpec
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
-from sam3_ros.ros.base_node import Sam3LifecycleNode, spin_node
+from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
 from sam3_ros.ros.params import IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
 from sam3_ros.srv import SetPrompts
 
@@ -185,9 +185,4 @@ class SegmenterNode(Sam3LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = SegmenterNode()
-    spin_node(node, autostart=node.param("autostart"))
-    if rclpy.ok():
-        rclpy.shutdown()
-    return 0
+    return run_nodes(lambda: [SegmenterNode()], args)

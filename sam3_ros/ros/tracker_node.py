@@ -15,14 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import rclpy
 from std_srvs.srv import Trigger
 
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
 from sam3_ros.core.tracker import ObjectPromptSpec, TrackerConfig, TrackerSession
-from sam3_ros.ros.base_node import Sam3LifecycleNode, spin_node
+from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
 from sam3_ros.ros.params import IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
 from sam3_ros.srv import AddObjects, RemoveObjects, SetPrompts
 
@@ -195,9 +194,4 @@ class TrackerNode(Sam3LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = TrackerNode()
-    spin_node(node, autostart=node.param("autostart"))
-    if rclpy.ok():
-        rclpy.shutdown()
-    return 0
+    return run_nodes(lambda: [TrackerNode()], args)
