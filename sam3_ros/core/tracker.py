@@ -16,6 +16,17 @@ Per frame:
      streaming forward, one frame at a time);
   5. state older than the memory window is pruned: transformers keeps every frame's outputs and
      every processed frame otherwise (measured: RSS grows without bound).
+
+Why one `Sam3TrackerVideoInferenceSession` rather than `Sam3VideoModel`'s own session: the
+Sam3Video session takes text prompts and mask inputs only (no points or boxes for an object),
+and its forward recomputes the backbone and runs the detector on every frame (no shared
+feature cache, no realtime mode). Here the SAM3 detector (same weights, same features) finds
+text-prompted instances and hands each new one to the SAM2-style tracker as a mask prompt, so
+caller-prompted objects and detected instances share one memory-bank session. Not reproduced
+from Sam3Video's det-track loop: hotstart, keep-alive counters, reconditioning on confident
+detections, masklet NMS; instead a detection overlapping a tracked mask (IoU >
+`new_object_iou`) is not a new object and detected objects lost for `max_lost_frames` frames
+are dropped.
 """
 
 from __future__ import annotations
@@ -192,7 +203,7 @@ class TrackerSession:
         self._frames: deque[tuple[int, int]] = deque(maxlen=FRAMES_HELD_FOR_PROMPTS)
         self._image_size_hw: tuple[int, int] | None = None
         self._last_stamp_ns: int | None = None
-        self._reused_vision: tuple[Any, int] | None = None
+        self._reused_vision: tuple[int, Any, list[Any], list[Any]] | None = None
         self._last_masks: np.ndarray | None = None
         self._next_id = 1 + max((o.object_id for r in kept for o in r.objects), default=-1)
 
@@ -294,6 +305,16 @@ class TrackerSession:
             f"no held frame has stamp {stamp_ns} ns (the tracker holds the last "
             f"{len(held)} frame(s): {held}); use a zero stamp for the next frame")
 
+    def _projected_ids(self) -> set[int]:
+        """Object ids once the queued requests are applied (what a new request acts on)."""
+        ids = set(self._objects)
+        for request in self._pending:
+            if request.kind == "add":
+                ids.update(o.object_id for o in request.objects)
+            elif request.kind == "remove":
+                ids.difference_update(request.ids)
+        return ids
+
     def _check_object(self, spec: ObjectPromptSpec, what: str) -> None:
         if not spec.points and spec.box is None:
             raise InvalidPromptError(f"{what}: give points and/or a box")
@@ -305,6 +326,10 @@ class TrackerSession:
     def add_objects(self, objects: Sequence[ObjectPromptSpec], frame_stamp_ns: int | None = None,
                     refine: bool = False) -> list[int]:
         """Queue new objects (or refinements of existing ones) for the next frame.
+
+        Points and boxes are checked against the stream's image size; before the first frame
+        (size unknown) they are checked for finiteness and order only and clipped to the image
+        when applied.
 
         Args:
             objects: Object prompts; ids must be new (or -1) unless `refine`.
@@ -321,9 +346,7 @@ class TrackerSession:
             raise InvalidPromptError("no objects given")
         with self._lock:
             frame_idx = self._frame_for_stamp(frame_stamp_ns)
-            pending_new = {o.object_id for r in self._pending if r.kind == "add"
-                           for o in r.objects}
-            known = set(self._objects) | pending_new
+            known = self._projected_ids()
             ids: list[int] = []
             next_id = max([self._next_id, *[i + 1 for i in known]])
             for i, spec in enumerate(objects):
@@ -360,9 +383,7 @@ class TrackerSession:
         if not object_ids:
             raise InvalidPromptError("no object ids given")
         with self._lock:
-            pending_new = {o.object_id for r in self._pending if r.kind == "add"
-                           for o in r.objects}
-            known = set(self._objects) | pending_new
+            known = self._projected_ids()
             unknown = sorted(set(object_ids) - known)
             if unknown:
                 raise InvalidPromptError(f"unknown object id(s) {unknown} (tracked: "
@@ -401,7 +422,9 @@ class TrackerSession:
                 reason = f"the image size changed from {self._image_size_hw} to {(height, width)}"
             if reason is not None:
                 # Old objects, prompts in pixels and the memory bank no longer apply.
-                self._reset_locked(keep_next_frame_adds=True)
+                # Queued points/boxes were checked against the old image size.
+                same_size = self._image_size_hw in (None, (height, width))
+                self._reset_locked(keep_next_frame_adds=same_size)
                 self.last_reset_reason = reason
                 self.reset_count += 1
             self._image_size_hw = (height, width)
@@ -412,8 +435,7 @@ class TrackerSession:
             session = self._session
             session.video_height, session.video_width = height, width
             with torch.inference_mode():
-                vision = self._vision_features(pixel_values, frame_key, frame_idx)
-                feats, pos = self.video_model.get_vision_features_for_tracker(vision)
+                vision, feats, pos = self._vision_features(pixel_values, frame_key, frame_idx)
                 session.cache.cache_vision_features(
                     frame_idx, {"vision_feats": feats, "vision_pos_embeds": pos})
                 new_inputs = self._apply_requests(frame_idx)
@@ -424,32 +446,46 @@ class TrackerSession:
         return detections
 
     def _vision_features(self, pixel_values: Any, frame_key: Hashable | None,
-                         frame_idx: int) -> Any:
+                         frame_idx: int) -> tuple[Any, list[Any], list[Any]]:
+        """Backbone output (detector) and its tracker projection (features, positions).
+
+        Realtime mode reuses both for `reuse_backbone_frames` frames: the tracker neck is
+        per-frame work too.
+        """
         reuse = self.config.reuse_backbone_frames
         if reuse and self._reused_vision is not None:
-            vision, computed_at = self._reused_vision
+            computed_at, *features = self._reused_vision
             if frame_idx - computed_at <= reuse:
-                return vision
+                return tuple(features)
         vision = self.feature_cache.get(frame_key, pixel_values)
-        self._reused_vision = (vision, frame_idx) if reuse else None
-        return vision
+        feats, pos = self.video_model.get_vision_features_for_tracker(vision)
+        self._reused_vision = (frame_idx, vision, feats, pos) if reuse else None
+        return vision, feats, pos
 
     def _to_model_points(self, spec: ObjectPromptSpec, height: int, width: int):
+        """(1, 1, P, 2) float32 model-input coordinates and (1, 1, P) int32 SAM labels."""
         import torch
 
-        # Model input coordinates: pixels scaled to the square model input (as the processor).
-        size = float(self.tracker_model.config.image_size)
-        sx, sy = size / width, size / height
         coords, labels = [], []
+        # Prompts queued before the first frame could not be checked against the image size:
+        # clip them to the image (a no-op for checked prompts).
         if spec.box is not None:
-            x0, y0, x1, y1 = spec.box
-            coords += [[x0 * sx, y0 * sy], [x1 * sx, y1 * sy]]
+            x0, x1 = (min(max(v, 0.0), width) for v in spec.box[0::2])
+            y0, y1 = (min(max(v, 0.0), height) for v in spec.box[1::2])
+            coords += [[x0, y0], [x1, y1]]
             labels += [2, 3]  # SAM's box corner labels
         for x, y, positive in spec.points:
-            coords.append([x * sx, y * sy])
+            coords.append([min(max(x, 0.0), width), min(max(y, 0.0), height)])
             labels.append(1 if positive else 0)
+        # Pixels scaled to the square model input in float64, rounded once to float32: the
+        # result does not depend on how prompts are batched. (Sam3TrackerVideoProcessor scales
+        # float32 tensors; its last bit varies with the tensor layout, i.e. with how many
+        # objects one call carries - measured up to 1 ulp apart from this.)
+        size = float(self.tracker_model.config.image_size)
+        scale = np.array([size / width, size / height])
+        points = torch.from_numpy((np.array(coords, np.float64) * scale).astype(np.float32))
         device = self.loaded.device
-        return (torch.tensor([[coords]], dtype=torch.float32, device=device),
+        return (points[None, None].to(device),
                 torch.tensor([[labels]], dtype=torch.int32, device=device))
 
     def _apply_requests(self, frame_idx: int) -> list[int]:

@@ -93,32 +93,41 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
     node = NodeProcess(node_command("segmenter", {
         "model": model, "device": device, "dtype": dtype, "autostart": True, "prompts": prompts,
         "score_threshold": score_threshold,
+        # Full-size frames are ~1 MB: over best effort, one lost UDP fragment drops the whole
+        # frame. Reliable delivery (still depth 1: latest frame only) through a QoS override.
+        f"qos_overrides.{ns}/image.subscription.reliability": "reliable",
     }, remaps={"__ns": ns}))
     client = Client("sam3_bench_camera")
     topic = f"{ns}/detections"
     try:
         camera = client.node.create_publisher(Image, f"{ns}/image", 10)
         client.subscribe(DetectionArray, topic)
-        wait_for(lambda: client.node.count_subscribers(f"{ns}/image") > 0, 600,
-                 "the node to subscribe", node)
-        time.sleep(1.0)  # let discovery settle in both directions
+        wait_for(lambda: client.matched(topic, camera), 600, "the node to subscribe", node)
         messages = []
         for i, rgb in enumerate(frames):
             msg = numpy_to_image_msg(rgb, "rgb8")
             msg.header.stamp.sec = i + 1
             messages.append(msg)
+        def result_of(sec: int) -> list[float]:
+            return [t for t, m in client.messages_with_times(topic) if m.header.stamp.sec == sec]
+
+        # Warm-up, re-sent until answered: the first samples of a new best-effort publisher
+        # can be lost while the match completes in both directions.
+        for msg in messages[:3]:
+            wait_for(lambda msg=msg: result_of(msg.header.stamp.sec) or camera.publish(msg),
+                     120, "a warm-up result", node, poll_s=0.5)
         latencies = []
-        for index, msg in enumerate(messages[:3] + messages):
+        for msg in messages:
             sec = msg.header.stamp.sec
-            client.clear(topic)
             start = time.monotonic()
             camera.publish(msg)
-            received = wait_for(
-                lambda sec=sec: [t for t, m in client.messages_with_times(topic)
-                                 if m.header.stamp.sec == sec], 120, "detections", node,
-                poll_s=0.0005)
-            if index >= 3:  # the first three are warm-up
-                latencies.append(received[0] - start)
+            # Blocking wait (no polling): the measuring process must not steal CPU from the
+            # node on a small machine.
+            received = client.wait_message(topic, lambda m, sec=sec: m.header.stamp.sec == sec,
+                                           120)
+            if received is None:
+                raise AssertionError(f"no detections for frame {sec}:\n{node.output()[-2000:]}")
+            latencies.append(received[0] - start)
         e2e = _ms(latencies)
 
         # Camera at a fixed rate: the node must skip frames, not queue them.

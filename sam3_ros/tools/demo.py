@@ -58,6 +58,9 @@ def run_demo(model: str, prompts: list[str], device: str, frames: int, rate_hz: 
     node = NodeProcess(node_command("segmenter", {
         "model": model, "device": device, "autostart": True, "prompts": prompts,
         "score_threshold": score_threshold,
+        # Full-size frames are ~1 MB: over best effort, one lost UDP fragment drops the whole
+        # frame. Reliable delivery (still depth 1: latest frame only) through a QoS override.
+        f"qos_overrides.{ns}/image.subscription.reliability": "reliable",
     }, remaps={"__ns": ns}))
     client = Client("sam3_demo_camera")
     try:
@@ -65,7 +68,7 @@ def run_demo(model: str, prompts: list[str], device: str, frames: int, rate_hz: 
         client.subscribe(DetectionArray, f"{ns}/detections")
         client.subscribe(Image, f"{ns}/overlay")
         print(f"[demo] starting the segmenter node (model {model}, device {device}) ...")
-        wait_for(lambda: client.node.count_subscribers(f"{ns}/image") > 0, 300,
+        wait_for(lambda: client.matched(f"{ns}/detections", camera), 300,
                  "the segmenter to load its model and subscribe", node)
         images = synthetic_frames(frames)
         sent_at: dict[int, float] = {}

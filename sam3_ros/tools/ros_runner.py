@@ -97,9 +97,10 @@ class Client:
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
         self.received: dict[str, list[Any]] = {}
+        self.subscriptions: dict[str, Any] = {}
         self.received_at: dict[str, list[float]] = {}
         """time.monotonic() of each received message, parallel to `received`."""
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def subscribe(self, msg_type: type, topic: str, qos: Any = 10) -> None:
         self.received.setdefault(topic, [])
@@ -110,12 +111,33 @@ class Client:
             with self._lock:
                 self.received[topic].append(msg)
                 self.received_at[topic].append(now)
+                self._lock.notify_all()
 
-        self.node.create_subscription(msg_type, topic, store, qos)
+        self.subscriptions[topic] = self.node.create_subscription(msg_type, topic, store, qos)
+
+    def matched(self, topic: str, publisher: Any = None) -> bool:
+        """True when this client's subscription to `topic` is matched with a publisher (and
+        `publisher`, if given, with a subscription): DDS delivers only after matching."""
+        sub_ok = self.subscriptions[topic].get_publisher_count() > 0
+        return sub_ok and (publisher is None or publisher.get_subscription_count() > 0)
 
     def messages(self, topic: str) -> list[Any]:
         with self._lock:
             return list(self.received.get(topic, []))
+
+    def wait_message(self, topic: str, predicate: Callable[[Any], bool],
+                     timeout_s: float) -> tuple[float, Any] | None:
+        """Block (no polling) until a message on `topic` satisfies `predicate`; return its
+        (receive time, message), or None on timeout."""
+        def find():
+            for t, msg in zip(self.received_at[topic], self.received[topic], strict=True):
+                if predicate(msg):
+                    return t, msg
+            return None
+
+        with self._lock:
+            self._lock.wait_for(lambda: find() is not None, timeout_s)
+            return find()
 
     def messages_with_times(self, topic: str) -> list[tuple[float, Any]]:
         """(monotonic receive time, message) pairs."""

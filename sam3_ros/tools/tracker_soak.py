@@ -1,9 +1,13 @@
 """Soak test: process memory of a long tracking stream (RSS must stay flat).
 
     python -m sam3_ros.tools.tracker_soak --frames 5000 --objects 4 [--model CHECKPOINT]
+        [--device cpu] [--text mug]
 
-Feeds synthetic frames through `TrackerSession` with several point-prompted objects and prints
-the resident set size (VmRSS) at the start, every --report frames, and at the end.
+Feeds synthetic frames (a random scene scrolling sideways) through `TrackerSession` with several
+point-prompted objects (and, with --text, every detected instance of a phrase, which exercises
+the detector, new-object and lost-object paths) and prints the resident set size (VmRSS, from
+/proc/self/status) at the start, every --report frames, and at the end, with frames/s and the
+session's `memory_stats()`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=int, default=500)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--text", action="append", default=[],
+                        help="also track every detected instance of this phrase (repeatable)")
     args = parser.parse_args(argv)
 
     from sam3_ros.core.model_loading import load_sam3
@@ -42,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
 
         model = str(make_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="sam3_tiny_"))))
-    loaded = load_sam3(model, with_tracker=True)
-    session = TrackerSession(loaded, TrackerConfig(max_objects=args.objects))
+    loaded = load_sam3(model, device=args.device, with_tracker=True)
+    # With --text the random tiny detector needs a zero threshold to detect anything.
+    session = TrackerSession(loaded, TrackerConfig(
+        max_objects=args.objects + 4 * bool(args.text), score_threshold=0.0 if args.text else 0.5,
+        max_lost_frames=5))
+    if args.text:
+        session.set_text_prompts(args.text)
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (args.height, args.width, 3), dtype=np.uint8)
     points = rng.uniform([0, 0], [args.width, args.height], (args.objects, 2))
@@ -51,14 +63,18 @@ def main(argv: list[str] | None = None) -> int:
                          for i, (x, y) in enumerate(points)])
     start_rss = rss_mb()
     print(f"frame      0: RSS {start_rss:8.1f} MB (model loaded, before the first frame)")
-    started = time.perf_counter()
+    started = lap = time.perf_counter()
     for frame_idx in range(1, args.frames + 1):
         frame = np.roll(base, frame_idx % args.width, axis=1)
         detections = session.process_frame(frame, stamp_ns=frame_idx * 33_000_000)
         if frame_idx % args.report == 0 or frame_idx == args.frames:
+            now = time.perf_counter()
             stats = session.memory_stats()
-            print(f"frame {frame_idx:6d}: RSS {rss_mb():8.1f} MB, objects {len(detections)}, "
-                  f"outputs held {stats['outputs_held']}, frames held {stats['frames_held']}")
+            held = ", ".join(f"{k} {v}" for k, v in stats.items())
+            print(f"frame {frame_idx:6d}: RSS {rss_mb():8.1f} MB, "
+                  f"{args.report / (now - lap):5.1f} frames/s, tracked {len(detections)}; {held}",
+                  flush=True)
+            lap = now
     elapsed = time.perf_counter() - started
     print(f"{args.frames} frames in {elapsed:.1f} s ({args.frames / elapsed:.1f} frames/s); "
           f"RSS start {start_rss:.1f} MB, end {rss_mb():.1f} MB")
