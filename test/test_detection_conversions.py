@@ -1,10 +1,13 @@
-"""Detections <-> sam3_ros / vision_msgs messages."""
+"""Detections <-> sam3_ros / vision_msgs messages (needs rclpy and the built interfaces)."""
 
 from __future__ import annotations
 
+import array
+import platform
+import subprocess
 import sys
 import types
-from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -12,127 +15,264 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("sam3_ros.msg")
 
+from rclpy.serialization import deserialize_message, serialize_message
+from sam3_ros.msg import Detection, DetectionArray
 from std_msgs.msg import Header
 
 from sam3_ros.core.detections import STATE_OCCLUDED, Detections
+from sam3_ros.core.errors import InvalidDetectionsError
+from sam3_ros.core.render import mask_crops
 from sam3_ros.ros import detection_conversions as conv
 
 pytestmark = pytest.mark.ros
+
+_FIELDS = ("xyxy", "scores", "class_ids", "object_ids", "states", "age_frames", "masks")
 
 
 def _detections() -> Detections:
     masks = np.zeros((3, 30, 40), bool)
     masks[0, 2:10, 3:15] = True
-    masks[1, 20:30, 30:40] = True  # touches the borders
+    masks[1, 20:30, 30:40] = True  # touches the bottom and right borders
+    masks[1, 25, 31] = False       # a hole
     return Detections(np.array([[3, 2, 15, 10], [30, 20, 40, 30], [0, 0, 5, 5]], np.float32),
-                      np.array([0.9, 0.7, 0.3]), np.array([0, 1, 1]), 30, 40, masks=masks,
-                      object_ids=np.array([7, 3, 11]), states=np.array([0, STATE_OCCLUDED, 0]),
-                      age_frames=np.array([5, 0, 2]), labels=("mug", "cup", "cup"))
+                      np.array([0.9, 0.7, 0.3]), np.array([2, 1, 1]), 30, 40, masks=masks,
+                      object_ids=np.array([7, 3, 11]), states=np.array([STATE_OCCLUDED, 0, 0]),
+                      age_frames=np.array([5, 0, 2]), labels=("mug", "cup", ""))
 
 
-def test_round_trip_is_lossless():
+def _assert_same(back: Detections, det: Detections) -> None:
+    for name in _FIELDS:
+        np.testing.assert_array_equal(getattr(back, name), getattr(det, name), err_msg=name)
+        if getattr(det, name) is not None:
+            assert getattr(back, name).dtype == getattr(det, name).dtype, name
+    assert back.labels == det.labels
+    assert (back.image_height_px, back.image_width_px) == (det.image_height_px,
+                                                           det.image_width_px)
+
+
+def test_message_fields():
     det = _detections()
     header = Header(frame_id="cam")
-    header.stamp.sec = 42
+    header.stamp.sec, header.stamp.nanosec = 42, 17
     msg = conv.detections_to_msg(det, header, prompt_generation=3)
-    assert msg.header.frame_id == "cam" and msg.header.stamp.sec == 42
+    assert msg.header.frame_id == "cam" and (msg.header.stamp.sec, msg.header.stamp.nanosec) == (
+        42, 17)
     assert (msg.image_width, msg.image_height, msg.prompt_generation) == (40, 30, 3)
     first = msg.detections[0]
-    assert (first.object_id, first.class_id, first.label) == (7, 0, "mug")
-    assert (first.mask_roi.x_offset, first.mask_roi.y_offset) == (3, 2)
+    assert (first.object_id, first.class_id, first.label) == (7, 2, "mug")
+    assert first.score == pytest.approx(0.9)
+    assert (first.x_min, first.y_min, first.x_max, first.y_max) == (3, 2, 15, 10)
+    assert (first.state, first.age_frames) == (STATE_OCCLUDED, 5)
+    roi = first.mask_roi
+    assert (roi.x_offset, roi.y_offset, roi.width, roi.height) == (3, 2, 12, 8)
     assert (first.mask.width, first.mask.height, first.mask.step) == (12, 8, 12)
-    assert first.mask.encoding == "mono8" and first.mask_area_px == 96
+    assert first.mask.encoding == "mono8" and first.mask.is_bigendian == 0
+    assert isinstance(first.mask.data, array.array) and set(first.mask.data) == {255}
+    assert first.mask_area_px == 96
+    # Pixel-centre convention: columns 3..14 -> 8.5, rows 2..9 -> 5.5.
     assert (first.centroid_x, first.centroid_y) == pytest.approx((8.5, 5.5))
-    assert msg.detections[2].mask_area_px == 0 and msg.detections[2].mask.width == 0
+    assert msg.detections[1].mask_area_px == 99
+    empty = msg.detections[2]
+    assert empty.mask_area_px == 0 and empty.mask.width == 0 and empty.mask_roi.width == 0
+    assert empty.mask.encoding == "mono8"  # marks "masks published" even when empty
+    assert (empty.centroid_x, empty.centroid_y) == (2.5, 2.5)  # box centre
+
+
+def test_every_detection_field_is_set():
+    msg = conv.detections_to_msg(_detections(), Header())
+    default = Detection()
+    first = msg.detections[0]
+    for name in Detection.get_fields_and_field_types():
+        assert getattr(first, name) != getattr(default, name), name
+
+
+@pytest.mark.parametrize("serialize", [False, True])
+def test_round_trip_is_lossless(serialize):
+    det = _detections()
+    msg = conv.detections_to_msg(det, Header(frame_id="cam"), prompt_generation=3)
+    if serialize:  # as a subscriber receives it
+        msg = deserialize_message(serialize_message(msg), DetectionArray)
+    _assert_same(conv.msg_to_detections(msg), det)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_round_trip_random_blobs(seed):
+    det = conv.random_blob_detections(12, 90, 160, seed=seed)
+    _assert_same(conv.msg_to_detections(conv.detections_to_msg(det, Header())), det)
+
+
+def test_round_trip_edge_cases():
+    empty = Detections.empty(30, 40)
+    _assert_same(conv.msg_to_detections(conv.detections_to_msg(empty, Header())), empty)
+    all_empty = Detections(np.array([[1, 1, 5, 5]], np.float32), [0.5], [0], 30, 40,
+                           masks=np.zeros((1, 30, 40), bool))
+    back = conv.msg_to_detections(conv.detections_to_msg(all_empty, Header()))
+    assert back.masks is not None  # all-empty masks stay masks, not "no masks"
+    _assert_same(back, all_empty)
+
+
+def test_shared_crops_give_the_same_message():
+    det = _detections()
+    assert (conv.detections_to_msg(det, Header(), crops=mask_crops(det))
+            == conv.detections_to_msg(det, Header()))
+    with pytest.raises(ValueError, match="crops"):
+        conv.detections_to_msg(det, Header(), crops=mask_crops(det)[:1])
+
+
+def test_without_masks_keeps_area_and_centroid():
+    det = _detections()
+    msg = conv.detections_to_msg(det, Header(), include_masks=False)
+    assert all(d.mask.width == 0 and d.mask.encoding == "" and d.mask_roi.width == 0
+               for d in msg.detections)
+    assert [d.mask_area_px for d in msg.detections] == [96, 99, 0]
     back = conv.msg_to_detections(msg)
-    for name in ("xyxy", "scores", "class_ids", "object_ids", "states", "age_frames", "masks"):
-        np.testing.assert_array_equal(getattr(back, name), getattr(det, name), err_msg=name)
-    assert back.labels == det.labels
+    assert back.masks is None
+    np.testing.assert_array_equal(back.object_ids, det.object_ids)
 
 
-def test_without_masks():
-    msg = conv.detections_to_msg(_detections(), Header(), include_masks=False)
-    assert all(d.mask.width == 0 for d in msg.detections)
-    assert conv.msg_to_detections(msg).masks is None
+def test_detections_without_masks():
+    det = Detections(np.array([[0, 0, 10, 20]], np.float32), [0.5], [0], 30, 40)
+    first = conv.detections_to_msg(det, Header()).detections[0]
+    assert first.mask_area_px == 0 and (first.centroid_x, first.centroid_y) == (5.0, 10.0)
+    assert conv.msg_to_detections(conv.detections_to_msg(det, Header())).masks is None
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda d: setattr(d.mask, "encoding", "mono16"),
+        lambda d: setattr(d.mask, "step", d.mask.step + 1),
+        lambda d: setattr(d.mask_roi, "width", d.mask_roi.width + 1),
+        lambda d: setattr(d.mask_roi, "x_offset", 35),
+        lambda d: setattr(d.mask, "data", array.array("B", bytes(3))),
+    ],
+)
+def test_inconsistent_masks_are_rejected(corrupt):
+    msg = conv.detections_to_msg(_detections(), Header())
+    corrupt(msg.detections[0])
+    with pytest.raises(InvalidDetectionsError):
+        conv.msg_to_detections(msg)
 
 
 def test_label_info():
-    msg = conv.label_info_msg(["a", "b"], 4)
+    header = Header(frame_id="cam")
+    msg = conv.label_info_msg(("a", "b"), 4, header)
     assert list(msg.class_names) == ["a", "b"] and msg.prompt_generation == 4
+    assert msg.header.frame_id == "cam"
+    assert conv.label_info_msg([], 0).header.frame_id == ""
 
 
-@dataclass
-class _Point:
-    x: float = 0.0
-    y: float = 0.0
+# ------------------------------------------------------------------ vision_msgs (faked)
+class _Msg:
+    """Minimal stand-in for a rosidl message: fixed slots and type-checked fields, like the
+    generated Python classes (float fields take Python floats only, sequences typed lists)."""
+
+    FIELDS: ClassVar[dict[str, Any]] = {}
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        for name, kind in self.FIELDS.items():
+            default = [] if isinstance(kind, list) else kind()
+            object.__setattr__(self, name, default)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.FIELDS:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+        kind = self.FIELDS[name]
+        if isinstance(kind, list):
+            assert isinstance(value, list | tuple) and all(isinstance(v, kind[0]) for v in value)
+        else:
+            assert isinstance(value, kind), f"{name}: {type(value)} is not {kind}"
+        object.__setattr__(self, name, value)
 
 
-@dataclass
-class _Pose2D:  # vision_msgs >= 4: bbox.center is a Pose2D with a `position`
-    position: _Point = field(default_factory=_Point)
-    theta: float = 0.0
+def _message(name: str, **fields: Any) -> type:
+    return type(name, (_Msg,), {"FIELDS": fields, "__slots__": tuple(fields)})
 
 
-@dataclass
-class _BBox:
-    center: _Pose2D = field(default_factory=_Pose2D)
-    size_x: float = 0.0
-    size_y: float = 0.0
+def _fake_vision_msgs(legacy_center: bool) -> types.ModuleType:
+    """vision_msgs.msg as in 4.x (Humble/Jazzy/Kilted) or, with legacy_center, 3.x."""
+    point2d = _message("Point2D", x=float, y=float)
+    if legacy_center:  # geometry_msgs/Pose2D
+        pose2d = _message("Pose2D", x=float, y=float, theta=float)
+    else:
+        pose2d = _message("Pose2D", position=point2d, theta=float)
+    bbox = _message("BoundingBox2D", center=pose2d, size_x=float, size_y=float)
+    hypothesis = _message("ObjectHypothesis", class_id=str, score=float)
+    pose = _message("PoseWithCovariance")
+    with_pose = _message("ObjectHypothesisWithPose", hypothesis=hypothesis, pose=pose)
+    detection = _message("Detection2D", header=Header, results=[with_pose], bbox=bbox, id=str)
+    array_msg = _message("Detection2DArray", header=Header, detections=[detection])
+    package = types.ModuleType("vision_msgs")
+    package.msg = types.ModuleType("vision_msgs.msg")
+    for cls in (point2d, pose2d, bbox, hypothesis, with_pose, detection, array_msg):
+        setattr(package.msg, cls.__name__, cls)
+    return package
 
 
-@dataclass
-class _Hypothesis:
-    class_id: str = ""
-    score: float = 0.0
-
-
-@dataclass
-class _HypothesisWithPose:
-    hypothesis: _Hypothesis = field(default_factory=_Hypothesis)
-
-
-@dataclass
-class _Detection2D:
-    header: object = None
-    id: str = ""
-    bbox: _BBox = field(default_factory=_BBox)
-    results: list = field(default_factory=list)
-
-
-@dataclass
-class _Detection2DArray:
-    header: object = None
-    detections: list = field(default_factory=list)
-
-
-def test_vision_msgs_absent_returns_none(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vision_msgs", None)
+@pytest.fixture
+def vision_msgs_cache():
     conv._vision_msgs.cache_clear()
+    yield
+    conv._vision_msgs.cache_clear()
+
+
+def _install(monkeypatch, package: types.ModuleType | None) -> None:
+    monkeypatch.setitem(sys.modules, "vision_msgs", package)
+    monkeypatch.setitem(sys.modules, "vision_msgs.msg", None if package is None else package.msg)
+
+
+def test_vision_msgs_absent_returns_none(monkeypatch, vision_msgs_cache):
+    _install(monkeypatch, None)
     assert conv.detections_to_vision_msgs(_detections(), Header()) is None
-    conv._vision_msgs.cache_clear()
 
 
-def test_vision_msgs_filled_when_present(monkeypatch):
-    fake = types.ModuleType("vision_msgs")
-    fake.msg = types.SimpleNamespace(
-        Detection2DArray=_Detection2DArray, Detection2D=_Detection2D,
-        ObjectHypothesisWithPose=_HypothesisWithPose)
-    monkeypatch.setitem(sys.modules, "vision_msgs", fake)
-    monkeypatch.setitem(sys.modules, "vision_msgs.msg", fake.msg)
-    conv._vision_msgs.cache_clear()
-    try:
-        out = conv.detections_to_vision_msgs(_detections(), Header(frame_id="cam"))
-    finally:
-        conv._vision_msgs.cache_clear()
-    assert len(out.detections) == 3
+@pytest.mark.parametrize("legacy_center", [False, True])
+def test_vision_msgs_filled_when_present(monkeypatch, vision_msgs_cache, legacy_center):
+    _install(monkeypatch, _fake_vision_msgs(legacy_center))
+    header = Header(frame_id="cam")
+    out = conv.detections_to_vision_msgs(_detections(), header)
+    assert out.header is header and len(out.detections) == 3
     first = out.detections[0]
-    assert first.id == "7"
-    assert (first.bbox.center.position.x, first.bbox.center.position.y) == (9.0, 6.0)
+    assert first.header is header and first.id == "7"
+    center = first.bbox.center if legacy_center else first.bbox.center.position
+    assert (center.x, center.y) == (9.0, 6.0)
     assert (first.bbox.size_x, first.bbox.size_y) == (12.0, 8.0)
-    assert first.results[0].hypothesis.class_id == "mug"
+    assert len(first.results) == 1
+    assert first.results[0].hypothesis.class_id == "mug"  # the label
     assert first.results[0].hypothesis.score == pytest.approx(0.9)
+    assert out.detections[2].results[0].hypothesis.class_id == "1"  # no label: the class id
+
+
+def test_vision_msgs_import_is_cached(monkeypatch, vision_msgs_cache):
+    _install(monkeypatch, _fake_vision_msgs(False))
+    empty = Detections.empty(30, 40)
+    assert conv.detections_to_vision_msgs(empty, Header()) is not None
+    _install(monkeypatch, None)  # not imported again
+    assert conv.detections_to_vision_msgs(empty, Header()) is not None
+
+
+# -------------------------------------------------------------------- allocator, benchmark
+def test_tune_glibc_malloc_reports_whether_applied():
+    # In a child process: the setting is process-wide and irreversible.
+    code = ("from sam3_ros.ros.detection_conversions import tune_glibc_malloc; "
+            "print(tune_glibc_malloc())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    expected = "True" if platform.libc_ver()[0] == "glibc" else "False"
+    assert out[-1] == expected
 
 
 def test_output_building_benchmark_runs():
     timings = conv.build_outputs_benchmark(n_instances=3, height=300, width=400, repeats=2)
-    assert set(timings) == {"messages_ms", "overlay_ms"}
+    assert {"messages_ms", "messages_shared_crops_ms", "crops_ms", "to_msg_ms",
+            "label_image_ms", "overlay_ms"} == set(timings)
+    assert all(0 < median <= p90 for median, p90 in timings.values())
+
+
+def test_random_blob_detections_are_realistic():
+    det = conv.random_blob_detections(20, 720, 1280, seed=1)
+    assert len(det) == 20 and det.masks.shape == (20, 720, 1280)
+    assert (np.diff(det.scores) <= 0).all()
+    areas = det.masks.sum(axis=(1, 2))
+    assert (areas > 0).all() and (areas < 0.1 * 720 * 1280).all()  # blobs, not full images

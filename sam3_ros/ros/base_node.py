@@ -42,7 +42,7 @@ from sam3_ros.core.errors import Sam3RosError
 from sam3_ros.core.image_codec import to_rgb8
 from sam3_ros.core.latest_frame import LatestSlot
 from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
-from sam3_ros.core.render import draw_overlay, label_image
+from sam3_ros.core.render import draw_overlay, label_image, mask_crops
 from sam3_ros.msg import DetectionArray, LabelInfo
 from sam3_ros.ros.detection_conversions import (
     detections_to_msg,
@@ -329,20 +329,27 @@ class Sam3LifecycleNode(LifecycleNode):
     def _publish(self, detections: Detections, generation: int, header: Any,
                  rgb: np.ndarray) -> None:
         pubs = self._output_pubs
+        want_masks = self.param("publish_masks")
+        want_label = self.param("publish_mask_image") and detections.masks is not None
+        want_overlay = self.param("publish_overlay")
+        # One pass over the masks serves the message, the label image and the overlay.
+        crops = (mask_crops(detections) if detections.masks is not None
+                 and (want_masks or want_label or want_overlay) else None)
         pubs["detections"].publish(detections_to_msg(
-            detections, header, generation, include_masks=self.param("publish_masks")))
+            detections, header, generation, include_masks=want_masks, crops=crops))
         if "vision_detections" in pubs and self.param("publish_vision_msgs"):
             vision = detections_to_vision_msgs(detections, header)
             if vision is not None:
                 pubs["vision_detections"].publish(vision)
-        if self.param("publish_mask_image") and detections.masks is not None:
-            labels = label_image(detections)
+        if want_label:
+            labels = label_image(detections, crops=crops)
             encoding = "mono8" if labels.dtype == np.uint8 else "mono16"
             pubs["mask"].publish(numpy_to_image_msg(labels, encoding, header))
-        if self.param("publish_overlay"):
+        if want_overlay:
             overlay = draw_overlay(
                 rgb, detections, "rgb8", alpha=self.param("overlay_alpha"),
-                draw_boxes=self.param("overlay_boxes"), draw_labels=self.param("overlay_labels"))
+                draw_boxes=self.param("overlay_boxes"), draw_labels=self.param("overlay_labels"),
+                crops=crops)
             pubs["overlay"].publish(numpy_to_image_msg(overlay, "rgb8", header))
 
     # ------------------------------------------------------------------------- diagnostics
