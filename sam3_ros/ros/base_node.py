@@ -37,6 +37,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import Sam3RosError
 from sam3_ros.core.image_codec import to_rgb8
@@ -142,7 +143,7 @@ class Sam3LifecycleNode(LifecycleNode):
                 return self._refuse(reason)
             changes[p.name] = value
         if changes and self._configured:
-            reason = self._apply_live_parameters(changes)
+            reason = run_on_compute_thread(self._apply_live_parameters, changes)
             if reason is not None:
                 return self._refuse(reason)
         return SetParametersResult(successful=True)
@@ -163,12 +164,7 @@ class Sam3LifecycleNode(LifecycleNode):
     # ------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
-            self._model = self._hub.acquire(ModelKey(
-                self.param("model"), self.param("device"), self.param("dtype"),
-                self.param("quantization")), with_tracker=self._needs_tracker)
-            self._create_session(self._model)
-            if self.param("warmup"):
-                self._warm_up()
+            run_on_compute_thread(self._load_and_warm_up)
         except Exception as err:  # configure must fail with a reason, never crash the node
             reason = str(err) if isinstance(err, Sam3RosError) else f"{type(err).__name__}: {err}"
             self.get_logger().error(f"configure failed: {reason}")
@@ -183,6 +179,15 @@ class Sam3LifecycleNode(LifecycleNode):
             f"configured: model '{self._model.loaded.source}' on {self._model.loaded.device} "
             f"({str(self._model.loaded.dtype).replace('torch.', '')})")
         return TransitionCallbackReturn.SUCCESS
+
+    def _load_and_warm_up(self) -> None:
+        # On the compute thread: the thread that loads and warms the model runs every frame.
+        self._model = self._hub.acquire(ModelKey(
+            self.param("model"), self.param("device"), self.param("dtype"),
+            self.param("quantization")), with_tracker=self._needs_tracker)
+        self._create_session(self._model)
+        if self.param("warmup"):
+            self._warm_up()
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._slot.reopen()
@@ -323,7 +328,8 @@ class Sam3LifecycleNode(LifecycleNode):
         header = msg.header
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         frame_key = (header.stamp.sec, header.stamp.nanosec, header.frame_id)
-        detections, generation = self._process(rgb, stamp_ns=stamp_ns, frame_key=frame_key)
+        detections, generation = run_on_compute_thread(
+            self._process, rgb, stamp_ns=stamp_ns, frame_key=frame_key)
         self._publish(detections, generation, header, rgb)
 
     def _publish(self, detections: Detections, generation: int, header: Any,
@@ -413,14 +419,20 @@ def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
               args: list[str] | None = None,
               after_start: Callable[[list[Sam3LifecycleNode]], None] | None = None) -> int:
     """Entry point of the executables: init rclpy, build the nodes, autostart those whose
-    `autostart` parameter is set, spin them on one multi-threaded executor, shut down cleanly.
-    `after_start` runs once the autostart transitions are done.
+    `autostart` parameter is set, spin them on one executor, shut down cleanly. `after_start`
+    runs once the autostart transitions are done.
+
+    The executor is single-threaded on purpose: inference runs in each node's own worker
+    thread, so callbacks are short (hand a frame to the latest-frame slot, answer a service).
+    rclpy's MultiThreadedExecutor busy-loops while a callback is in flight (ros2/rclpy#1223,
+    #1452): measured here, it delayed frame delivery by up to 760 ms and slowed inference by
+    the CPU it burnt.
     """
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     rclpy.init(args=args)
     nodes = make_nodes()
-    executor = MultiThreadedExecutor()
+    executor = SingleThreadedExecutor()
     for node in nodes:
         executor.add_node(node)
         if not node.param("autostart"):

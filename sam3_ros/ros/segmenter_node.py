@@ -19,6 +19,7 @@ import rclpy
 from std_srvs.srv import Trigger
 
 from sam3_ros.core.bytetrack import ByteTrackConfig, ByteTracker
+from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
@@ -152,7 +153,7 @@ class SegmenterNode(Sam3LifecycleNode):
                         response: SetPrompts.Response) -> SetPrompts.Response:
         specs = prompt_specs_from_msgs(list(request.texts), list(request.prompts))
         try:
-            class_ids = self._session.set_prompts(specs)
+            class_ids = run_on_compute_thread(self._session.set_prompts, specs)
         except InvalidPromptError as err:
             response.success, response.message = False, str(err)
             self.get_logger().warning(f"set_prompts refused: {err}")

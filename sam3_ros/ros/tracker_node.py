@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from std_srvs.srv import Trigger
 
+from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
@@ -154,7 +155,7 @@ class TrackerNode(Sam3LifecycleNode):
                 raise InvalidPromptError("the tracker takes text prompts only; box exemplars "
                                          "are a segmenter feature (use add_objects for boxes)")
             texts = list(request.texts) + [p.text for p in request.prompts]
-            class_ids = self._session.set_text_prompts(texts)
+            class_ids = run_on_compute_thread(self._session.set_text_prompts, texts)
         except InvalidPromptError as err:
             return self._refused(response, "set_prompts", err)
         self._publish_label_info()

@@ -87,12 +87,14 @@ class Client:
 
     def __init__(self, name: str = "test_client"):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         if not rclpy.ok():
             rclpy.init()
         self.node = rclpy.create_node(name)
-        self.executor = MultiThreadedExecutor(num_threads=4)
+        # Single-threaded: rclpy's MultiThreadedExecutor busy-loops and delays deliveries by
+        # hundreds of ms under load, which would corrupt the latencies the benchmark measures.
+        self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
