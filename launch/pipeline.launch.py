@@ -13,14 +13,23 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import LaunchConfigurationNotEquals
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("sam3_ros")
     args = [
+        # Full camera frames need Fast DDS's shared-memory segment enlarged (see the XML);
+        # a profile already in the environment wins, '' leaves the environment alone.
+        DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value=EnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                default_value=os.path.join(share, "config", "fastdds_large_frames.xml")),
+            description="Fast DDS profile for the processes started here"),
         DeclareLaunchArgument("namespace", default_value=""),
         DeclareLaunchArgument("image", default_value="image"),
         DeclareLaunchArgument("model", default_value="facebook/sam3"),
@@ -52,4 +61,7 @@ def generate_launch_description() -> LaunchDescription:
         ],
         remappings=[("image", image), ("image/compressed", [image, "/compressed"])],
     )
-    return LaunchDescription([*args, pipeline])
+    profile = SetEnvironmentVariable(
+        "FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile"),
+        condition=LaunchConfigurationNotEquals("fastdds_profile", ""))
+    return LaunchDescription([*args, profile, pipeline])

@@ -12,15 +12,24 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import LaunchConfigurationNotEquals
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
 
 def generate_launch_description() -> LaunchDescription:
-    default_params = os.path.join(
-        get_package_share_directory("sam3_ros"), "config", "segmenter.yaml")
+    share = get_package_share_directory("sam3_ros")
+    default_params = os.path.join(share, "config", "segmenter.yaml")
     args = [
+        # Full camera frames need Fast DDS's shared-memory segment enlarged (see the XML);
+        # a profile already in the environment wins, '' leaves the environment alone.
+        DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value=EnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                default_value=os.path.join(share, "config", "fastdds_large_frames.xml")),
+            description="Fast DDS profile for the processes started here"),
         DeclareLaunchArgument("namespace", default_value="", description="Node namespace"),
         DeclareLaunchArgument("image", default_value="image",
                               description="Camera image topic (raw; for compressed see "
@@ -58,4 +67,7 @@ def generate_launch_description() -> LaunchDescription:
         ],
         remappings=[("image", image), ("image/compressed", [image, "/compressed"])],
     )
-    return LaunchDescription([*args, node])
+    profile = SetEnvironmentVariable(
+        "FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile"),
+        condition=LaunchConfigurationNotEquals("fastdds_profile", ""))
+    return LaunchDescription([*args, profile, node])

@@ -50,7 +50,7 @@ def test_launch_file_names_real_executables_and_configs(launch_file):
     assert set(_string_kwargs(tree, "package")) == {"sam3_ros"}
     configs = [c.value for c in ast.walk(tree)
                if isinstance(c, ast.Constant) and isinstance(c.value, str)
-               and c.value.endswith(".yaml")]
+               and c.value.endswith((".yaml", ".xml"))]
     for config in configs:
         assert (REPO / "config" / config).is_file(), config
     # Parameters the launch file sets by name must be declared by the node(s) it starts.

@@ -58,9 +58,6 @@ def run_demo(model: str, prompts: list[str], device: str, frames: int, rate_hz: 
     node = NodeProcess(node_command("segmenter", {
         "model": model, "device": device, "autostart": True, "prompts": prompts,
         "score_threshold": score_threshold,
-        # Full-size frames are ~1 MB: over best effort, one lost UDP fragment drops the whole
-        # frame. Reliable delivery (still depth 1: latest frame only) through a QoS override.
-        f"qos_overrides.{ns}/image.subscription.reliability": "reliable",
     }, remaps={"__ns": ns}))
     client = Client("sam3_demo_camera")
     try:
@@ -126,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("out/demo"))
     args = parser.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from sam3_ros.ros.fastdds import use_large_frames_profile
+
+    # Full 640x480 frames over the node's best-effort image QoS need a larger Fast DDS
+    # shared-memory segment in the camera's (this) process; the node inherits it too.
+    print(f"[demo] Fast DDS profile: {use_large_frames_profile()}")
     model = args.model
     threshold = args.score_threshold
     if model is None:
