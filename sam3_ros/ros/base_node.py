@@ -15,6 +15,7 @@ counted as dropped). Subclasses implement `_create_session`, `_process` and thei
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +102,10 @@ class Sam3LifecycleNode(LifecycleNode):
         self._model: SharedModel | None = None
         self._slot: LatestSlot[Image | CompressedImage] = LatestSlot()
         self._worker: threading.Thread | None = None
+        # Label image and overlay are drawn on their own thread, so the next frame's inference
+        # does not wait for them. Size 1: at most one frame's drawing waits, never a queue.
+        self._render_queue: queue.Queue[tuple | None] = queue.Queue(maxsize=1)
+        self._renderer: threading.Thread | None = None
         self._running = False
         self._subscription = None
         self._output_pubs: dict[str, Any] = {}
@@ -196,6 +201,9 @@ class Sam3LifecycleNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}_worker",
                                         daemon=True)
         self._worker.start()
+        self._renderer = threading.Thread(target=self._render_work,
+                                          name=f"{self.get_name()}_render", daemon=True)
+        self._renderer.start()
         options = QoSOverridingOptions.with_default_policies()
         if self.param("input_kind") == "compressed":
             self._subscription = self.create_subscription(
@@ -237,6 +245,10 @@ class Sam3LifecycleNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join()
             self._worker = None
+        if self._renderer is not None:
+            self._render_queue.put(None)  # after the worker: nothing is put behind it
+            self._renderer.join()
+            self._renderer = None
         self._slot.clear()
 
     # ------------------------------------------------------------------------- model, outputs
@@ -334,19 +346,39 @@ class Sam3LifecycleNode(LifecycleNode):
 
     def _publish(self, detections: Detections, generation: int, header: Any,
                  rgb: np.ndarray) -> None:
+        """Publish the detections now; hand the label image and overlay to the render thread
+        (blocks only while the previous frame's drawing is still running)."""
         pubs = self._output_pubs
         want_masks = self.param("publish_masks")
         want_label = self.param("publish_mask_image") and detections.masks is not None
         want_overlay = self.param("publish_overlay")
         # One pass over the masks serves the message, the label image and the overlay.
-        crops = (mask_crops(detections) if detections.masks is not None
-                 and (want_masks or want_label or want_overlay) else None)
+        crops = (mask_crops(detections) if detections.masks is not None and want_masks
+                 else None)
         pubs["detections"].publish(detections_to_msg(
             detections, header, generation, include_masks=want_masks, crops=crops))
         if "vision_detections" in pubs and self.param("publish_vision_msgs"):
             vision = detections_to_vision_msgs(detections, header)
             if vision is not None:
                 pubs["vision_detections"].publish(vision)
+        if want_label or want_overlay:
+            self._render_queue.put((detections, header, rgb, crops, want_label, want_overlay))
+
+    def _render_work(self) -> None:
+        while True:
+            item = self._render_queue.get()
+            if item is None:
+                return
+            try:
+                self._render(*item)
+            except Exception as err:
+                self._report_frame_error(f"drawing outputs: {type(err).__name__}: {err}")
+
+    def _render(self, detections: Detections, header: Any, rgb: np.ndarray,
+                crops: Any, want_label: bool, want_overlay: bool) -> None:
+        pubs = self._output_pubs
+        if crops is None and detections.masks is not None:
+            crops = mask_crops(detections)
         if want_label:
             labels = label_image(detections, crops=crops)
             encoding = "mono8" if labels.dtype == np.uint8 else "mono16"

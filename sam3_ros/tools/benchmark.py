@@ -80,8 +80,10 @@ def bare_calls(model: str, device: str, dtype: str, frames: list[np.ndarray],
 
 def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray],
                     prompts: list[str], score_threshold: float, camera_rate_hz: float,
-                    rate_seconds: float, frame_timeout_s: float = 10.0) -> dict[str, object]:
-    """Latency publish->detections one frame at a time, then behaviour at a camera rate."""
+                    rate_seconds: float, frame_timeout_s: float = 10.0,
+                    node_params: dict[str, str] | None = None) -> dict[str, object]:
+    """Latency publish->detections one frame at a time, then behaviour at a camera rate.
+    `node_params` are extra node parameters (e.g. publish_masks=false)."""
     import rclpy
     from sensor_msgs.msg import Image
 
@@ -92,7 +94,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
     ns = "/sam3_bench"
     node = NodeProcess(node_command("segmenter", {
         "model": model, "device": device, "dtype": dtype, "autostart": True, "prompts": prompts,
-        "score_threshold": score_threshold,
+        "score_threshold": score_threshold, **(node_params or {}),
         # The node's default image QoS (sensor data: best effort, depth 1); full frames arrive
         # intact because both processes use the package's Fast DDS profile (see main()).
     }, remaps={"__ns": ns}))
@@ -115,7 +117,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
         for msg in messages[:3]:
             wait_for(lambda msg=msg: result_of(msg.header.stamp.sec) or camera.publish(msg),
                      120, "a warm-up result", node, poll_s=0.5)
-        latencies, lost = [], 0
+        latencies, lost, instances = [], 0, []
         for msg in messages:
             sec = msg.header.stamp.sec
             start = time.monotonic()
@@ -130,6 +132,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
                 lost += 1
                 continue
             latencies.append(received[0] - start)
+            instances.append(len(received[1].detections))
         if not latencies:
             raise AssertionError(f"no frame answered:\n{node.output()[-2000:]}")
         e2e = _ms(latencies)
@@ -155,6 +158,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
         return {
             "e2e_ms": e2e,
             "e2e_lost": lost,
+            "instances_median": statistics.median(instances),
             "rate_sent": count,
             "rate_processed": len(timed),
             "rate_dropped": count - len(timed),
@@ -181,8 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--camera-rate", type=float, default=30.0)
     parser.add_argument("--rate-seconds", type=float, default=5.0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="extra node parameters, e.g. publish_masks=false")
     parser.add_argument("--output", type=Path, help="also write the Markdown table here")
     args = parser.parse_args(argv)
+    node_params = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects NAME=VALUE, got {item!r}")
+        node_params[name] = value
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sam3_ros.ros.fastdds import use_large_frames_profile
@@ -202,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                       args.score_threshold)
     node = node_end_to_end(model, args.device, args.dtype, frames, args.prompts,
                            args.score_threshold, args.camera_rate, args.rate_seconds,
-                           frame_timeout_s=max(10.0, 20e-3 * bare["bare_core"][0]))
+                           frame_timeout_s=max(10.0, 20e-3 * bare["bare_core"][0]),
+                           node_params=node_params)
     from sam3_ros.ros.detection_conversions import build_outputs_benchmark
 
     outputs = build_outputs_benchmark(n_instances=20, height=720, width=1280, repeats=50)
@@ -217,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"Model: {model_note}; device {args.device}, {args.dtype}; {args.width}x{args.height} "
         f"frames; prompts {args.prompts}; {args.frames} frames; image QoS best effort "
-        f"(the node's default); Fast DDS profile {profile}.",
+        f"(the node's default); Fast DDS profile {profile}"
+        + (f"; node parameters {node_params}" if node_params else "") + ".",
         "",
         "| measurement | median ms | p90 ms |",
         "|---|---:|---:|",
@@ -233,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         f"End-to-end / bare ratio (medians): {e2e_median / bare['bare_transformers'][0]:.3f}x "
         f"vs transformers, {e2e_median / bare['bare_core'][0]:.3f}x vs the core path; "
         f"end-to-end overhead {e2e_median - bare['bare_core'][0]:.2f} ms; "
-        f"{node['e2e_lost']} of {args.frames} frames lost in transport.",
+        f"{node['e2e_lost']} of {args.frames} frames lost in transport; "
+        f"{node['instances_median']:g} instances per frame (median).",
         "",
         f"Camera at {args.camera_rate:g} Hz for {args.rate_seconds:g} s: {node['rate_sent']} "
         f"frames sent, {node['rate_processed']} processed, {node['rate_dropped']} dropped "
