@@ -65,7 +65,9 @@ class NodeProcess:
                                      preexec_fn=_die_with_parent)
 
     def output(self) -> str:
-        self._log.flush()
+        """Everything the node printed so far (also after `stop`)."""
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def alive(self) -> bool:
