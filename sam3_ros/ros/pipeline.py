@@ -3,10 +3,10 @@
 SAM3's detector and tracker share the vision backbone: the nodes get one `ModelHub` that loads
 the video model once (its detector serves the segmenter), and a frame's backbone features are
 computed once for both nodes (they subscribe to the same camera; the cache key is the image
-stamp and frame id). Both run on one executor, each inferring in its own worker thread; each
-keeps its own lifecycle, parameters (node names `segmenter` and `tracker`), topics and
-services, which are prefixed with the node name (`segmenter/detections`,
-`tracker/add_objects`, ...).
+stamp and frame id). Both run on one executor and take frames on their own worker threads;
+their model calls queue on the process's compute thread. Each keeps its own lifecycle,
+parameters (node names `segmenter` and `tracker`), topics and services, which are prefixed
+with the node name (`segmenter/detections`, `tracker/add_objects`, ...).
 
     ros2 run sam3_ros pipeline --ros-args -p model:=facebook/sam3 -p autostart:=true
 """
