@@ -175,7 +175,7 @@ class Sam3LifecycleNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {reason}")
             if self._model is not None:
                 self._release_session()
-                self._hub.release(self._model)
+                run_on_compute_thread(self._hub.release, self._model)
             self._model = None
             return TransitionCallbackReturn.FAILURE
         self._create_outputs()
@@ -197,13 +197,8 @@ class Sam3LifecycleNode(LifecycleNode):
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._slot.reopen()
         self._slot.reset_counters()
-        self._running = True
-        self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}_worker",
-                                        daemon=True)
-        self._worker.start()
-        self._renderer = threading.Thread(target=self._render_work,
-                                          name=f"{self.get_name()}_render", daemon=True)
-        self._renderer.start()
+        # Subscribe first: if that fails (e.g. a bad qos_overrides value) no thread is left
+        # running. Frames arriving before the worker starts wait in the slot.
         options = QoSOverridingOptions.with_default_policies()
         if self.param("input_kind") == "compressed":
             self._subscription = self.create_subscription(
@@ -212,6 +207,13 @@ class Sam3LifecycleNode(LifecycleNode):
         else:
             self._subscription = self.create_subscription(
                 Image, "image", self._slot.put, IMAGE_QOS, qos_overriding_options=options)
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}_worker",
+                                        daemon=True)
+        self._worker.start()
+        self._renderer = threading.Thread(target=self._render_work,
+                                          name=f"{self.get_name()}_render", daemon=True)
+        self._renderer.start()
         self.get_logger().info(f"active: listening on {self._subscription.topic_name}")
         return super().on_activate(state)
 
@@ -225,7 +227,7 @@ class Sam3LifecycleNode(LifecycleNode):
         self._destroy_outputs()
         self._release_session()
         if self._model is not None:
-            self._hub.release(self._model)
+            run_on_compute_thread(self._hub.release, self._model)
         self._model = None
         self._configured = False
         self.get_logger().info("cleaned up: model released")
@@ -362,7 +364,14 @@ class Sam3LifecycleNode(LifecycleNode):
             if vision is not None:
                 pubs["vision_detections"].publish(vision)
         if want_label or want_overlay:
-            self._render_queue.put((detections, header, rgb, crops, want_label, want_overlay))
+            item = (detections, header, rgb, crops, want_label, want_overlay)
+            while True:  # a renderer that died must not block the worker (and deactivate)
+                try:
+                    self._render_queue.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    if self._renderer is None or not self._renderer.is_alive():
+                        return
 
     def _render_work(self) -> None:
         while True:
@@ -465,17 +474,19 @@ def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
     rclpy.init(args=args)
     nodes = make_nodes()
     executor = SingleThreadedExecutor()
-    for node in nodes:
-        executor.add_node(node)
-        if not node.param("autostart"):
-            continue
-        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            node.trigger_activate()
-        else:
-            node.get_logger().error("autostart: configure failed, staying unconfigured")
-    if after_start is not None:
-        after_start(nodes)
     try:
+        for node in nodes:
+            executor.add_node(node)
+            if not node.param("autostart"):
+                continue
+            # Loading runs on the compute thread and cannot be interrupted: Ctrl-C during it
+            # takes effect when the load returns.
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error("autostart: configure failed, staying unconfigured")
+        if after_start is not None:
+            after_start(nodes)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -131,6 +131,7 @@ class SegmenterNode(Sam3LifecycleNode):
         try:
             if "prompts" in changes and not self._syncing_prompts:
                 self._session.set_prompts([PromptSpec(t) for t in changes["prompts"]])
+                self._reset_tracks()  # class ids changed meaning
                 self._publish_label_info()
             if any(name in changes for name in _SEGMENTER_CONFIG_PARAMS):
                 self._session.set_config(self._segmenter_config(**{
@@ -152,14 +153,19 @@ class SegmenterNode(Sam3LifecycleNode):
     def _on_set_prompts(self, request: SetPrompts.Request,
                         response: SetPrompts.Response) -> SetPrompts.Response:
         specs = prompt_specs_from_msgs(list(request.texts), list(request.prompts))
+        def apply() -> list[int]:
+            # One compute-thread call: no frame runs between the new prompts and the track
+            # reset (class ids changed meaning), and ByteTrack is never touched concurrently.
+            class_ids = self._session.set_prompts(specs)
+            self._reset_tracks()
+            return class_ids
+
         try:
-            class_ids = run_on_compute_thread(self._session.set_prompts, specs)
+            class_ids = run_on_compute_thread(apply)
         except InvalidPromptError as err:
             response.success, response.message = False, str(err)
             self.get_logger().warning(f"set_prompts refused: {err}")
             return response
-        if self._tracker is not None:
-            self._tracker.reset()  # class ids changed meaning
         if all(not spec.exemplars and spec.text for spec in specs):
             # Keep the `prompts` parameter truthful for text-only sets.
             self._syncing_prompts = True
@@ -176,10 +182,18 @@ class SegmenterNode(Sam3LifecycleNode):
         response.message = f"{len(class_ids)} prompt(s) active: {', '.join(labels)}"
         return response
 
-    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self._session.reset()
+    def _reset_tracks(self) -> None:
+        # Runs on the compute thread, where `_process` updates the tracker.
         if self._tracker is not None:
             self._tracker.reset()
+        self._last_stamp_ns = None
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        def apply() -> None:
+            self._session.reset()
+            self._reset_tracks()
+
+        run_on_compute_thread(apply)
         response.success = True
         response.message = "segmenter reset (tracking ids restart at 0)"
         return response

@@ -117,7 +117,9 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
         overlay_topic = f"{ns}/overlay"
         wait_overlay = str((node_params or {}).get("publish_overlay", "true")).lower() != "false"
         client.subscribe(Image, overlay_topic)
-        wait_for(lambda: client.matched(topic, camera), 600, "the node to subscribe", node)
+        wait_for(lambda: client.matched(topic, camera)
+                 and (not wait_overlay or client.matched(overlay_topic)), 600,
+                 "the node to subscribe", node)
         messages = []
         for i, rgb in enumerate(frames):
             msg = numpy_to_image_msg(rgb, "rgb8")
@@ -159,6 +161,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
             if wait_overlay:
                 client.wait_message(overlay_topic,
                                     lambda m, sec=sec: m.header.stamp.sec == sec, 5.0)
+                client.clear(overlay_topic)  # ~1 MB each: keep none
             time.sleep(0.005)  # let the node's OpenMP threads stop spinning
         if not latencies:
             raise AssertionError(f"no frame answered:\n{node.output()[-2000:]}")
@@ -166,6 +169,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
 
         # Camera at a fixed rate: the node must skip frames, not queue them.
         client.clear(topic)
+        client.node.destroy_subscription(client.subscriptions.pop(overlay_topic))
         period = 1.0 / camera_rate_hz
         count = int(rate_seconds * camera_rate_hz)
         sent_at = {}

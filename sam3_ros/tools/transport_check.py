@@ -62,7 +62,6 @@ def _measure(sizes: list[tuple[int, int]], frames: int, timeout_s: float) -> int
 
     from sam3_ros.ros.image_conversions import numpy_to_image_msg
 
-    echo = subprocess.Popen([sys.executable, "-m", __spec__.name, "--echo"])
     rclpy.init()
     node = rclpy.create_node("sam3_transport_check")
     answers: dict[int, float] = {}
@@ -73,20 +72,22 @@ def _measure(sizes: list[tuple[int, int]], frames: int, timeout_s: float) -> int
             answers[header.stamp.sec] = time.monotonic()
             arrived.notify_all()
 
-    node.create_subscription(Header, f"{NS}/answer", on_answer, 10)
+    answer_sub = node.create_subscription(Header, f"{NS}/answer", on_answer, 10)
     pubs = {kind: node.create_publisher(Image, f"{NS}/image_{kind}", _image_qos(kind))
             for kind in QOS_KINDS}
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
+    echo = subprocess.Popen([sys.executable, "-m", __spec__.name, "--echo"])
     try:
         deadline = time.monotonic() + 60
-        while any(p.get_subscription_count() == 0 for p in pubs.values()):
+        while (any(p.get_subscription_count() == 0 for p in pubs.values())
+               or answer_sub.get_publisher_count() == 0):
             if time.monotonic() > deadline or echo.poll() is not None:
-                raise RuntimeError("the echo process did not subscribe within 60 s")
+                raise RuntimeError("the echo process did not connect within 60 s")
             time.sleep(0.05)
-        time.sleep(0.5)  # let both directions finish matching
+        time.sleep(0.2)  # matched here does not yet mean matched on the echo's side
         seq = 0
         for width, height in sizes:
             msg = numpy_to_image_msg(
