@@ -10,7 +10,9 @@ Lifecycle phases mean what they say:
 
 Frames go from the subscription callback into a `LatestSlot`; one worker thread always takes
 the newest frame, so a slow model never builds a queue (frames replaced while it is busy are
-counted as dropped). Subclasses implement `_create_session`, `_process` and their services.
+counted as dropped). Model calls run on the process's compute thread (`core.compute_thread`);
+the label image and overlay are drawn on a render thread after `detections` is published.
+Subclasses implement `_create_session`, `_process` and their services.
 """
 
 from __future__ import annotations
@@ -463,8 +465,8 @@ def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
     `autostart` parameter is set, spin them on one executor, shut down cleanly. `after_start`
     runs once the autostart transitions are done.
 
-    The executor is single-threaded on purpose: inference runs in each node's own worker
-    thread, so callbacks are short (hand a frame to the latest-frame slot, answer a service).
+    The executor is single-threaded on purpose: inference runs off it (worker and compute
+    threads), so callbacks are short (hand a frame to the latest-frame slot, answer a service).
     rclpy's MultiThreadedExecutor busy-loops while a callback is in flight (ros2/rclpy#1223,
     #1452): measured here, it delayed frame delivery by up to 760 ms and slowed inference by
     the CPU it burnt.
