@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import array
-import platform
-import subprocess
 import sys
 import types
 from typing import Any, ClassVar
@@ -58,6 +56,7 @@ def test_message_fields():
     assert msg.header.frame_id == "cam" and (msg.header.stamp.sec, msg.header.stamp.nanosec) == (
         42, 17)
     assert (msg.image_width, msg.image_height, msg.prompt_generation) == (40, 30, 3)
+    assert msg.has_masks
     first = msg.detections[0]
     assert (first.object_id, first.class_id, first.label) == (7, 2, "mug")
     assert first.score == pytest.approx(0.9)
@@ -65,16 +64,22 @@ def test_message_fields():
     assert (first.state, first.age_frames) == (STATE_OCCLUDED, 5)
     roi = first.mask_roi
     assert (roi.x_offset, roi.y_offset, roi.width, roi.height) == (3, 2, 12, 8)
-    assert (first.mask.width, first.mask.height, first.mask.step) == (12, 8, 12)
-    assert first.mask.encoding == "mono8" and first.mask.is_bigendian == 0
-    assert isinstance(first.mask.data, array.array) and set(first.mask.data) == {255}
+    # 12 x 8 = 96 pixels, all set: 12 bytes of 0xff.
+    assert isinstance(first.mask_bits, array.array) and list(first.mask_bits) == [255] * 12
     assert first.mask_area_px == 96
     # Pixel-centre convention: columns 3..14 -> 8.5, rows 2..9 -> 5.5.
     assert (first.centroid_x, first.centroid_y) == pytest.approx((8.5, 5.5))
-    assert msg.detections[1].mask_area_px == 99
+    second = msg.detections[1]
+    assert second.mask_area_px == 99
+    # The documented layout: the hole at input (31, 25) is crop pixel (1, 5) of the 10 x 10
+    # crop at (30, 20), bit k = 5 * 10 + 1 = 51: byte 6, bit 7 - 3 = 4 (MSB first).
+    assert (second.mask_roi.width, second.mask_roi.height) == (10, 10)
+    expected = [255] * 13
+    expected[6] = 0xFF & ~(1 << 4)
+    expected[12] = 0xF0  # 100 bits: the last byte holds 4 pixels, trailing bits 0
+    assert list(second.mask_bits) == expected
     empty = msg.detections[2]
-    assert empty.mask_area_px == 0 and empty.mask.width == 0 and empty.mask_roi.width == 0
-    assert empty.mask.encoding == "mono8"  # marks "masks published" even when empty
+    assert empty.mask_area_px == 0 and len(empty.mask_bits) == 0 and empty.mask_roi.width == 0
     assert (empty.centroid_x, empty.centroid_y) == (2.5, 2.5)  # box centre
 
 
@@ -122,8 +127,8 @@ def test_shared_crops_give_the_same_message():
 def test_without_masks_keeps_area_and_centroid():
     det = _detections()
     msg = conv.detections_to_msg(det, Header(), include_masks=False)
-    assert all(d.mask.width == 0 and d.mask.encoding == "" and d.mask_roi.width == 0
-               for d in msg.detections)
+    assert not msg.has_masks
+    assert all(len(d.mask_bits) == 0 and d.mask_roi.width == 0 for d in msg.detections)
     assert [d.mask_area_px for d in msg.detections] == [96, 99, 0]
     back = conv.msg_to_detections(msg)
     assert back.masks is None
@@ -132,26 +137,38 @@ def test_without_masks_keeps_area_and_centroid():
 
 def test_detections_without_masks():
     det = Detections(np.array([[0, 0, 10, 20]], np.float32), [0.5], [0], 30, 40)
-    first = conv.detections_to_msg(det, Header()).detections[0]
+    msg = conv.detections_to_msg(det, Header())
+    first = msg.detections[0]
+    assert not msg.has_masks
     assert first.mask_area_px == 0 and (first.centroid_x, first.centroid_y) == (5.0, 10.0)
     assert conv.msg_to_detections(conv.detections_to_msg(det, Header())).masks is None
 
 
 @pytest.mark.parametrize(
-    "corrupt",
+    ("corrupt", "error"),
     [
-        lambda d: setattr(d.mask, "encoding", "mono16"),
-        lambda d: setattr(d.mask, "step", d.mask.step + 1),
-        lambda d: setattr(d.mask_roi, "width", d.mask_roi.width + 1),
-        lambda d: setattr(d.mask_roi, "x_offset", 35),
-        lambda d: setattr(d.mask, "data", array.array("B", bytes(3))),
+        (lambda d: setattr(d.mask_roi, "width", d.mask_roi.width + 1), "13 bytes.*got 12"),
+        (lambda d: setattr(d.mask_roi, "height", d.mask_roi.height - 1), "11 bytes.*got 12"),
+        (lambda d: setattr(d.mask_roi, "x_offset", 35), "leaves the 40x30 image"),
+        (lambda d: setattr(d.mask_roi, "y_offset", 23), "leaves the 40x30 image"),
+        (lambda d: setattr(d, "mask_bits", array.array("B", bytes(3))), "12 bytes.*got 3"),
     ],
 )
-def test_inconsistent_masks_are_rejected(corrupt):
+def test_inconsistent_masks_are_rejected(corrupt, error):
     msg = conv.detections_to_msg(_detections(), Header())
     corrupt(msg.detections[0])
-    with pytest.raises(InvalidDetectionsError):
+    with pytest.raises(InvalidDetectionsError, match=f"detection 0: .*{error}"):
         conv.msg_to_detections(msg)
+
+
+def test_mask_crop_of_received_detection():
+    det = _detections()
+    msg = deserialize_message(serialize_message(conv.detections_to_msg(det, Header())),
+                              DetectionArray)
+    crop = conv.mask_crop_of(msg.detections[1])
+    assert crop.dtype == bool and crop.shape == (10, 10)
+    np.testing.assert_array_equal(crop, det.masks[1, 20:30, 30:40])
+    assert conv.mask_crop_of(msg.detections[2]).shape == (0, 0)
 
 
 def test_label_info():
@@ -252,15 +269,7 @@ def test_vision_msgs_import_is_cached(monkeypatch, vision_msgs_cache):
     assert conv.detections_to_vision_msgs(empty, Header()) is not None
 
 
-# -------------------------------------------------------------------- allocator, benchmark
-def test_tune_glibc_malloc_reports_whether_applied():
-    # In a child process: the setting is process-wide and irreversible.
-    code = ("from sam3_ros.ros.detection_conversions import tune_glibc_malloc; "
-            "print(tune_glibc_malloc())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120).stdout.split()
-    expected = "True" if platform.libc_ver()[0] == "glibc" else "False"
-    assert out[-1] == expected
+# ---------------------------------------------------------------------------- benchmark
 
 
 def test_output_building_benchmark_runs():

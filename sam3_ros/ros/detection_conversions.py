@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import array as pyarray
-import ctypes
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -11,43 +10,38 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from sensor_msgs.msg import Image, RegionOfInterest
+from sensor_msgs.msg import RegionOfInterest
 from std_msgs.msg import Header
 
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import InvalidDetectionsError
+from sam3_ros.core.mask_bits import pack_mask_bits, unpack_mask_bits
 from sam3_ros.core.render import MaskCrop, draw_overlay, label_image, mask_crops
 from sam3_ros.msg import Detection, DetectionArray, LabelInfo
 
-# Encoding of every published mask crop, also of empty (0 x 0) ones: an empty encoding means
-# "masks not published", so all-empty masks still round-trip as masks (not as None).
-MASK_ENCODING = "mono8"
 
-
-def _mono8_image(mask: np.ndarray) -> Image:
-    """A mono8 Image (step = width) holding a C-contiguous (h, w) uint8 array."""
-    image = Image(height=int(mask.shape[0]), width=int(mask.shape[1]),
-                  encoding=MASK_ENCODING, is_bigendian=0, step=int(mask.shape[1]))
-    # frombytes is one memcpy of the crop buffer. The data setter stores an array.array('B')
-    # without per-element checks (Humble: as is; Jazzy/Kilted: one more memcpy); passing
-    # data= to the constructor instead would always copy it once more.
+def _uint8_sequence(values: np.ndarray) -> pyarray.array:
+    """A uint8[] message field value holding the bytes of a C-contiguous uint8 array."""
+    # frombytes is one memcpy. The generated setter stores an array.array('B') without
+    # per-element checks (Humble: as is; Jazzy/Kilted: one more memcpy); a list or a numpy
+    # array would be checked element by element.
     data = pyarray.array("B")
-    data.frombytes(mask.data)
-    image.data = data
-    return image
+    data.frombytes(values.data)
+    return data
 
 
 def detections_to_msg(detections: Detections, header: Header, prompt_generation: int = 0,
                       include_masks: bool = True,
                       crops: Sequence[MaskCrop] | None = None) -> DetectionArray:
-    """Build the DetectionArray of one frame; masks are cropped losslessly to their pixels.
+    """Build the DetectionArray of one frame; masks are cropped to their pixels and bit-packed
+    (lossless; layout in Detection.msg and `sam3_ros.core.mask_bits`).
 
     Args:
         detections: Instances of one image (sorted by descending score).
         header: The input image's header; stored unchanged (stamp and frame_id).
         prompt_generation: Generation of the prompt set that produced `detections`.
-        include_masks: False leaves `mask_roi` and `mask` empty (0 x 0, encoding "") to save
-            bandwidth; `mask_area_px` and the centroid are still computed from the masks.
+        include_masks: False leaves `mask_roi` and `mask_bits` empty and `has_masks` false to
+            save bandwidth; `mask_area_px` and the centroid are still computed from the masks.
         crops: `mask_crops(detections)` when already computed (e.g. shared with
             `label_image`), else computed here.
 
@@ -83,62 +77,54 @@ def detections_to_msg(detections: Detections, header: Header, prompt_generation:
             if include_masks:
                 det.mask_roi = RegionOfInterest(x_offset=crop.x_offset, y_offset=crop.y_offset,
                                                 height=crop.height, width=crop.width)
-                det.mask = _mono8_image(crop.mask)
+                det.mask_bits = _uint8_sequence(pack_mask_bits(crop.mask))
         items.append(det)
     return DetectionArray(header=header, image_width=detections.image_width_px,
                           image_height=detections.image_height_px,
-                          prompt_generation=int(prompt_generation), detections=items)
+                          prompt_generation=int(prompt_generation),
+                          has_masks=crops is not None and include_masks, detections=items)
 
 
-def _mask_crop_of(det: Any, index: int, height: int, width: int) -> np.ndarray:
-    """The (h, w) uint8 crop of one Detection, validated against its ROI and the image."""
-    roi, image = det.mask_roi, det.mask
-    if image.encoding != MASK_ENCODING or image.step != image.width:
-        raise InvalidDetectionsError(
-            f"detection {index}: mask must be mono8 with step = width, got "
-            f"{image.encoding!r} step {image.step} width {image.width}")
-    if (roi.width, roi.height) != (image.width, image.height):
-        raise InvalidDetectionsError(
-            f"detection {index}: mask is {image.width}x{image.height}, mask_roi "
-            f"{roi.width}x{roi.height}")
-    if roi.x_offset + roi.width > width or roi.y_offset + roi.height > height:
-        raise InvalidDetectionsError(
-            f"detection {index}: mask_roi leaves the {width}x{height} image")
-    data = image.data
-    # Received and locally built messages hold an array.array('B') (zero-copy view); fall
-    # back to a copy for plain sequences.
-    flat = (np.frombuffer(data, np.uint8) if isinstance(data, (pyarray.array, bytes))
-            else np.asarray(data, np.uint8))
-    if flat.size != image.height * image.width:
-        raise InvalidDetectionsError(
-            f"detection {index}: mask holds {flat.size} bytes, expected "
-            f"{image.height * image.width}")
-    return flat.reshape(image.height, image.width)
+def mask_crop_of(detection: Any) -> np.ndarray:
+    """The mask of one received `Detection` as a (mask_roi.height, mask_roi.width) bool crop.
+
+    Crop pixel (u, v) is input pixel (mask_roi.x_offset + u, mask_roi.y_offset + v). A (0, 0)
+    crop means the mask has no pixels (or the array's `has_masks` is false).
+
+    Raises:
+        InvalidDetectionsError: `mask_bits` does not hold ceil(height * width / 8) bytes.
+    """
+    roi = detection.mask_roi
+    return unpack_mask_bits(detection.mask_bits, int(roi.height), int(roi.width))
 
 
 def msg_to_detections(msg: DetectionArray) -> Detections:
     """Rebuild `Detections` with full-size masks from a DetectionArray (exact inverse).
 
-    Masks are None when the message carries none (published with `include_masks` False:
-    every mask has an empty encoding); an empty array gives (0, H, W) masks.
+    Masks are None when the message carries none (`has_masks` false); an empty array with
+    `has_masks` gives (0, H, W) masks.
 
     Raises:
-        InvalidDetectionsError: a mask is not mono8 with step = width, disagrees with its
-            mask_roi, or leaves the image.
+        InvalidDetectionsError: a mask's byte count disagrees with its mask_roi, or the
+            mask_roi leaves the image.
     """
     height, width = int(msg.image_height), int(msg.image_width)
     dets = msg.detections
     n = len(dets)
-    has_masks = n == 0 or any(d.mask.encoding for d in dets)
-    masks = np.zeros((n, height, width), bool) if has_masks else None
+    masks = np.zeros((n, height, width), bool) if msg.has_masks else None
     if masks is not None:
         for i, det in enumerate(dets):
-            if det.mask.width == 0 or det.mask.height == 0:
-                continue
-            crop = _mask_crop_of(det, i, height, width)
             roi = det.mask_roi
+            if roi.x_offset + roi.width > width or roi.y_offset + roi.height > height:
+                raise InvalidDetectionsError(
+                    f"detection {i}: mask_roi {roi.width}x{roi.height} at ({roi.x_offset}, "
+                    f"{roi.y_offset}) leaves the {width}x{height} image")
+            try:
+                crop = mask_crop_of(det)
+            except InvalidDetectionsError as err:
+                raise InvalidDetectionsError(f"detection {i}: {err}") from None
             masks[i, roi.y_offset:roi.y_offset + roi.height,
-                  roi.x_offset:roi.x_offset + roi.width] = crop != 0
+                  roi.x_offset:roi.x_offset + roi.width] = crop
     return Detections(
         xyxy=np.array([[d.x_min, d.y_min, d.x_max, d.y_max] for d in dets],
                       np.float32).reshape(n, 4),
@@ -235,52 +221,14 @@ def random_blob_detections(n_instances: int = 20, height: int = 720, width: int 
                       labels=tuple(f"class {i % 3}" for i in range(n_instances)))
 
 
-# glibc mallopt() parameter numbers (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
-def tune_glibc_malloc(trim_threshold_bytes: int = 128 << 20,
-                      mmap_threshold_bytes: int = 32 << 20) -> bool:
-    """Keep freed per-frame buffers in the process heap instead of returning them to the OS.
-
-    Every frame allocates and frees a few MB (mask crops, label image, image messages). With
-    glibc's defaults, depending on what the process freed before, the heap top can be trimmed
-    after each frame and re-faulted on the next: measured up to 450-900 minor page faults and
-    +1.5-2.7 ms per frame for the DetectionArray + label image of 20 instances at 1280x720 on
-    a 2-core VM. Raising the thresholds removes them, at the cost of keeping up to
-    `trim_threshold_bytes` of freed memory resident.
-    Process-wide and irreversible: call it once at node start-up, not from library code.
-
-    Args:
-        trim_threshold_bytes: Free memory at the heap top kept before trimming.
-        mmap_threshold_bytes: Allocations at least this large use mmap (glibc caps it at
-            32 MiB on 64-bit).
-
-    Returns:
-        True when both settings were applied; False without glibc (nothing changes).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the running process's C library
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    trimmed = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold_bytes))
-    mapped = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold_bytes))
-    return bool(trimmed) and bool(mapped)
-
-
 def build_outputs_benchmark(n_instances: int = 20, height: int = 720, width: int = 1280,
-                            repeats: int = 50, seed: int = 0,
-                            tune_allocator: bool = False) -> dict[str, tuple[float, float]]:
+                            repeats: int = 50, seed: int = 0) -> dict[str, tuple[float, float]]:
     """Time building the per-frame outputs for realistic instances (blobs, not full images).
 
     Args:
         n_instances / height / width: Instances per frame and frame size.
         repeats: Timed calls per measurement (after five warm-up calls).
         seed: Seed of the synthetic instances.
-        tune_allocator: Call `tune_glibc_malloc()` first (process-wide, irreversible).
 
     Returns:
         (median, p90) milliseconds per call for:
@@ -291,8 +239,6 @@ def build_outputs_benchmark(n_instances: int = 20, height: int = 720, width: int
         - "crops_ms", "to_msg_ms" (from precomputed crops), "label_image_ms": the parts;
         - "overlay_ms": `draw_overlay` with masks, boxes and captions.
     """
-    if tune_allocator:
-        tune_glibc_malloc()
     detections = random_blob_detections(n_instances, height, width, seed)
     rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     header = Header()
