@@ -42,17 +42,17 @@ def _blob(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 
 def _reference_crop(mask: np.ndarray) -> tuple[int, int, np.ndarray, int, tuple[float, float]]:
-    """Brute force (full-image np.nonzero): offsets, 0/255 crop, area, centroid."""
+    """Brute force (full-image np.nonzero): offsets, bool crop, area, centroid."""
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    crop = mask[y0:y1, x0:x1].astype(np.uint8) * 255
+    crop = mask[y0:y1, x0:x1].copy()
     return int(x0), int(y0), crop, len(xs), (float(xs.mean()), float(ys.mean()))
 
 
 def _rebuild(crop: MaskCrop, shape: tuple[int, int]) -> np.ndarray:
     full = np.zeros(shape, bool)
     full[crop.y_offset:crop.y_offset + crop.height,
-         crop.x_offset:crop.x_offset + crop.width] = crop.mask > 0
+         crop.x_offset:crop.x_offset + crop.width] = crop.mask
     return full
 
 
@@ -72,12 +72,14 @@ def _rebuild(crop: MaskCrop, shape: tuple[int, int]) -> np.ndarray:
     ],
 )
 def test_crop_is_lossless_and_tight(mask, box):
-    crop = mask_crops(_detections(mask[None], [box]))[0]
+    det = _detections(mask[None], [box])
+    crop = mask_crops(det)[0]
     x0, y0, ref, area, centroid = _reference_crop(mask)
     assert (crop.x_offset, crop.y_offset) == (x0, y0)
     assert (crop.height, crop.width) == ref.shape
     assert crop.window == (x0, y0, x0 + ref.shape[1], y0 + ref.shape[0])
-    assert crop.mask.flags.c_contiguous and crop.mask.dtype == np.uint8
+    assert crop.mask.dtype == bool
+    assert np.shares_memory(crop.mask, det.masks)  # a view, not a per-frame copy
     np.testing.assert_array_equal(crop.mask, ref)
     np.testing.assert_array_equal(_rebuild(crop, mask.shape), mask)
     assert crop.area_px == area

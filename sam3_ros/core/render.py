@@ -43,8 +43,8 @@ class MaskCrop:
 
     Attributes:
         x_offset / y_offset: Top-left pixel of the crop in the input image (0 when empty).
-        mask: (height, width) uint8, C-contiguous, 255 = object, 0 = background; (0, 0) when
-            the mask has no pixels.
+        mask: (height, width) bool view into the detection's full mask (not a copy, not
+            C-contiguous); (0, 0) when the mask has no pixels.
         area_px: Number of mask pixels.
         centroid_xy: Mean (x, y) of the mask pixels' indices, i.e. in the pixel-centre
             convention of OpenCV and sensor_msgs/CameraInfo (pixel u is centred on x = u), so
@@ -119,7 +119,7 @@ def _crop_one(mask: np.ndarray, box: Sequence[float]) -> MaskCrop:
         area = int(cols.sum())
     if area == 0:
         centre = ((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0)
-        return MaskCrop(0, 0, np.zeros((0, 0), np.uint8), 0, centre)
+        return MaskCrop(0, 0, np.zeros((0, 0), bool), 0, centre)
     nonzero_cols = np.flatnonzero(cols)
     c0, c1 = int(nonzero_cols[0]), int(nonzero_cols[-1]) + 1
     # Row sums only over the occupied columns (already narrower than the window).
@@ -131,9 +131,8 @@ def _crop_one(mask: np.ndarray, box: Sequence[float]) -> MaskCrop:
         x0 + float(cols[c0:c1] @ np.arange(c0, c1)) / area,
         y0 + float(rows[r0:r1] @ np.arange(r0, r1)) / area,
     )
-    # uint8 negation maps 1 -> 255 and 0 -> 0, and allocates the C-contiguous crop in one go.
-    crop = np.negative(mask_u8[y0 + r0:y0 + r1, x0 + c0:x0 + c1])
-    return MaskCrop(x0 + c0, y0 + r0, crop, area, centroid)
+    # A view: the message packs it to bits straight from the full mask (no copy per frame).
+    return MaskCrop(x0 + c0, y0 + r0, mask[y0 + r0:y0 + r1, x0 + c0:x0 + c1], area, centroid)
 
 
 def mask_crops(detections: Detections) -> list[MaskCrop]:
