@@ -83,7 +83,7 @@ def make_bare_calls(model: str, device: str, dtype: str, prompts: list[str],
 
 def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray],
                     prompts: list[str], score_threshold: float, camera_rate_hz: float,
-                    rate_seconds: float, frame_timeout_s: float = 30.0,
+                    rate_seconds: float, frame_timeout_s: float = 30.0, settle_s: float = 0.3,
                     node_params: dict[str, str] | None = None,
                     bare: dict[str, Callable[[np.ndarray], None]] | None = None
                     ) -> dict[str, object]:
@@ -91,7 +91,8 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
 
     `node_params` are extra node parameters (e.g. publish_masks=false). The `bare` calls, if
     given, run on each frame just before it is published, so the bare and end-to-end samples
-    alternate and see the same machine load (a shared machine drifts during a run).
+    alternate and see the same machine load (a shared machine drifts during a run);
+    `settle_s` is the pause after each end-to-end frame before the next bare call.
     """
     import rclpy
     from sensor_msgs.msg import Image
@@ -162,7 +163,10 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
                 client.wait_message(overlay_topic,
                                     lambda m, sec=sec: m.header.stamp.sec == sec, 5.0)
                 client.clear(overlay_topic)  # ~1 MB each: keep none
-            time.sleep(0.005)  # let the node's OpenMP threads stop spinning
+            # Let the node's threads settle (OpenMP workers spin after a parallel region, DDS
+            # and drawing threads finish): 5 ms left the next bare call up to 1.9x slower than
+            # back to back on a 2-core VM, 300 ms within 1.05x (core path).
+            time.sleep(settle_s)
         if not latencies:
             raise AssertionError(f"no frame answered:\n{node.output()[-2000:]}")
         e2e = _ms(latencies)
@@ -217,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--camera-rate", type=float, default=30.0)
     parser.add_argument("--rate-seconds", type=float, default=5.0)
+    parser.add_argument("--settle-ms", type=float, default=300.0,
+                        help="pause after each end-to-end frame before the next bare call")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="extra node parameters, e.g. publish_masks=false")
     parser.add_argument("--output", type=Path, help="also write the Markdown table here")
@@ -247,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node = node_end_to_end(model, args.device, args.dtype, frames, args.prompts,
                                args.score_threshold, args.camera_rate, args.rate_seconds,
-                               node_params=node_params, bare=calls)
+                               node_params=node_params, bare=calls,
+                               settle_s=args.settle_ms / 1e3)
         # The same calls in a tight loop (no gaps, caches and threads hot): the best case a
         # bare call reaches, which a camera stream with gaps between frames does not.
         back_to_back = {}
