@@ -36,6 +36,25 @@ def _ms(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1e3, ordered[int(0.9 * (len(ordered) - 1))] * 1e3
 
 
+def paired_stats(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    """Per-frame comparison of (bare_s, e2e_s) pairs measured on the same frame back to back.
+
+    Pairing cancels the machine's drift (both samples of a pair see the same load), so these
+    are steadier than a ratio of two medians.
+
+    Returns:
+        "ratio_median", "ratio_q1", "ratio_q3": e2e / bare per frame (median, quartiles);
+        "overhead_ms_median": (e2e - bare) per frame, median, milliseconds.
+    """
+    if not pairs:
+        raise ValueError("no (bare, e2e) pairs")
+    ratios = [e2e / bare for bare, e2e in pairs]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"ratio_median": statistics.median(ratios), "ratio_q1": quartiles[0],
+            "ratio_q3": quartiles[2],
+            "overhead_ms_median": statistics.median(e2e - bare for bare, e2e in pairs) * 1e3}
+
+
 def make_bare_calls(model: str, device: str, dtype: str, prompts: list[str],
                     score_threshold: float) -> tuple[dict[str, Callable[[np.ndarray], None]],
                                                      Callable[[], None]]:
@@ -139,6 +158,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
             for rgb in frames[:3]:  # warm-up
                 call(rgb)
         bare_times: dict[str, list[float]] = {name: [] for name in bare}
+        pairs: dict[str, list[tuple[float, float]]] = {name: [] for name in bare}
         latencies, lost, instances = [], 0, []
         for rgb, msg in zip(frames, messages, strict=True):
             for name, call in bare.items():
@@ -158,6 +178,8 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
                 lost += 1
                 continue
             latencies.append(received[0] - start)
+            for name, samples in bare_times.items():
+                pairs[name].append((samples[-1], latencies[-1]))
             instances.append(len(received[1].detections))
             if wait_overlay:
                 client.wait_message(overlay_topic,
@@ -170,6 +192,10 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
         if not latencies:
             raise AssertionError(f"no frame answered:\n{node.output()[-2000:]}")
         e2e = _ms(latencies)
+        from rclpy.serialization import serialize_message
+
+        message_mb = statistics.median(
+            len(serialize_message(m)) for _, m in client.messages_with_times(topic)) / 1e6
 
         # Camera at a fixed rate: the node must skip frames, not queue them.
         client.clear(topic)
@@ -193,8 +219,10 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
         return {
             "e2e_ms": e2e,
             "bare_ms": {name: _ms(samples) for name, samples in bare_times.items()},
+            "paired": {name: paired_stats(p) for name, p in pairs.items() if p},
             "e2e_lost": lost,
             "instances_median": statistics.median(instances),
+            "message_mb_median": message_mb,
             "rate_sent": count,
             "rate_processed": len(timed),
             "rate_dropped": count - len(timed),
@@ -307,7 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         f"back-to-back calls: {e2e_median / back_to_back['bare_transformers'][0]:.3f}x vs "
         f"transformers, {e2e_median / back_to_back['bare_core'][0]:.3f}x vs the core path; "
         f"{node['e2e_lost']} of {args.frames} frames lost in transport; "
-        f"{node['instances_median']:g} instances per frame (median).",
+        + "".join(
+            f"per frame (paired) vs {label}: ratio median {p['ratio_median']:.3f}x "
+            f"(quartiles {p['ratio_q1']:.3f}-{p['ratio_q3']:.3f}), overhead median "
+            f"{p['overhead_ms_median']:.2f} ms; "
+            for label, p in (("transformers", node["paired"]["bare_transformers"]),
+                             ("the core path", node["paired"]["bare_core"])))
+        +
+        f"{node['instances_median']:g} instances per frame and "
+        f"{node['message_mb_median']:.3f} MB per serialized DetectionArray (medians).",
         "",
         f"Camera at {args.camera_rate:g} Hz for {args.rate_seconds:g} s: {node['rate_sent']} "
         f"frames sent, {node['rate_processed']} processed, {node['rate_dropped']} dropped "
