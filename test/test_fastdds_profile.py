@@ -3,6 +3,10 @@ and full frames arrive over best effort with it (node tier: two processes over r
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -45,3 +49,26 @@ def test_full_frames_arrive_over_best_effort_with_the_profile():
                                                         ("reliable", "640x480")}
     for row in rows:
         assert row["lost"] == 0, row
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_transport_echo_exits_when_its_parent_dies():
+    # The shell starts the echo, prints its pid and exits (as a killed measuring process
+    # would): the orphaned echo must stop instead of answering the next run.
+    out = subprocess.run(
+        ["sh", "-c", f"'{sys.executable}' -m sam3_ros.tools.transport_check --echo $$ "
+                     ">/dev/null 2>&1 & echo $!; sleep 2"],
+        capture_output=True, text=True, timeout=60, check=True)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(pid), f"echo {pid} still running after its parent exited"

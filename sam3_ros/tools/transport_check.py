@@ -34,8 +34,9 @@ def _image_qos(kind: str):
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
 
 
-def _echo() -> int:
-    """Answer every image on the per-QoS topics with its header."""
+def _echo(parent_pid: int) -> int:
+    """Answer every image on the per-QoS topics with its header while `parent_pid` is this
+    process's parent."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
     from sensor_msgs.msg import Image
@@ -47,8 +48,13 @@ def _echo() -> int:
     for kind in QOS_KINDS:
         node.create_subscription(Image, f"{NS}/image_{kind}",
                                  lambda msg: answer.publish(msg.header), _image_qos(kind))
+    # Exit with the measuring process even when it is killed before it can stop this one
+    # (an orphaned echo would answer the next run on the same domain).
     with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
-        rclpy.spin(node)
+        while rclpy.ok() and os.getppid() == parent_pid:
+            rclpy.spin_once(node, timeout_sec=0.5)
+    node.destroy_node()
+    rclpy.try_shutdown()
     return 0
 
 
@@ -79,7 +85,7 @@ def _measure(sizes: list[tuple[int, int]], frames: int, timeout_s: float) -> int
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    echo = subprocess.Popen([sys.executable, "-m", __spec__.name, "--echo"])
+    echo = subprocess.Popen([sys.executable, "-m", __spec__.name, "--echo", str(os.getpid())])
     try:
         deadline = time.monotonic() + 60
         while (any(p.get_subscription_count() == 0 for p in pubs.values())
@@ -112,11 +118,16 @@ def _measure(sizes: list[tuple[int, int]], frames: int, timeout_s: float) -> int
                     "p90_ms": ordered[int(0.9 * (len(ordered) - 1))] * 1e3 if ordered else None,
                 }), flush=True)
     finally:
+        echo.terminate()  # first: a failure below must not leave it running
+        try:
+            echo.wait(10)
+        except subprocess.TimeoutExpired:
+            echo.kill()
+            echo.wait()
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown()
-        echo.terminate()
-        echo.wait(10)
+        spinner.join(5)  # exiting while it is still in rcl_wait aborts the process
     return 0
 
 
@@ -156,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="'package', 'default' (Fast DDS built-ins) or XML files")
     parser.add_argument("--timeout", type=float, default=1.0,
                         help="seconds to wait for a frame's answer before counting it lost")
-    parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--echo", type=int, metavar="PARENT_PID", help=argparse.SUPPRESS)
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo:
-        return _echo()
+        return _echo(args.echo)
     if args.measure:
         return _measure([_parse_size(s) for s in args.sizes], args.frames, args.timeout)
 
