@@ -152,12 +152,38 @@ def test_detections_without_masks():
         (lambda d: setattr(d.mask_roi, "x_offset", 35), "leaves the 40x30 image"),
         (lambda d: setattr(d.mask_roi, "y_offset", 23), "leaves the 40x30 image"),
         (lambda d: setattr(d, "mask_bits", array.array("B", bytes(3))), "12 bytes.*got 3"),
+        (lambda d: setattr(d, "mask_area_px", 95), "96 pixels, mask_area_px says 95"),
+        (lambda d: setattr(d, "mask_bits", array.array("B", [0xFF] * 11 + [0x7F])),
+         "95 pixels, mask_area_px says 96"),
+        (lambda d: setattr(d.mask_roi, "width", 0), "0x0 mask_roi and no bytes, got 0x8"),
     ],
 )
 def test_inconsistent_masks_are_rejected(corrupt, error):
     msg = conv.detections_to_msg(_detections(), Header())
     corrupt(msg.detections[0])
     with pytest.raises(InvalidDetectionsError, match=f"detection 0: .*{error}"):
+        conv.msg_to_detections(msg)
+
+
+def test_set_padding_bits_are_rejected():
+    msg = conv.detections_to_msg(_detections(), Header())
+    second = msg.detections[1]  # 10 x 10: 13 bytes, the last 4 bits padding
+    second.mask_bits[12] |= 0x01
+    with pytest.raises(InvalidDetectionsError, match="detection 1: the last 4 bits"):
+        conv.msg_to_detections(msg)
+
+
+def test_empty_mask_with_bytes_is_rejected():
+    msg = conv.detections_to_msg(_detections(), Header())
+    msg.detections[2].mask_bits = array.array("B", [0])
+    with pytest.raises(InvalidDetectionsError, match="detection 2: an empty mask"):
+        conv.msg_to_detections(msg)
+
+
+def test_masks_without_has_masks_are_rejected():
+    msg = conv.detections_to_msg(_detections(), Header())
+    msg.has_masks = False  # e.g. a publisher that forgot the flag
+    with pytest.raises(InvalidDetectionsError, match="detection 0 carries a mask"):
         conv.msg_to_detections(msg)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 import pytest
 
@@ -35,8 +37,6 @@ def test_any_nonzero_value_and_strided_views():
 
 
 def test_unpack_accepts_buffers():
-    import array
-
     bits = pack_mask_bits(np.eye(4, dtype=bool))
     for buffer in (bits.tobytes(), array.array("B", bits.tobytes()), memoryview(bits)):
         np.testing.assert_array_equal(unpack_mask_bits(buffer, 4, 4), np.eye(4, dtype=bool))
@@ -50,6 +50,9 @@ def test_unpack_accepts_buffers():
         (np.zeros(2, np.uint8), -1, 5, "must be >= 0"),
         (np.zeros(2, np.uint16), 3, 5, "uint16"),
         (np.zeros((1, 2), np.uint8), 3, 5, r"shape \(1, 2\)"),
+        (np.array([0, 0b0000_0001], np.uint8), 3, 5, "last 1 bits.*must be 0, got last byte 0x01"),
+        ([0, 0], 3, 5, "byte buffer, got list"),
+        (array.array("H", [0]), 1, 16, "items of 2 bytes"),
     ],
 )
 def test_unpack_rejects_inconsistent_input(bits, height, width, error):

@@ -49,14 +49,32 @@ def unpack_mask_bits(bits: np.ndarray | bytes | memoryview, height: int,
         (height, width) bool mask.
 
     Raises:
-        InvalidDetectionsError: negative size, or the byte count does not match the size.
+        InvalidDetectionsError: negative size, `bits` is not a byte buffer, the byte count does
+            not match the size, or a trailing (padding) bit is set.
     """
     if height < 0 or width < 0:
         raise InvalidDetectionsError(f"mask size must be >= 0, got {width}x{height}")
-    flat = bits if isinstance(bits, np.ndarray) else np.frombuffer(bits, np.uint8)
+    if isinstance(bits, np.ndarray):
+        flat = bits
+    else:
+        try:
+            view = memoryview(bits)
+        except TypeError:
+            raise InvalidDetectionsError(
+                f"mask bits must be a byte buffer, got {type(bits).__name__}") from None
+        if view.itemsize != 1:
+            raise InvalidDetectionsError(
+                f"mask bits must be a byte buffer, got items of {view.itemsize} bytes")
+        flat = np.frombuffer(view, np.uint8)
     expected = packed_size(height, width)
     if flat.dtype != np.uint8 or flat.ndim != 1 or flat.size != expected:
         raise InvalidDetectionsError(
             f"a packed {width}x{height} mask has {expected} bytes (uint8, 1-D), got "
             f"{flat.size} ({flat.dtype}, shape {flat.shape})")
+    padding = 8 * expected - height * width
+    if padding and int(flat[-1]) & ((1 << padding) - 1):
+        # Set padding bits mean the producer used another layout (e.g. padded rows).
+        raise InvalidDetectionsError(
+            f"the last {padding} bits of a packed {width}x{height} mask must be 0, got last "
+            f"byte {int(flat[-1]):#04x}")
     return np.unpackbits(flat, count=height * width).reshape(height, width).view(bool)

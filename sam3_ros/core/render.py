@@ -43,8 +43,8 @@ class MaskCrop:
 
     Attributes:
         x_offset / y_offset: Top-left pixel of the crop in the input image (0 when empty).
-        mask: (height, width) bool view into the detection's full mask (not a copy, not
-            C-contiguous); (0, 0) when the mask has no pixels.
+        mask: (height, width) bool read-only view into the detection's full mask (not a
+            copy, not C-contiguous); (0, 0) when the mask has no pixels.
         area_px: Number of mask pixels.
         centroid_xy: Mean (x, y) of the mask pixels' indices, i.e. in the pixel-centre
             convention of OpenCV and sensor_msgs/CameraInfo (pixel u is centred on x = u), so
@@ -132,7 +132,10 @@ def _crop_one(mask: np.ndarray, box: Sequence[float]) -> MaskCrop:
         y0 + float(rows[r0:r1] @ np.arange(r0, r1)) / area,
     )
     # A view: the message packs it to bits straight from the full mask (no copy per frame).
-    return MaskCrop(x0 + c0, y0 + r0, mask[y0 + r0:y0 + r1, x0 + c0:x0 + c1], area, centroid)
+    # Read-only, so writing to a crop cannot change the detections drawn later.
+    crop = mask[y0 + r0:y0 + r1, x0 + c0:x0 + c1]
+    crop.flags.writeable = False
+    return MaskCrop(x0 + c0, y0 + r0, crop, area, centroid)
 
 
 def mask_crops(detections: Detections) -> list[MaskCrop]:

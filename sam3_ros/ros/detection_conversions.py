@@ -98,6 +98,32 @@ def mask_crop_of(detection: Any) -> np.ndarray:
     return unpack_mask_bits(detection.mask_bits, int(roi.height), int(roi.width))
 
 
+def _unpack_into(full: np.ndarray, det: Any) -> None:
+    """Write one Detection's mask into its (H, W) slot, checking it against the image and its
+    area."""
+    roi = det.mask_roi
+    height, width = full.shape
+    if roi.width == 0 or roi.height == 0:
+        if roi.width or roi.height or len(det.mask_bits):
+            raise InvalidDetectionsError(
+                f"an empty mask has a 0x0 mask_roi and no bytes, got {roi.width}x{roi.height} "
+                f"and {len(det.mask_bits)} bytes")
+        crop = None
+    else:
+        if roi.x_offset + roi.width > width or roi.y_offset + roi.height > height:
+            raise InvalidDetectionsError(
+                f"mask_roi {roi.width}x{roi.height} at ({roi.x_offset}, {roi.y_offset}) leaves "
+                f"the {width}x{height} image")
+        crop = mask_crop_of(det)
+    area = 0 if crop is None else int(np.count_nonzero(crop))
+    if area != det.mask_area_px:
+        raise InvalidDetectionsError(
+            f"mask has {area} pixels, mask_area_px says {det.mask_area_px}")
+    if crop is not None:
+        full[roi.y_offset:roi.y_offset + roi.height,
+             roi.x_offset:roi.x_offset + roi.width] = crop
+
+
 def msg_to_detections(msg: DetectionArray) -> Detections:
     """Rebuild `Detections` with full-size masks from a DetectionArray (exact inverse).
 
@@ -105,26 +131,26 @@ def msg_to_detections(msg: DetectionArray) -> Detections:
     `has_masks` gives (0, H, W) masks.
 
     Raises:
-        InvalidDetectionsError: a mask's byte count disagrees with its mask_roi, or the
-            mask_roi leaves the image.
+        InvalidDetectionsError: a mask's bytes disagree with its mask_roi (count, padding
+            bits) or its mask_area_px, the mask_roi leaves the image, or a detection carries a
+            mask while `has_masks` is false.
     """
     height, width = int(msg.image_height), int(msg.image_width)
     dets = msg.detections
     n = len(dets)
-    masks = np.zeros((n, height, width), bool) if msg.has_masks else None
-    if masks is not None:
+    if not msg.has_masks:
         for i, det in enumerate(dets):
-            roi = det.mask_roi
-            if roi.x_offset + roi.width > width or roi.y_offset + roi.height > height:
+            if len(det.mask_bits) or det.mask_roi.width or det.mask_roi.height:
                 raise InvalidDetectionsError(
-                    f"detection {i}: mask_roi {roi.width}x{roi.height} at ({roi.x_offset}, "
-                    f"{roi.y_offset}) leaves the {width}x{height} image")
+                    f"detection {i} carries a mask but the array's has_masks is false")
+        masks = None
+    else:
+        masks = np.zeros((n, height, width), bool)
+        for i, det in enumerate(dets):
             try:
-                crop = mask_crop_of(det)
+                _unpack_into(masks[i], det)
             except InvalidDetectionsError as err:
                 raise InvalidDetectionsError(f"detection {i}: {err}") from None
-            masks[i, roi.y_offset:roi.y_offset + roi.height,
-                  roi.x_offset:roi.x_offset + roi.width] = crop
     return Detections(
         xyxy=np.array([[d.x_min, d.y_min, d.x_max, d.y_max] for d in dets],
                       np.float32).reshape(n, 4),

@@ -49,7 +49,8 @@ def paired_stats(pairs: list[tuple[float, float]]) -> dict[str, float]:
     if not pairs:
         raise ValueError("no (bare, e2e) pairs")
     ratios = [e2e / bare for bare, e2e in pairs]
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    quartiles = (statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1
+                 else [ratios[0]] * 3)
     return {"ratio_median": statistics.median(ratios), "ratio_q1": quartiles[0],
             "ratio_q3": quartiles[2],
             "overhead_ms_median": statistics.median(e2e - bare for bare, e2e in pairs) * 1e3}
@@ -114,6 +115,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
     `settle_s` is the pause after each end-to-end frame before the next bare call.
     """
     import rclpy
+    from rclpy.serialization import serialize_message
     from sensor_msgs.msg import Image
 
     from sam3_ros.msg import DetectionArray
@@ -159,7 +161,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
                 call(rgb)
         bare_times: dict[str, list[float]] = {name: [] for name in bare}
         pairs: dict[str, list[tuple[float, float]]] = {name: [] for name in bare}
-        latencies, lost, instances = [], 0, []
+        latencies, lost, instances, message_bytes = [], 0, [], []
         for rgb, msg in zip(frames, messages, strict=True):
             for name, call in bare.items():
                 start = time.perf_counter()
@@ -181,6 +183,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
             for name, samples in bare_times.items():
                 pairs[name].append((samples[-1], latencies[-1]))
             instances.append(len(received[1].detections))
+            message_bytes.append(len(serialize_message(received[1])))
             if wait_overlay:
                 client.wait_message(overlay_topic,
                                     lambda m, sec=sec: m.header.stamp.sec == sec, 5.0)
@@ -192,10 +195,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
         if not latencies:
             raise AssertionError(f"no frame answered:\n{node.output()[-2000:]}")
         e2e = _ms(latencies)
-        from rclpy.serialization import serialize_message
-
-        message_mb = statistics.median(
-            len(serialize_message(m)) for _, m in client.messages_with_times(topic)) / 1e6
+        message_mb = statistics.median(message_bytes) / 1e6
 
         # Camera at a fixed rate: the node must skip frames, not queue them.
         client.clear(topic)
