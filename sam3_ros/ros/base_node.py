@@ -356,9 +356,9 @@ class Sam3LifecycleNode(LifecycleNode):
         want_masks = self.param("publish_masks")
         want_label = self.param("publish_mask_image") and detections.masks is not None
         want_overlay = self.param("publish_overlay")
-        # One pass over the masks serves the message, the label image and the overlay.
-        crops = (mask_crops(detections) if detections.masks is not None and want_masks
-                 else None)
+        # One pass over the masks serves the message (also its areas and centroids without
+        # masks), the label image and the overlay.
+        crops = mask_crops(detections) if detections.masks is not None else None
         pubs["detections"].publish(detections_to_msg(
             detections, header, generation, include_masks=want_masks, crops=crops))
         if "vision_detections" in pubs and self.param("publish_vision_msgs"):
@@ -388,8 +388,6 @@ class Sam3LifecycleNode(LifecycleNode):
     def _render(self, detections: Detections, header: Any, rgb: np.ndarray,
                 crops: Any, want_label: bool, want_overlay: bool) -> None:
         pubs = self._output_pubs
-        if crops is None and detections.masks is not None:
-            crops = mask_crops(detections)
         if want_label:
             labels = label_image(detections, crops=crops)
             encoding = "mono8" if labels.dtype == np.uint8 else "mono16"
