@@ -4,7 +4,15 @@ In a ROS workspace the package is built by colcon through CMakeLists.txt (ament_
 also generates the msg/srv interfaces.
 """
 
+import configparser
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The rclpy_components entry points, shared with the colcon (CMake) install.
+_entry_points = configparser.ConfigParser(delimiters=("=",))
+_entry_points.optionxform = str
+_entry_points.read(Path(__file__).parent / "resource" / "python_metadata" / "entry_points.txt")
 
 setup(
     name="sam3_ros",
@@ -21,6 +29,8 @@ setup(
             "sam3-ros-demo = sam3_ros.tools.demo:main",
             "sam3-ros-benchmark = sam3_ros.tools.benchmark:main",
         ],
+        "rclpy_components": [f"{name} = {value}" for name, value
+                             in _entry_points["rclpy_components"].items()],
     },
     data_files=[("share/ament_index/resource_index/packages", ["resource/sam3_ros"]),
                 ("share/sam3_ros", ["package.xml"])],

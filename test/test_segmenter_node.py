@@ -67,13 +67,13 @@ class Harness:
         self.image_pub = client.node.create_publisher(Image, f"{ns}/camera/image", 10)
         self.compressed_pub = client.node.create_publisher(
             CompressedImage, f"{ns}/camera/image/compressed", 10)
-        client.subscribe(DetectionArray, f"{ns}/detections")
-        client.subscribe(Image, f"{ns}/mask")
-        client.subscribe(Image, f"{ns}/overlay")
-        client.subscribe(LabelInfo, f"{ns}/label_info", LABEL_QOS)
+        client.subscribe(DetectionArray, f"{ns}/segmenter/detections")
+        client.subscribe(Image, f"{ns}/segmenter/mask")
+        client.subscribe(Image, f"{ns}/segmenter/overlay")
+        client.subscribe(LabelInfo, f"{ns}/segmenter/label_info", LABEL_QOS)
 
     def detections(self) -> list[DetectionArray]:
-        return self.client.messages(f"{self.ns}/detections")
+        return self.client.messages(f"{self.ns}/segmenter/detections")
 
     def send_until_result(self, rgb: np.ndarray, sec: int, what: str = "detections",
                           timeout_s: float = 60.0) -> DetectionArray:
@@ -163,25 +163,25 @@ def test_outputs_match_direct_model_call_over_dds(harness, tiny_checkpoint):
 
 
 def test_mask_and_overlay_images_follow_the_input_frame(harness):
-    harness.client.clear("/seg_test/detections")
+    harness.client.clear("/seg_test/segmenter/detections")
     rgb = _frame(2)
     result = harness.send_until_result(rgb, sec=200)
-    mask = wait_for(lambda: [m for m in harness.client.messages("/seg_test/mask")
+    mask = wait_for(lambda: [m for m in harness.client.messages("/seg_test/segmenter/mask")
                              if m.header.stamp.sec == 200], 20, "mask image", harness.node)[0]
     overlay = wait_for(lambda: [m for m in harness.client.messages(
-        "/seg_test/overlay") if m.header.stamp.sec == 200], 20, "overlay",
+        "/seg_test/segmenter/overlay") if m.header.stamp.sec == 200], 20, "overlay",
         harness.node)[0]
     assert (mask.width, mask.height) == (160, 120) and mask.encoding in ("mono8", "mono16")
     assert (overlay.width, overlay.height, overlay.encoding) == (160, 120, "rgb8")
     labels = image_msg_to_numpy(mask)
     assert labels.max() <= len(result.detections)
-    label_info = wait_for(lambda: harness.client.messages("/seg_test/label_info"), 20,
+    label_info = wait_for(lambda: harness.client.messages("/seg_test/segmenter/label_info"), 20,
                           "label_info", harness.node)[-1]
     assert list(label_info.class_names) == ["mug", "bottle"]
 
 
 def test_set_prompts_service_live_and_bad_requests_refused(harness):
-    srv = "/seg_test/set_prompts"
+    srv = "/seg_test/segmenter/set_prompts"
     ok = harness.client.call(SetPrompts, srv, SetPrompts.Request(
         texts=["cup"], prompts=[Prompt(text="box", exemplar_boxes=[
             BoxPrompt(x_min=10.0, y_min=10.0, x_max=60.0, y_max=50.0, positive=True)])]))
@@ -243,7 +243,7 @@ def test_bad_frames_are_skipped_and_the_node_keeps_running(harness):
 
 
 def test_reset_service(harness):
-    response = harness.client.call(Trigger, "/seg_test/reset", Trigger.Request())
+    response = harness.client.call(Trigger, "/seg_test/segmenter/reset", Trigger.Request())
     assert response.success and response.message
 
 

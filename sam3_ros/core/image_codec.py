@@ -334,7 +334,61 @@ def parse_compressed_format(format_str: str) -> tuple[str | None, str | None, bo
     return codec, original, compressed_depth
 
 
-def decode_compressed(data: Any, format_str: str = "") -> tuple[np.ndarray, str]:
+def check_image_size(width: int, height: int, max_pixels: int | None) -> None:
+    """Raise InvalidImageError when a declared width x height exceeds `max_pixels` (None: no
+    limit). Called before anything that scales with the image is allocated."""
+    if max_pixels is not None and int(width) * int(height) > max_pixels:
+        raise InvalidImageError(
+            f"image {int(width)}x{int(height)} ({int(width) * int(height)} pixels) exceeds the "
+            f"limit of {max_pixels} pixels (parameter max_image_pixels)")
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...); C4, C8 and CC are not.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def compressed_image_size(buffer: np.ndarray, codec: str) -> tuple[int, int]:
+    """(width, height) a png or jpeg declares in its header, read without decoding.
+
+    Args:
+        buffer: The compressed bytes as a 1-D uint8 array.
+        codec: "png" or "jpeg".
+
+    Raises:
+        InvalidImageError: the header is missing or truncated.
+    """
+    data = buffer[: 1 << 16].tobytes() if codec == "png" else buffer
+    if codec == "png":
+        # Signature (8) + IHDR chunk length (4) + "IHDR" (4) + width (4) + height (4).
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise InvalidImageError("png without an IHDR header: cannot read its size")
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    pos, size = 2, buffer.size
+    while pos + 4 <= size:
+        if buffer[pos] != 0xFF:
+            break
+        marker = int(buffer[pos + 1])
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        length = (int(buffer[pos + 2]) << 8) | int(buffer[pos + 3])
+        if marker in _JPEG_SOF:
+            if pos + 9 > size:
+                break
+            height = (int(buffer[pos + 5]) << 8) | int(buffer[pos + 6])
+            width = (int(buffer[pos + 7]) << 8) | int(buffer[pos + 8])
+            return width, height
+        if length < 2:
+            break
+        pos += 2 + length
+    raise InvalidImageError("jpeg without a readable start-of-frame header: cannot read its size")
+
+
+def decode_compressed(data: Any, format_str: str = "",
+                      max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """Decode a jpeg or png buffer (a `CompressedImage` payload) to an array and its encoding.
 
     Decodes with cv2.IMREAD_UNCHANGED, so grayscale stays one channel, 16-bit png stays
@@ -346,6 +400,8 @@ def decode_compressed(data: Any, format_str: str = "") -> tuple[np.ndarray, str]
         data: the compressed bytes (bytes, array.array('B'), memoryview, uint8 ndarray).
         format_str: the `CompressedImage.format` ("jpeg", "png", "bgr8; jpeg compressed bgr8",
             "16UC1; png compressed", "16UC1; compressedDepth png", ...). Empty: detected.
+        max_pixels: Largest accepted width x height, checked from the header before decoding
+            (a small png can declare a gigapixel image); None: no limit.
 
     Returns:
         (array, encoding): (H, W) uint8 "mono8", (H, W) uint16 "mono16" ("16UC1" when the
@@ -353,7 +409,7 @@ def decode_compressed(data: Any, format_str: str = "") -> tuple[np.ndarray, str]
         "bgra8" / "bgra16".
 
     Raises:
-        InvalidImageError: unsupported codec, empty or corrupt data.
+        InvalidImageError: unsupported codec, empty or corrupt data, or larger than max_pixels.
     """
     codec, original, compressed_depth = parse_compressed_format(format_str)
     buffer = _as_uint8_buffer(data)
@@ -378,6 +434,15 @@ def decode_compressed(data: Any, format_str: str = "") -> tuple[np.ndarray, str]
     shown = codec or format_str
     if buffer.size == 0:
         raise InvalidImageError(f"could not decode compressed image (format {shown!r}, 0 bytes)")
+    if max_pixels is not None:
+        head = buffer[:8].tobytes()
+        actual = ("png" if head.startswith(_PNG_SIGNATURE) else
+                  "jpeg" if head.startswith(_JPEG_SIGNATURE) else None)
+        if actual is None:
+            raise InvalidImageError(
+                f"could not decode compressed image (format {shown!r}, {buffer.size} bytes): "
+                "neither a png nor a jpeg signature")
+        check_image_size(*compressed_image_size(buffer, actual), max_pixels)
     decoded: np.ndarray | None
     try:
         decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)

@@ -12,6 +12,9 @@ from sam3_ros.core.errors import InvalidPromptError
 
 MAX_PROMPT_CHARS = 200
 """Longest accepted prompt text; SAM3's text encoder reads at most 32 tokens anyway."""
+MAX_EXEMPLARS_PER_PROMPT = 32
+"""Most box exemplars of one prompt (SAM3's geometry encoder attends over all of them per
+frame; thousands made every frame take seconds)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,10 @@ def validate_prompts(
         if len(text) > MAX_PROMPT_CHARS:
             raise InvalidPromptError(
                 f"prompt {i} has {len(text)} characters, at most {MAX_PROMPT_CHARS} allowed")
+        if len(prompt.exemplars) > MAX_EXEMPLARS_PER_PROMPT:
+            raise InvalidPromptError(
+                f"prompt {i} has {len(prompt.exemplars)} exemplar boxes, at most "
+                f"{MAX_EXEMPLARS_PER_PROMPT} allowed")
         for j, box in enumerate(prompt.exemplars):
             check_box(box.xyxy, f"prompt {i} exemplar box {j}", image_size_hw)
         key = (text.lower(), prompt.exemplars)
@@ -125,8 +132,16 @@ def validate_prompts(
     return tuple(result)
 
 
-def exemplar_arrays(prompts: Sequence[PromptSpec]) -> tuple[np.ndarray, np.ndarray] | None:
+def exemplar_arrays(prompts: Sequence[PromptSpec],
+                    image_size_hw: tuple[int, int] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
     """Pack exemplar boxes of a prompt chunk for SAM3's geometry encoder.
+
+    Args:
+        prompts: The prompts of one decoder batch.
+        image_size_hw: (height, width) of the frame: boxes are clipped to it, and a box left
+            empty (entirely outside this frame, e.g. after the camera changed resolution) is
+            ignored on this frame rather than failing it.
 
     Returns:
         None when no prompt has exemplars; else (boxes_xyxy (P, K, 4) float32 in pixels,
@@ -141,4 +156,51 @@ def exemplar_arrays(prompts: Sequence[PromptSpec]) -> tuple[np.ndarray, np.ndarr
         for j, box in enumerate(prompt.exemplars):
             boxes[i, j] = box.xyxy
             labels[i, j] = 1 if box.positive else 0
+    if image_size_hw is not None:
+        height, width = image_size_hw
+        np.clip(boxes[..., 0::2], 0, width, out=boxes[..., 0::2])
+        np.clip(boxes[..., 1::2], 0, height, out=boxes[..., 1::2])
+        empty = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+        labels[empty] = -10
+        boxes[empty] = 0.0
     return boxes, labels
+
+
+def format_prompt_boxes(prompts: Sequence[PromptSpec]) -> list[str]:
+    """The exemplar boxes of a prompt set as `prompt_boxes` parameter items.
+
+    Each item is "<prompt index> <x_min> <y_min> <x_max> <y_max> <+|->" (pixels, xyxy;
+    + positive, - negative), so `ros2 param dump` saves a prompt set `parse_prompt_boxes`
+    restores. [""] when no prompt has boxes (ROS cannot type an empty list).
+    """
+    items = [f"{i} {b.x_min:g} {b.y_min:g} {b.x_max:g} {b.y_max:g} {'+' if b.positive else '-'}"
+             for i, prompt in enumerate(prompts) for b in prompt.exemplars]
+    return items or [""]
+
+
+def parse_prompt_boxes(texts: Sequence[str], items: Sequence[str]) -> list[PromptSpec]:
+    """Prompt set from the `prompts` (one text per class) and `prompt_boxes` parameters.
+
+    Raises:
+        InvalidPromptError: a malformed item or a prompt index outside `texts`.
+    """
+    exemplars: list[list[BoxExemplar]] = [[] for _ in texts]
+    for item in items:
+        if not item.strip():
+            continue
+        fields = item.split()
+        if len(fields) != 6 or fields[5] not in ("+", "-"):
+            raise InvalidPromptError(
+                f"prompt_boxes item {item!r}: expected '<prompt index> <x_min> <y_min> <x_max> "
+                f"<y_max> <+|->'")
+        try:
+            index = int(fields[0])
+            x_min, y_min, x_max, y_max = (float(v) for v in fields[1:5])
+        except ValueError as err:
+            raise InvalidPromptError(f"prompt_boxes item {item!r}: {err}") from None
+        if not 0 <= index < len(texts):
+            raise InvalidPromptError(
+                f"prompt_boxes item {item!r}: prompt index {index} is not one of the "
+                f"{len(texts)} prompts")
+        exemplars[index].append(BoxExemplar(x_min, y_min, x_max, y_max, fields[5] == "+"))
+    return [PromptSpec(text, tuple(boxes)) for text, boxes in zip(texts, exemplars, strict=True)]

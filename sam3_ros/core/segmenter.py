@@ -20,7 +20,7 @@ import numpy as np
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidImageError, InvalidPromptError
 from sam3_ros.core.model_loading import LoadedSam3
-from sam3_ros.core.prompts import PromptSpec, check_box, exemplar_arrays, validate_prompts
+from sam3_ros.core.prompts import PromptSpec, exemplar_arrays, validate_prompts
 from sam3_ros.core.vision_features import VisionFeatureCache
 
 TEXT_MAX_TOKENS = 32
@@ -94,6 +94,31 @@ def _expand_batch(vision_embeds: Any, batch: int) -> Any:
     )
 
 
+UPSAMPLE_CHUNK_PIXELS = 1 << 25
+"""Full-resolution float pixels upsampled at once (128 MiB of float32): many instances on a
+large frame are upsampled in chunks, so the transient float buffer stays bounded and only the
+(N, H, W) bool result scales with instances x pixels."""
+
+
+def _upsample_masks(low_res: Any, height: int, width: int, threshold: float) -> np.ndarray:
+    """(N, h, w) mask probabilities -> (N, H, W) bool at full resolution, in chunks.
+
+    Bilinear upsampling treats instances independently, so chunking gives the same bits as one
+    call (tested against transformers' post-processing).
+    """
+    import torch
+
+    count = int(low_res.shape[0])
+    masks = np.empty((count, height, width), np.bool_)
+    chunk = max(1, UPSAMPLE_CHUNK_PIXELS // (height * width))
+    for start in range(0, count, chunk):
+        part = torch.nn.functional.interpolate(
+            low_res[start:start + chunk].unsqueeze(0), size=(height, width), mode="bilinear",
+            align_corners=False).squeeze(0) > threshold
+        masks[start:start + chunk] = part.cpu().numpy()
+    return masks
+
+
 class Sam3Segmenter:
     """Stateless SAM3 detector backend for single images.
 
@@ -164,7 +189,9 @@ class Sam3Segmenter:
 
         Raises:
             InvalidImageError: the image is not (H, W, 3) uint8.
-            InvalidPromptError: an exemplar box lies outside this image.
+
+        Exemplar boxes are clipped to this image; one entirely outside it is ignored on this
+        frame (the prompt set was checked against an earlier frame's size, if any).
         """
         height, width = int(rgb.shape[0]), int(rgb.shape[1])
         pixel_values = self.preprocess(rgb)
@@ -177,9 +204,6 @@ class Sam3Segmenter:
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        for i, spec in enumerate(prompts.specs):
-            for j, box in enumerate(spec.exemplars):
-                check_box(box.xyxy, f"prompt {i} exemplar box {j}", (height, width))
         detector = self.loaded.detector
         scores, boxes, low_res_masks, class_ids = [], [], [], []
         n_prompts = len(prompts.specs)
@@ -188,7 +212,7 @@ class Sam3Segmenter:
                 stop = min(start + config.prompts_per_batch, n_prompts)
                 batch = stop - start
                 kwargs: dict[str, Any] = {}
-                packed = exemplar_arrays(prompts.specs[start:stop])
+                packed = exemplar_arrays(prompts.specs[start:stop], (height, width))
                 if packed is not None:
                     kwargs.update(self._box_inputs(*packed, height, width))
                 outputs = detector(
@@ -219,10 +243,8 @@ class Sam3Segmenter:
             order = order[: config.max_detections]
             scale = torch.tensor([width, height, width, height], device=all_scores.device)
             xyxy = torch.cat(boxes)[order] * scale
-            masks = torch.nn.functional.interpolate(
-                torch.cat(low_res_masks)[order].unsqueeze(0), size=(height, width),
-                mode="bilinear", align_corners=False,
-            ).squeeze(0) > config.mask_threshold
+            masks = _upsample_masks(torch.cat(low_res_masks)[order], height, width,
+                                    config.mask_threshold)
             ids = torch.cat(class_ids)[order].cpu().numpy()
             labels = prompts.labels
             return Detections(
@@ -231,7 +253,7 @@ class Sam3Segmenter:
                 class_ids=ids,
                 image_height_px=height,
                 image_width_px=width,
-                masks=masks.cpu().numpy(),
+                masks=masks,
                 labels=tuple(labels[i] for i in ids),
             )
 

@@ -4,9 +4,20 @@ Lifecycle phases mean what they say:
 
 * configure: validate parameters, load (or adopt a shared) model, warm it up, create the
   publishers and services. Fails with the reason in the log.
-* activate: subscribe to the camera and start the inference worker.
+* activate: enable the (lifecycle) publishers, subscribe to the camera and start the
+  inference worker. An inactive node publishes nothing but `/diagnostics`.
 * deactivate: unsubscribe and stop the worker; the model stays loaded.
 * cleanup: drop publishers, services and the model (GPU memory is freed).
+
+Names: the camera input is the relative topic `image` (remap it); every output topic and
+service is private to the node (`~/detections`, `~/set_prompts`, ...), so two nodes side by
+side in one namespace never share a name, and the pipeline's nodes get the same names as the
+standalone ones (`/segmenter/...`, `/tracker/...`).
+
+No request, message or parameter can end the process: service handlers, parameter callbacks
+and the image callback turn unexpected errors into a refusal with the reason (and a log line);
+a parameter override of the wrong type at start-up is converted where that is unambiguous
+(`prompts:=person`) or refused, and configure then fails with the reason.
 
 Frames go from the subscription callback into a `LatestSlot`; one worker thread always takes
 the newest frame, so a slow model never builds a queue (frames replaced while it is busy are
@@ -26,7 +37,12 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import (
@@ -43,7 +59,7 @@ from std_msgs.msg import Header
 from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import Sam3RosError
-from sam3_ros.core.image_codec import to_rgb8
+from sam3_ros.core.image_codec import check_image_size, to_rgb8
 from sam3_ros.core.latest_frame import LatestSlot
 from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
 from sam3_ros.core.render import draw_overlay, label_image, mask_crops
@@ -59,6 +75,7 @@ from sam3_ros.ros.image_conversions import (
     numpy_to_image_msg,
 )
 from sam3_ros.ros.params import ParamSpec
+from sam3_ros.ros.rclpy_compat import normalise_parameter_overrides, parameter_override
 
 # Latest-frame semantics start in DDS: keep only the newest image in the reader's history.
 IMAGE_QOS = QoSProfile(
@@ -73,6 +90,8 @@ LABEL_INFO_QOS = QoSProfile(
 )
 
 _PY_TO_PARAM_TYPE = {bool: 1, int: 2, float: 3, str: 4}  # rcl_interfaces ParameterType values
+DIAGNOSTICS_WARN_S = 5.0
+"""`/diagnostics` reports WARN while a frame or request failed within this many seconds."""
 
 
 class Sam3LifecycleNode(LifecycleNode):
@@ -84,21 +103,24 @@ class Sam3LifecycleNode(LifecycleNode):
         model_hub: Hands out models shared with the other nodes of this process (the pipeline
             executable passes one hub to all); None gives the node a private hub.
         needs_tracker: Load the video model (detector + tracker) rather than the detector.
-        output_prefix: Prepended to output topic and service names ("" standalone; the
-            pipeline gives "segmenter/" and "tracker/" so two nodes in one namespace differ).
-        **kwargs: Passed to rclpy's Node (e.g. parameter_overrides, namespace).
+        **kwargs: Passed to rclpy's Node (parameter_overrides, namespace, cli_args: what a
+            launch file or an rclpy component container passes).
     """
 
-    def __init__(self, node_name: str, param_specs: dict[str, ParamSpec],
+    def __init__(self, node_name: str, param_specs: dict[str, ParamSpec], *,
                  model_hub: ModelHub | None = None, needs_tracker: bool = False,
-                 output_prefix: str = "", **kwargs: Any):
+                 **kwargs: Any):
+        if kwargs.get("parameter_overrides"):
+            kwargs["parameter_overrides"] = normalise_parameter_overrides(
+                kwargs["parameter_overrides"])
         super().__init__(node_name, **kwargs)
         self._specs = param_specs
         self._hub = model_hub or ModelHub()
         self._needs_tracker = needs_tracker
-        self._prefix = output_prefix
+        self._parameter_errors: dict[str, str] = {}
+        """Start-up overrides that were refused: configure fails while any remain."""
         for spec in param_specs.values():
-            self.declare_parameter(spec.name, spec.default, self._descriptor(spec))
+            self._declare(spec)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._configured = False
         self._model: SharedModel | None = None
@@ -118,9 +140,35 @@ class Sam3LifecycleNode(LifecycleNode):
         self._errors = 0
         self._last_latency_ms = float("nan")
         self._last_error = ""
+        self._last_error_at_s = -float("inf")
         self._last_error_log_s = 0.0
+        self._shutting_down = False
+        self._syncing_parameters = False
+        self._autostart_timer = None
+        if self.param("autostart"):
+            # Configure + activate from the executor, so that a node loaded into a component
+            # container starts the same way as one started by `ros2 run`.
+            self._autostart_timer = self.create_timer(0.0, self._autostart)
 
     # ----------------------------------------------------------------------------- parameters
+    def _declare(self, spec: ParamSpec) -> None:
+        """Declare one parameter; a start-up override that does not fit is converted or
+        refused here (never raised: that would end the process before it could say why)."""
+        value = spec.default
+        given, override = parameter_override(self, spec.name)
+        if given:
+            coerced, reason = spec.coerce(override)
+            if reason is None:
+                reason = spec.check(coerced)
+            if reason is None:
+                value = coerced
+            else:
+                self._parameter_errors[spec.name] = reason
+                self.get_logger().error(
+                    f"parameter {reason}; keeping the default {spec.default!r}. Configure "
+                    f"fails until it is set to a valid value (ros2 param set).")
+        self.declare_parameter(spec.name, value, self._descriptor(spec), ignore_override=True)
+
     def _descriptor(self, spec: ParamSpec) -> ParameterDescriptor:
         desc = spec.description
         if spec.choices:
@@ -129,31 +177,64 @@ class Sam3LifecycleNode(LifecycleNode):
             desc += " [needs cleanup + configure to change]"
         kind = type(spec.default)
         param_type = 9 if kind is list else _PY_TO_PARAM_TYPE[kind]  # 9: STRING_ARRAY
-        return ParameterDescriptor(name=spec.name, type=param_type, description=desc)
+        descriptor = ParameterDescriptor(name=spec.name, type=param_type, description=desc)
+        # Ranges in the descriptor: `ros2 param describe` and rqt_reconfigure show them.
+        if spec.min_value is not None and spec.max_value is not None:
+            if kind is int:
+                descriptor.integer_range = [IntegerRange(
+                    from_value=int(spec.min_value), to_value=int(spec.max_value), step=0)]
+            elif kind is float:
+                descriptor.floating_point_range = [FloatingPointRange(
+                    from_value=float(spec.min_value), to_value=float(spec.max_value),
+                    step=0.0)]
+        return descriptor
 
     def param(self, name: str) -> Any:
         value = self.get_parameter(name).value
         return list(value) if isinstance(value, list | tuple) else value
 
     def _on_set_parameters(self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
+        try:
+            return self._check_and_apply_parameters(params)
+        except Exception as err:  # a parameter call must never end the process
+            self.get_logger().error(f"parameter change failed: {type(err).__name__}: {err}")
+            return self._refuse(f"internal error: {type(err).__name__}: {err}")
+
+    def _check_and_apply_parameters(
+            self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
         changes: dict[str, Any] = {}
         for p in params:
             spec = self._specs.get(p.name)
             if spec is None:
                 continue  # rclpy's own (use_sim_time, qos_overrides.*)
-            value = list(p.value) if isinstance(p.value, list | tuple) else p.value
-            reason = spec.check(value)
+            value, reason = spec.coerce(p.value)
+            if reason is None:
+                reason = spec.check(value)
             if reason is None and spec.reload and self._configured:
                 reason = (f"parameter '{p.name}' needs the model reloaded: deactivate, cleanup, "
                           f"set it, then configure again")
             if reason is not None:
                 return self._refuse(reason)
             changes[p.name] = value
-        if changes and self._configured:
+        if changes and self._configured and not self._syncing_parameters:
             reason = run_on_compute_thread(self._apply_live_parameters, changes)
             if reason is not None:
                 return self._refuse(reason)
+        for name in changes:
+            self._parameter_errors.pop(name, None)
         return SetParametersResult(successful=True)
+
+    def _sync_parameters(self, values: dict[str, Any]) -> None:
+        """Make parameters show state that a service already applied (not applied again)."""
+        self._syncing_parameters = True
+        try:
+            results = self.set_parameters([
+                rclpy.parameter.Parameter(name, value=value) for name, value in values.items()])
+        finally:
+            self._syncing_parameters = False
+        for result in results:
+            if not result.successful:
+                self.get_logger().warning(f"parameters do not show the new state: {result.reason}")
 
     def _refuse(self, reason: str) -> SetParametersResult:
         self.get_logger().warning(f"rejected parameter change: {reason}")
@@ -169,7 +250,21 @@ class Sam3LifecycleNode(LifecycleNode):
         return None
 
     # ------------------------------------------------------------------------------ lifecycle
+    def _autostart(self) -> None:
+        self.destroy_timer(self._autostart_timer)
+        self._autostart_timer = None
+        # Loading runs on the compute thread and cannot be interrupted: Ctrl-C during it takes
+        # effect when the load returns.
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+        else:
+            self.get_logger().error("autostart: configure failed, staying unconfigured")
+
     def on_configure(self, state: State) -> TransitionCallbackReturn:
+        if self._parameter_errors:
+            self.get_logger().error("configure failed: invalid parameter(s): " + "; ".join(
+                self._parameter_errors.values()))
+            return TransitionCallbackReturn.FAILURE
         try:
             run_on_compute_thread(self._load_and_warm_up)
         except Exception as err:  # configure must fail with a reason, never crash the node
@@ -184,7 +279,8 @@ class Sam3LifecycleNode(LifecycleNode):
         self._configured = True
         self.get_logger().info(
             f"configured: model '{self._model.loaded.source}' on {self._model.loaded.device} "
-            f"({str(self._model.loaded.dtype).replace('torch.', '')})")
+            f"({str(self._model.loaded.dtype).replace('torch.', '')}); "
+            f"{self._hub.loads} model load(s) in this process")
         return TransitionCallbackReturn.SUCCESS
 
     def _load_and_warm_up(self) -> None:
@@ -198,17 +294,23 @@ class Sam3LifecycleNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._slot.reopen()
-        self._slot.reset_counters()
+        self._reset_counters()
         # Subscribe first: if that fails (e.g. a bad qos_overrides value) no thread is left
         # running. Frames arriving before the worker starts wait in the slot.
         options = QoSOverridingOptions.with_default_policies()
-        if self.param("input_kind") == "compressed":
-            self._subscription = self.create_subscription(
-                CompressedImage, "image/compressed", self._slot.put, IMAGE_QOS,
-                qos_overriding_options=options)
-        else:
-            self._subscription = self.create_subscription(
-                Image, "image", self._slot.put, IMAGE_QOS, qos_overriding_options=options)
+        try:
+            if self.param("input_kind") == "compressed":
+                self._subscription = self.create_subscription(
+                    CompressedImage, "image/compressed", self._on_image, IMAGE_QOS,
+                    qos_overriding_options=options)
+            else:
+                self._subscription = self.create_subscription(
+                    Image, "image", self._on_image, IMAGE_QOS, qos_overriding_options=options)
+        except Exception as err:
+            self.get_logger().error(f"activate failed: cannot subscribe: {err}")
+            return TransitionCallbackReturn.FAILURE
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self._publish_label_info()
         self._running = True
         self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}_worker",
                                         daemon=True)
@@ -217,7 +319,7 @@ class Sam3LifecycleNode(LifecycleNode):
                                           name=f"{self.get_name()}_render", daemon=True)
         self._renderer.start()
         self.get_logger().info(f"active: listening on {self._subscription.topic_name}")
-        return super().on_activate(state)
+        return result
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._stop_worker()
@@ -239,6 +341,12 @@ class Sam3LifecycleNode(LifecycleNode):
         if self._configured:
             self.on_cleanup(state)
         return TransitionCallbackReturn.SUCCESS
+
+    def stop_streaming(self) -> None:
+        """Stop taking and publishing frames (process shutdown): after this returns no thread
+        of this node touches a publisher, so the node can be destroyed quietly."""
+        self._shutting_down = True
+        self._stop_worker()
 
     def _stop_worker(self) -> None:
         if self._subscription is not None:
@@ -264,25 +372,45 @@ class Sam3LifecycleNode(LifecycleNode):
 
     def _create_outputs(self) -> None:
         qos = 10
+        # Lifecycle publishers: nothing goes out while the node is inactive.
+        lifecycle_pub = self.create_lifecycle_publisher
         self._output_pubs = {
-            "detections": self.create_publisher(DetectionArray, self._name("detections"), qos),
-            "mask": self.create_publisher(Image, self._name("mask"), qos),
-            "overlay": self.create_publisher(Image, self._name("overlay"), qos),
-            "label_info": self.create_publisher(LabelInfo, self._name("label_info"),
-                                                LABEL_INFO_QOS),
+            "detections": lifecycle_pub(DetectionArray, "~/detections", qos),
+            "mask": lifecycle_pub(Image, "~/mask", qos),
+            "overlay": lifecycle_pub(Image, "~/overlay", qos),
+            "label_info": lifecycle_pub(LabelInfo, "~/label_info", LABEL_INFO_QOS),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 1),
         }
         vision_cls = _vision_msgs_array_type()
         if vision_cls is not None:
-            self._output_pubs["vision_detections"] = self.create_publisher(
-                vision_cls, self._name("vision_detections"), qos)
+            self._output_pubs["vision_detections"] = lifecycle_pub(
+                vision_cls, "~/vision_detections", qos)
         self._service_handles = self._create_services()
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
-        self._publish_label_info()
+        self._diag_timer = self.create_timer(1.0, self._guarded_diagnostics)
 
-    def _name(self, relative: str) -> str:
-        """Output topic / service name (relative, with this node's prefix)."""
-        return self._prefix + relative
+    def _create_guarded_service(self, srv_type: Any, name: str,
+                                handler: Callable[[Any, Any], Any]) -> Any:
+        """A private service (`~/name`) whose handler can never end the process.
+
+        Any exception, or a response that cannot be serialised (e.g. an id outside its field's
+        range), becomes `success: false` with the reason, and a log line.
+        """
+        from rclpy.serialization import serialize_message
+
+        def guarded(request: Any, response: Any) -> Any:
+            try:
+                response = handler(request, response)
+                serialize_message(response)  # fails here, not in the executor
+                return response
+            except Exception as err:
+                reason = f"internal error: {type(err).__name__}: {err}"
+                self.get_logger().error(f"{name}: {reason}")
+                self._note_error(f"{name}: {reason}")
+                refusal = srv_type.Response()
+                refusal.success, refusal.message = False, reason
+                return refusal
+
+        return self.create_service(srv_type, f"~/{name}", guarded)
 
     def _destroy_outputs(self) -> None:
         for pub in self._output_pubs.values():
@@ -301,9 +429,20 @@ class Sam3LifecycleNode(LifecycleNode):
             return
         names, generation = self._class_names()
         header = Header(stamp=self.get_clock().now().to_msg())
-        pub.publish(label_info_msg(names, generation, header))
+        pub.publish(label_info_msg(names, generation, header))  # dropped while inactive
 
     # --------------------------------------------------------------------------- per frame
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        # Runs in the executor: hand the frame over, never raise.
+        self._slot.put(msg)
+        try:
+            self._frame_received(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        except Exception as err:
+            self._report_frame_error(f"{type(err).__name__}: {err}")
+
+    def _frame_received(self, stamp_ns: int) -> None:
+        """Every frame the camera delivered (also those dropped later); for subclasses."""
+
     def _work(self) -> None:
         while self._running:
             msg = self._slot.take(timeout_s=0.5)
@@ -322,19 +461,29 @@ class Sam3LifecycleNode(LifecycleNode):
                 self._processed += 1
                 self._last_latency_ms = (time.perf_counter() - started) * 1e3
 
-    def _report_frame_error(self, text: str) -> None:
+    def _note_error(self, text: str) -> None:
         with self._stats_lock:
             self._errors += 1
             self._last_error = text
+            self._last_error_at_s = time.monotonic()
+
+    def _report_frame_error(self, text: str) -> None:
+        if self._shutting_down or not self._running:
+            return  # publishers may already be gone: not the frame's fault
+        self._note_error(text)
         now = time.monotonic()
         if now - self._last_error_log_s >= 2.0:  # throttled: a bad camera must not flood logs
             self._last_error_log_s = now
             self.get_logger().error(f"frame skipped: {text}")
 
     def _decode(self, msg: Image | CompressedImage) -> tuple[np.ndarray, str]:
+        # The size limit is checked before anything that scales with the image is allocated
+        # (for compressed images: from the header, before decoding).
+        max_pixels = self.param("max_image_pixels")
         if isinstance(msg, CompressedImage):
-            array, encoding = compressed_msg_to_numpy(msg)
+            array, encoding = compressed_msg_to_numpy(msg, max_pixels=max_pixels)
         else:
+            check_image_size(msg.width, msg.height, max_pixels)
             array, encoding = image_msg_to_numpy(msg), msg.encoding
         return array, encoding
 
@@ -400,6 +549,16 @@ class Sam3LifecycleNode(LifecycleNode):
             pubs["overlay"].publish(numpy_to_image_msg(overlay, "rgb8", header))
 
     # ------------------------------------------------------------------------- diagnostics
+    def _reset_counters(self) -> None:
+        """All per-activation counters start again together (activate)."""
+        self._slot.reset_counters()
+        with self._stats_lock:
+            self._processed = 0
+            self._errors = 0
+            self._last_latency_ms = float("nan")
+            self._last_error = ""
+            self._last_error_at_s = -float("inf")
+
     def stats(self) -> dict[str, float]:
         """Counters since activation (received, dropped, processed, errors, last latency) and
         the shared model's backbone passes."""
@@ -411,16 +570,33 @@ class Sam3LifecycleNode(LifecycleNode):
             stats["backbone_calls"] = self._model.feature_cache.backbone_calls
         return stats
 
+    def _guarded_diagnostics(self) -> None:
+        try:
+            self._publish_diagnostics()
+        except Exception as err:
+            if not self._shutting_down:
+                self.get_logger().error(f"diagnostics: {type(err).__name__}: {err}")
+
+    def _diagnostic_level(self) -> tuple[bytes, str]:
+        """WARN with the reason while something failed within DIAGNOSTICS_WARN_S, else OK."""
+        with self._stats_lock:
+            age_s = time.monotonic() - self._last_error_at_s
+            last_error = self._last_error
+        if age_s <= DIAGNOSTICS_WARN_S:
+            return DiagnosticStatus.WARN, last_error
+        return DiagnosticStatus.OK, "ok"
+
     def _publish_diagnostics(self) -> None:
         pub = self._output_pubs.get("diagnostics")
         if pub is None:
             return
         stats = self.stats()
+        level, message = self._diagnostic_level()
         status = DiagnosticStatus(
             name=f"{self.get_fully_qualified_name()}: sam3",
             hardware_id=str(self._model.loaded.device) if self._model else "",
-            level=DiagnosticStatus.OK if not self._last_error else DiagnosticStatus.WARN,
-            message=self._last_error or "ok",
+            level=level,
+            message=message,
             values=[KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v))
                     for k, v in stats.items()],
         )
@@ -457,43 +633,57 @@ def _vision_msgs_array_type() -> type | None:
 
 
 def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
-              args: list[str] | None = None,
-              after_start: Callable[[list[Sam3LifecycleNode]], None] | None = None) -> int:
-    """Entry point of the executables: init rclpy, build the nodes, autostart those whose
-    `autostart` parameter is set, spin them on one executor, shut down cleanly. `after_start`
-    runs once the autostart transitions are done.
+              args: list[str] | None = None) -> int:
+    """Entry point of the executables: init rclpy, build the nodes (each autostarts itself
+    when its `autostart` parameter is set), spin them on one executor, shut down quietly.
 
     The executor is single-threaded on purpose: inference runs off it (worker and compute
     threads), so callbacks are short (hand a frame to the latest-frame slot, answer a service).
     rclpy's MultiThreadedExecutor busy-loops while a callback is in flight (ros2/rclpy#1223,
     #1452): measured here, it delayed frame delivery by up to 760 ms and slowed inference by
     the CPU it burnt.
+
+    Shutdown order: rclpy's own signal handlers would invalidate the context at the first
+    Ctrl-C while worker threads still publish (errors from destroyed handles). Here SIGINT and
+    SIGTERM end the spin loop; every node stops its threads; then the nodes are destroyed and
+    rclpy shuts down.
     """
+    import signal
+
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    rclpy.init(args=args)
-    nodes = make_nodes()
+    try:
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except (ImportError, TypeError):  # an rclpy without the option: its handlers stay
+        rclpy.init(args=args)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
+    nodes: list[Sam3LifecycleNode] = []
     executor = SingleThreadedExecutor()
     try:
+        nodes = make_nodes()
         for node in nodes:
             executor.add_node(node)
-            if not node.param("autostart"):
-                continue
-            # Loading runs on the compute thread and cannot be interrupted: Ctrl-C during it
-            # takes effect when the load returns.
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
-            else:
-                node.get_logger().error("autostart: configure failed, staying unconfigured")
-        if after_start is not None:
-            after_start(nodes)
-        executor.spin()
+        # spin_once with a timeout, not spin(): with rclpy's signal handlers off, a wait
+        # without a timeout would not return to Python to raise KeyboardInterrupt.
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
+        for node in nodes:
+            node.stop_streaming()
         executor.shutdown()
         for node in nodes:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return 0

@@ -86,7 +86,8 @@ def numpy_to_image_msg(array: np.ndarray, encoding: str, header: Header | None =
     return msg
 
 
-def compressed_msg_to_numpy(msg: CompressedImage) -> tuple[np.ndarray, str]:
+def compressed_msg_to_numpy(msg: CompressedImage,
+                            max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """Decode a CompressedImage message (jpeg or png).
 
     The codec comes from `msg.format` ("jpeg", "png", "rgb8; jpeg compressed bgr8",
@@ -97,15 +98,16 @@ def compressed_msg_to_numpy(msg: CompressedImage) -> tuple[np.ndarray, str]:
 
     Args:
         msg: the message.
+        max_pixels: Largest accepted width x height, read from the header before decoding.
 
     Returns:
         (array, encoding): mono8 / mono16 / 16UC1 (H, W), bgr8 / bgr16 (H, W, 3) or
         bgra8 / bgra16 (H, W, 4).
 
     Raises:
-        InvalidImageError: unsupported format, empty or corrupt data.
+        InvalidImageError: unsupported format, empty or corrupt data, too large.
     """
-    return decode_compressed(msg.data, msg.format)
+    return decode_compressed(msg.data, msg.format, max_pixels=max_pixels)
 
 
 def numpy_to_compressed_msg(

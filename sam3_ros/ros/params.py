@@ -11,6 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+MAX_STRING_CHARS = 4096
+"""Longest string parameter (and string-array item) accepted."""
+MAX_LIST_ITEMS = 1024
+"""Most items in a string-array parameter."""
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -34,8 +39,40 @@ class ParamSpec:
     min_value: float | None = None
     max_value: float | None = None
 
+    def coerce(self, value: Any) -> tuple[Any, str | None]:
+        """Convert a value given with a near-miss type to the declared one.
+
+        A single string where a list of strings is declared (`prompts:=person` from a launch
+        file or `-p`) becomes a one-element list; an integer where a float is declared
+        (`score_threshold:=1`) becomes a float. Anything else of the wrong type is refused.
+
+        Returns:
+            (value, None) on success, or (None, reason).
+        """
+        kind = type(self.default)
+        if kind is list:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                return None, (f"{self.name} must be a list of strings, e.g. \"[a, b]\", got "
+                              f"{value!r}")
+            return list(value), None
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value), None
+        if type(value) is not kind:
+            return None, (f"{self.name} must be of type {kind.__name__}, got {value!r} "
+                          f"({type(value).__name__})")
+        return value, None
+
     def check(self, value: Any) -> str | None:
         """Return why `value` is invalid, or None when it is valid."""
+        if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+            return f"{self.name} is longer than {MAX_STRING_CHARS} characters"
+        if isinstance(value, list):
+            if len(value) > MAX_LIST_ITEMS:
+                return f"{self.name} has {len(value)} items, at most {MAX_LIST_ITEMS} allowed"
+            if any(len(v) > MAX_STRING_CHARS for v in value):
+                return f"{self.name}: an item is longer than {MAX_STRING_CHARS} characters"
         if self.choices is not None and value not in self.choices:
             return f"{self.name} must be one of {list(self.choices)}, got '{value}'"
         if isinstance(value, float) and not math.isfinite(value):
@@ -76,6 +113,10 @@ IO_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", False,
               "Configure and activate at startup (for `ros2 run` without a lifecycle manager)",
               reload=True),
+    ParamSpec("max_image_pixels", 16_777_216,
+              "Largest accepted input image (width x height), checked before decoding or "
+              "converting it; bounds the memory of every per-frame buffer (masks: "
+              "instances x pixels bytes)", min_value=1, max_value=268_435_456),
 )
 
 

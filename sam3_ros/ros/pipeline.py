@@ -5,8 +5,8 @@ the video model once (its detector serves the segmenter), and a frame's backbone
 computed once for both nodes (they subscribe to the same camera; the cache key is the image
 stamp and frame id). Both run on one executor and take frames on their own worker threads;
 their model calls queue on the process's compute thread. Each keeps its own lifecycle,
-parameters (node names `segmenter` and `tracker`), topics and services, which are prefixed
-with the node name (`segmenter/detections`, `tracker/add_objects`, ...).
+parameters (node names `segmenter` and `tracker`), topics and services, which are private to
+each node exactly as when they run alone (`/segmenter/detections`, `/tracker/add_objects`).
 
     ros2 run sam3_ros pipeline --ros-args -p model:=facebook/sam3 -p autostart:=true
 """
@@ -23,12 +23,6 @@ def main(args: list[str] | None = None) -> int:
     hub = ModelHub(with_tracker=True)
 
     def make_nodes() -> list[Sam3LifecycleNode]:
-        # Both nodes live in one namespace: their outputs and services get the node name as a
-        # prefix (segmenter/detections, tracker/detections, tracker/add_objects, ...).
-        return [SegmenterNode(model_hub=hub, output_prefix="segmenter/"),
-                TrackerNode(model_hub=hub, output_prefix="tracker/")]
+        return [SegmenterNode("segmenter", model_hub=hub), TrackerNode("tracker", model_hub=hub)]
 
-    def report(nodes: list[Sam3LifecycleNode]) -> None:
-        nodes[0].get_logger().info(f"pipeline: {hub.loads} model load(s) for {len(nodes)} nodes")
-
-    return run_nodes(make_nodes, args, after_start=report)
+    return run_nodes(make_nodes, args)

@@ -1,13 +1,13 @@
 """`segmenter`: SAM3 text-prompted detection and instance segmentation on a camera topic.
 
-Topics (relative names; remap them in launch):
+Topics (the input is relative: remap it; outputs are private to the node, `~/...`):
     sub  image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage)
-    pub  detections (sam3_ros/DetectionArray), vision_detections (vision_msgs/Detection2DArray,
-         when vision_msgs is installed), mask (sensor_msgs/Image, instance-id label image),
-         overlay (sensor_msgs/Image, rgb8), label_info (sam3_ros/LabelInfo, transient local),
-         /diagnostics
+    pub  ~/detections (sam3_ros/DetectionArray), ~/vision_detections
+         (vision_msgs/Detection2DArray, when vision_msgs is installed), ~/mask (sensor_msgs/Image,
+         instance-id label image), ~/overlay (sensor_msgs/Image, rgb8), ~/label_info
+         (sam3_ros/LabelInfo, transient local), /diagnostics
 Services:
-    set_prompts (sam3_ros/SetPrompts), reset (std_srvs/Trigger: restarts tracking ids)
+    ~/set_prompts (sam3_ros/SetPrompts), ~/reset (std_srvs/Trigger: restarts tracking ids)
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import rclpy
 from std_srvs.srv import Trigger
 
 from sam3_ros.core.bytetrack import ByteTrackConfig, ByteTracker
@@ -23,7 +22,13 @@ from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
-from sam3_ros.core.prompts import BoxExemplar, PromptSpec
+from sam3_ros.core.prompts import (
+    MAX_EXEMPLARS_PER_PROMPT,
+    BoxExemplar,
+    PromptSpec,
+    format_prompt_boxes,
+    parse_prompt_boxes,
+)
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
 from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
 from sam3_ros.ros.params import IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
@@ -31,7 +36,11 @@ from sam3_ros.srv import SetPrompts
 
 SEGMENTER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("prompts", ["person"],
-              "Text prompts, one class each (class id = index); live, like set_prompts"),
+              "Text prompts, one class each (class id = index; '' for a box-only prompt); "
+              "live, and kept equal to what set_prompts sets"),
+    ParamSpec("prompt_boxes", [""],
+              "Box exemplars of the prompts: items '<prompt index> <x_min> <y_min> <x_max> "
+              "<y_max> <+|->' (pixels); [''] = none. Live, kept equal to set_prompts"),
     ParamSpec("score_threshold", 0.5, "Keep instances scoring above this", min_value=0.0,
               max_value=1.0),
     ParamSpec("mask_threshold", 0.5, "Binarise mask probabilities above this", min_value=0.0,
@@ -62,8 +71,23 @@ _TRACK_PARAMS = ("track_ids", "track_high_score", "track_low_score", "track_new_
                  "track_max_lost_frames")
 
 
-def prompt_specs_from_msgs(texts: list[str], prompts: list[Any]) -> list[PromptSpec]:
-    """SetPrompts request fields -> PromptSpecs (texts first, then full prompts)."""
+def prompt_specs_from_msgs(texts: list[str], prompts: list[Any],
+                           max_prompts: int) -> list[PromptSpec]:
+    """SetPrompts request fields -> PromptSpecs (texts first, then full prompts).
+
+    Sizes are checked before anything is built from them (a request may carry thousands).
+
+    Raises:
+        InvalidPromptError: more than max_prompts prompts or too many boxes in one.
+    """
+    if len(texts) + len(prompts) > max_prompts:
+        raise InvalidPromptError(f"{len(texts) + len(prompts)} prompts given, at most "
+                                 f"{max_prompts} allowed (parameter max_prompts)")
+    for i, prompt in enumerate(prompts):
+        if len(prompt.exemplar_boxes) > MAX_EXEMPLARS_PER_PROMPT:
+            raise InvalidPromptError(
+                f"prompt {len(texts) + i} has {len(prompt.exemplar_boxes)} exemplar boxes, at "
+                f"most {MAX_EXEMPLARS_PER_PROMPT} allowed")
     specs = [PromptSpec(text) for text in texts]
     for prompt in prompts:
         exemplars = tuple(BoxExemplar(b.x_min, b.y_min, b.x_max, b.y_max, bool(b.positive))
@@ -75,13 +99,11 @@ def prompt_specs_from_msgs(texts: list[str], prompts: list[Any]) -> list[PromptS
 class SegmenterNode(Sam3LifecycleNode):
     """Lifecycle node running SAM3 text/box-exemplar prompted instance segmentation."""
 
-    def __init__(self, model_hub: ModelHub | None = None, node_name: str = "segmenter",
-                 output_prefix: str = "", **kwargs: Any):
-        super().__init__(node_name, PARAMS, model_hub=model_hub, output_prefix=output_prefix,
-                         **kwargs)
+    def __init__(self, node_name: str = "segmenter", *, model_hub: ModelHub | None = None,
+                 **kwargs: Any):
+        super().__init__(node_name, PARAMS, model_hub=model_hub, **kwargs)
         self._session: SegmenterSession | None = None
         self._tracker: ByteTracker | None = None
-        self._syncing_prompts = False
         self._last_stamp_ns: int | None = None
 
     # ---------------------------------------------------------------------------- session
@@ -103,7 +125,7 @@ class SegmenterNode(Sam3LifecycleNode):
 
     def _create_session(self, model: SharedModel) -> None:
         segmenter = Sam3Segmenter(model.loaded, model.feature_cache)
-        prompts = [PromptSpec(text) for text in self.param("prompts")]
+        prompts = parse_prompt_boxes(self.param("prompts"), self.param("prompt_boxes"))
         self._session = SegmenterSession(segmenter, self._segmenter_config(), prompts)
         self._tracker = self._bytetracker()
 
@@ -129,8 +151,10 @@ class SegmenterNode(Sam3LifecycleNode):
     # ------------------------------------------------------------------- live parameters
     def _apply_live_parameters(self, changes: dict[str, Any]) -> str | None:
         try:
-            if "prompts" in changes and not self._syncing_prompts:
-                self._session.set_prompts([PromptSpec(t) for t in changes["prompts"]])
+            if "prompts" in changes or "prompt_boxes" in changes:
+                self._session.set_prompts(parse_prompt_boxes(
+                    changes.get("prompts", self.param("prompts")),
+                    changes.get("prompt_boxes", self.param("prompt_boxes"))))
                 self._reset_tracks()  # class ids changed meaning
                 self._publish_label_info()
             if any(name in changes for name in _SEGMENTER_CONFIG_PARAMS):
@@ -146,13 +170,12 @@ class SegmenterNode(Sam3LifecycleNode):
     # --------------------------------------------------------------------------- services
     def _create_services(self) -> list[Any]:
         return [
-            self.create_service(SetPrompts, self._name("set_prompts"), self._on_set_prompts),
-            self.create_service(Trigger, self._name("reset"), self._on_reset),
+            self._create_guarded_service(SetPrompts, "set_prompts", self._on_set_prompts),
+            self._create_guarded_service(Trigger, "reset", self._on_reset),
         ]
 
     def _on_set_prompts(self, request: SetPrompts.Request,
                         response: SetPrompts.Response) -> SetPrompts.Response:
-        specs = prompt_specs_from_msgs(list(request.texts), list(request.prompts))
         def apply() -> list[int]:
             # One compute-thread call: no frame runs between the new prompts and the track
             # reset (class ids changed meaning), and ByteTrack is never touched concurrently.
@@ -161,20 +184,17 @@ class SegmenterNode(Sam3LifecycleNode):
             return class_ids
 
         try:
+            specs = prompt_specs_from_msgs(list(request.texts), list(request.prompts),
+                                           self.param("max_prompts"))
             class_ids = run_on_compute_thread(apply)
         except InvalidPromptError as err:
             response.success, response.message = False, str(err)
             self.get_logger().warning(f"set_prompts refused: {err}")
             return response
-        if all(not spec.exemplars and spec.text for spec in specs):
-            # Keep the `prompts` parameter truthful for text-only sets.
-            self._syncing_prompts = True
-            try:
-                self.set_parameters([rclpy.parameter.Parameter(
-                    "prompts", rclpy.parameter.Parameter.Type.STRING_ARRAY,
-                    [s.text for s in specs])])
-            finally:
-                self._syncing_prompts = False
+        # The parameters follow the service, so `ros2 param dump` saves the active prompts.
+        active = self._session.prompts.specs
+        self._sync_parameters({"prompts": [spec.text for spec in active],
+                               "prompt_boxes": format_prompt_boxes(active)})
         self._publish_label_info()
         response.success = True
         response.class_ids = class_ids

@@ -1,13 +1,15 @@
 """`tracker`: SAM3 streaming memory-bank tracking with persistent object ids.
 
-Topics (relative names; the same outputs as the segmenter, so consumers can switch nodes):
+Topics (the same outputs as the segmenter, so consumers can switch nodes; input relative,
+outputs private `~/...`):
     sub  image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage)
-    pub  detections (sam3_ros/DetectionArray), vision_detections (vision_msgs, when installed),
-         mask, overlay, label_info, /diagnostics
+    pub  ~/detections (sam3_ros/DetectionArray), ~/vision_detections (vision_msgs, when
+         installed), ~/mask, ~/overlay, ~/label_info, /diagnostics
 Services:
-    set_prompts (sam3_ros/SetPrompts: text prompts; every instance is tracked, new ones picked up)
-    add_objects (sam3_ros/AddObjects: points and/or a box per object, caller-chosen ids, refine)
-    remove_objects (sam3_ros/RemoveObjects), reset (std_srvs/Trigger)
+    ~/set_prompts (sam3_ros/SetPrompts: text prompts; every instance is tracked, new ones
+    picked up), ~/add_objects (sam3_ros/AddObjects: points and/or a box per object,
+    caller-chosen ids, refine), ~/remove_objects (sam3_ros/RemoveObjects), ~/reset
+    (std_srvs/Trigger)
 """
 
 from __future__ import annotations
@@ -60,8 +62,15 @@ def _texts(values: list[str]) -> list[str]:
     return [v for v in values if v.strip()] if values != [""] else []
 
 
-def object_specs_from_msgs(objects: list[Any]) -> list[ObjectPromptSpec]:
-    """AddObjects request objects -> core object prompts (validated by the session)."""
+def object_specs_from_msgs(objects: list[Any], max_objects: int) -> list[ObjectPromptSpec]:
+    """AddObjects request objects -> core object prompts (validated by the session).
+
+    Raises:
+        InvalidPromptError: more objects than max_objects (checked before anything is built).
+    """
+    if len(objects) > max_objects:
+        raise InvalidPromptError(f"{len(objects)} objects given, at most {max_objects} are "
+                                 "tracked at once (parameter max_objects)")
     specs = []
     for obj in objects:
         box = None
@@ -81,10 +90,9 @@ def object_specs_from_msgs(objects: list[Any]) -> list[ObjectPromptSpec]:
 class TrackerNode(Sam3LifecycleNode):
     """Lifecycle node tracking objects with SAM3's streaming memory bank."""
 
-    def __init__(self, model_hub: ModelHub | None = None, node_name: str = "tracker",
-                 output_prefix: str = "", **kwargs: Any):
-        super().__init__(node_name, PARAMS, model_hub=model_hub, needs_tracker=True,
-                         output_prefix=output_prefix, **kwargs)
+    def __init__(self, node_name: str = "tracker", *, model_hub: ModelHub | None = None,
+                 **kwargs: Any):
+        super().__init__(node_name, PARAMS, model_hub=model_hub, needs_tracker=True, **kwargs)
         self._session: TrackerSession | None = None
 
     def _tracker_config(self, **override: Any) -> TrackerConfig:
@@ -101,6 +109,13 @@ class TrackerNode(Sam3LifecycleNode):
 
     def _release_session(self) -> None:
         self._session = None
+
+    def _frame_received(self, stamp_ns: int) -> None:
+        # Time jumps are judged on what the camera sent, not on the frames this node got to
+        # process: a model slower than the camera must keep tracking.
+        session = self._session
+        if session is not None:
+            session.note_camera_stamp(stamp_ns)
 
     def _warm_up(self) -> None:
         # A throwaway session: the warm-up frame must not enter the stream's memory bank.
@@ -136,11 +151,11 @@ class TrackerNode(Sam3LifecycleNode):
     # --------------------------------------------------------------------------- services
     def _create_services(self) -> list[Any]:
         return [
-            self.create_service(SetPrompts, self._name("set_prompts"), self._on_set_prompts),
-            self.create_service(AddObjects, self._name("add_objects"), self._on_add_objects),
-            self.create_service(RemoveObjects, self._name("remove_objects"),
-                                self._on_remove_objects),
-            self.create_service(Trigger, self._name("reset"), self._on_reset),
+            self._create_guarded_service(SetPrompts, "set_prompts", self._on_set_prompts),
+            self._create_guarded_service(AddObjects, "add_objects", self._on_add_objects),
+            self._create_guarded_service(RemoveObjects, "remove_objects",
+                                         self._on_remove_objects),
+            self._create_guarded_service(Trigger, "reset", self._on_reset),
         ]
 
     def _refused(self, response: Any, service: str, err: Exception) -> Any:
@@ -155,9 +170,13 @@ class TrackerNode(Sam3LifecycleNode):
                 raise InvalidPromptError("the tracker takes text prompts only; box exemplars "
                                          "are a segmenter feature (use add_objects for boxes)")
             texts = list(request.texts) + [p.text for p in request.prompts]
+            if len(texts) > 64:
+                raise InvalidPromptError(f"{len(texts)} prompts given, at most 64 allowed")
             class_ids = run_on_compute_thread(self._session.set_text_prompts, texts)
         except InvalidPromptError as err:
             return self._refused(response, "set_prompts", err)
+        # The parameter follows the service, so `ros2 param dump` saves the active prompts.
+        self._sync_parameters({"prompts": list(self._session.text_prompts) or [""]})
         self._publish_label_info()
         response.success, response.class_ids = True, class_ids
         response.message = f"tracking every instance of: {', '.join(texts)}"
@@ -167,7 +186,8 @@ class TrackerNode(Sam3LifecycleNode):
                         response: AddObjects.Response) -> AddObjects.Response:
         stamp_ns = request.stamp.sec * 1_000_000_000 + request.stamp.nanosec
         try:
-            ids = self._session.add_objects(object_specs_from_msgs(list(request.objects)),
+            ids = self._session.add_objects(object_specs_from_msgs(list(request.objects),
+                                                                   self.param("max_objects")),
                                             frame_stamp_ns=stamp_ns or None,
                                             refine=request.refine)
         except InvalidPromptError as err:
@@ -180,6 +200,8 @@ class TrackerNode(Sam3LifecycleNode):
     def _on_remove_objects(self, request: RemoveObjects.Request,
                            response: RemoveObjects.Response) -> RemoveObjects.Response:
         try:
+            if len(request.object_ids) > 100_000:
+                raise InvalidPromptError(f"{len(request.object_ids)} ids given")
             self._session.remove_objects(list(request.object_ids))
         except InvalidPromptError as err:
             return self._refused(response, "remove_objects", err)

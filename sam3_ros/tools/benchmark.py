@@ -130,13 +130,13 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
         # intact because both processes use the package's Fast DDS profile (see main()).
     }, remaps={"__ns": ns}))
     client = Client("sam3_bench_camera")
-    topic = f"{ns}/detections"
+    topic = f"{ns}/segmenter/detections"
     try:
         camera = client.node.create_publisher(Image, f"{ns}/image", 10)
         client.subscribe(DetectionArray, topic)
         # The overlay is the node's last output of a frame: once it is here the node is idle
         # and the next bare calls do not share the CPU with its drawing.
-        overlay_topic = f"{ns}/overlay"
+        overlay_topic = f"{ns}/segmenter/overlay"
         wait_overlay = str((node_params or {}).get("publish_overlay", "true")).lower() != "false"
         client.subscribe(Image, overlay_topic)
         wait_for(lambda: client.matched(topic, camera)

@@ -62,10 +62,10 @@ def run_demo(model: str, prompts: list[str], device: str, frames: int, rate_hz: 
     client = Client("sam3_demo_camera")
     try:
         camera = client.node.create_publisher(Image, f"{ns}/image", 10)
-        client.subscribe(DetectionArray, f"{ns}/detections")
-        client.subscribe(Image, f"{ns}/overlay")
+        client.subscribe(DetectionArray, f"{ns}/segmenter/detections")
+        client.subscribe(Image, f"{ns}/segmenter/overlay")
         print(f"[demo] starting the segmenter node (model {model}, device {device}) ...")
-        wait_for(lambda: client.matched(f"{ns}/detections", camera), 300,
+        wait_for(lambda: client.matched(f"{ns}/segmenter/detections", camera), 300,
                  "the segmenter to load its model and subscribe", node)
         images = synthetic_frames(frames)
         sent_at: dict[int, float] = {}
@@ -81,12 +81,12 @@ def run_demo(model: str, prompts: list[str], device: str, frames: int, rate_hz: 
             time.sleep(max(0.0, start + (i + 1) * period - time.monotonic()))
         # Results for the last frame always come (latest-frame semantics); wait for it.
         wait_for(lambda: any(d.header.stamp.sec == frames
-                             for d in client.messages(f"{ns}/detections")), 120,
+                             for d in client.messages(f"{ns}/segmenter/detections")), 120,
                  "the result of the last frame", node)
         time.sleep(0.5)
-        timed = client.messages_with_times(f"{ns}/detections")
+        timed = client.messages_with_times(f"{ns}/segmenter/detections")
         results = [msg for _, msg in timed]
-        overlays = {m.header.stamp.sec: m for m in client.messages(f"{ns}/overlay")}
+        overlays = {m.header.stamp.sec: m for m in client.messages(f"{ns}/segmenter/overlay")}
         for received_at, result in timed:
             sec = result.header.stamp.sec
             latency_ms = (received_at - sent_at[sec]) * 1e3

@@ -1,0 +1,54 @@
+"""launch_ros actions for the package's launch files (imports `launch`: robots only).
+
+Every decision lives in `sam3_ros.launch_plan` (pure, tested in CI); this module only declares
+the arguments and maps the plan onto `launch_ros` actions.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+
+from sam3_ros.launch_plan import LAUNCH_ARGUMENTS, plan
+
+
+def _default_profile() -> str:
+    return os.path.join(get_package_share_directory("sam3_ros"), "config",
+                        "fastdds_large_frames.xml")
+
+
+def _actions(context: LaunchContext) -> list:
+    values = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
+    launch_plan = plan(values, _default_profile())
+    actions: list = [SetEnvironmentVariable(key, value)
+                     for key, value in launch_plan.environment.items()]
+    common = {
+        "package": "sam3_ros",
+        "executable": launch_plan.executable,
+        "namespace": launch_plan.namespace,
+        "parameters": launch_plan.parameters,
+        "remappings": launch_plan.remappings,
+        "ros_arguments": launch_plan.ros_arguments,
+        "output": "screen",
+    }
+    if launch_plan.lifecycle:
+        actions.append(LifecycleNode(name=launch_plan.name, **common))
+    else:
+        actions.append(Node(**common))  # no name=: it would give both nodes the same name
+    return actions
+
+
+def generate(**fixed: str) -> LaunchDescription:
+    """The launch description; `fixed` presets arguments (e.g. node="tracker") as defaults."""
+    arguments = []
+    for name, (default, description) in LAUNCH_ARGUMENTS.items():
+        if name == "fastdds_profile":
+            default = _default_profile()
+        arguments.append(DeclareLaunchArgument(
+            name, default_value=fixed.get(name, default), description=description))
+    return LaunchDescription([*arguments, OpaqueFunction(function=_actions)])

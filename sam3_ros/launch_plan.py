@@ -1,0 +1,179 @@
+"""What the package's launch files start, computed from their arguments (pure: no `launch`).
+
+One family of launch files (`launch/sam3.launch.py` and the `segmenter`, `tracker` and
+`pipeline` shortcuts) shares these pieces: the camera topic, namespace, node kind and name,
+model, device, dtype, prompts, input kind, a user's params file, use_sim_time, autostart,
+log level and the Fast DDS profile. `sam3_ros.launch_description` turns the plan into
+launch_ros actions; this module holds every decision so CI (which has no `launch`) tests it.
+
+Precedence, lowest first: the node's declared defaults (equal to config/*.yaml), the launch
+files' own defaults (autostart: true), the user's `params_file`, then the launch arguments the
+user actually set. An argument left unset ('') never overrides the params file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+NODE_KINDS = ("segmenter", "tracker", "pipeline")
+
+# name -> (default, description). '' means "unset: the params file or the node's default".
+LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "node": ("segmenter", "What to run: segmenter, tracker, or pipeline (both in one process, "
+                          "one shared model)"),
+    "name": ("", "Node name ('' = the node kind; ignored for the pipeline, whose nodes are "
+                 "named segmenter and tracker). Outputs and services are ~/ of this name"),
+    "namespace": ("", "Namespace of the node(s), e.g. the camera's name"),
+    "image": ("image", "Camera image topic (raw); with input_kind:=compressed, "
+                       "<image>/compressed is read"),
+    "depth": ("depth", "Registered depth image topic (used when depth_enabled is true)"),
+    "camera_info": ("camera_info", "Colour camera's CameraInfo topic (used with depth)"),
+    "input_kind": ("", "raw or compressed ('' = params file / default raw)"),
+    "model": ("", "Hugging Face id or checkpoint folder ('' = params file / default "
+                  "facebook/sam3)"),
+    "device": ("", "cpu, cuda, cuda:N or auto ('' = params file / default auto)"),
+    "dtype": ("", "float32, float16 or bfloat16 ('' = params file / default float32)"),
+    "prompts": ("", "Text prompts: a YAML list \"[mug, bottle]\" or one phrase \"mug\" ('' = "
+                    "params file / default)"),
+    "params_file": ("", "Your parameter file (keys /**/segmenter, /**/tracker); applied over "
+                        "the defaults, under the arguments you set"),
+    "use_sim_time": ("", "true to use /clock (bags, simulation); '' = params file / false"),
+    "autostart": ("true", "Configure and activate on start (false: a lifecycle manager "
+                          "drives the node)"),
+    "log_level": ("info", "debug, info, warn, error or fatal"),
+    "fastdds_profile": ("<package>/config/fastdds_large_frames.xml",
+                        "Fast DDS profile for the processes started here (a profile already in "
+                        "FASTDDS_DEFAULT_PROFILES_FILE wins; '' leaves the environment alone)"),
+}
+
+# Launch arguments that become node parameters when set, and how their text is read.
+_PARAMETER_ARGUMENTS = ("input_kind", "model", "device", "dtype", "prompts", "use_sim_time",
+                        "autostart")
+_BOOL_TEXT = {"true": True, "false": False, "True": True, "False": False, "1": True, "0": False}
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+
+
+class LaunchArgumentError(ValueError):
+    """A launch argument that cannot be used; the message says which and why."""
+
+
+@dataclass
+class LaunchPlan:
+    """The one process a launch file starts.
+
+    Attributes:
+        executable: `segmenter`, `tracker` or `pipeline` (in lib/sam3_ros).
+        name: Node name for a single node; None for the pipeline (its nodes keep their names).
+        namespace: Namespace ('' = root).
+        lifecycle: Start as a launch_ros LifecycleNode (single nodes).
+        parameters: In precedence order: dicts and parameter-file paths.
+        remappings: (from, to) topic remappings.
+        ros_arguments: Extra `--ros-args` (log level).
+        environment: Variables to set for the process (the Fast DDS profile).
+    """
+
+    executable: str
+    name: str | None
+    namespace: str
+    lifecycle: bool
+    parameters: list[Any] = field(default_factory=list)
+    remappings: list[tuple[str, str]] = field(default_factory=list)
+    ros_arguments: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def parse_prompts(text: str) -> list[str]:
+    """`prompts:=...` text -> list of phrases: a YAML list, or one phrase without brackets.
+
+    Raises:
+        LaunchArgumentError: not a list of strings.
+    """
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text  # e.g. "mug: red" is a phrase, not a mapping the user meant
+    if value is None:
+        return [""]
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, list) and all(isinstance(v, str | int | float) and not isinstance(
+            v, bool) for v in value):
+        return [str(v) for v in value] or [""]
+    raise LaunchArgumentError(f"prompts:={text!r} is not a phrase or a list of phrases")
+
+
+def parse_bool(name: str, text: str) -> bool:
+    if text not in _BOOL_TEXT:
+        raise LaunchArgumentError(f"{name}:={text!r}: expected true or false")
+    return _BOOL_TEXT[text]
+
+
+def parameter_overrides(values: dict[str, str]) -> dict[str, Any]:
+    """Node parameters from the launch arguments that were set (non-empty)."""
+    overrides: dict[str, Any] = {}
+    for name in _PARAMETER_ARGUMENTS:
+        text = values.get(name, "").strip()
+        if not text:
+            continue
+        if name == "prompts":
+            overrides[name] = parse_prompts(text)
+        elif name in ("use_sim_time", "autostart"):
+            overrides[name] = parse_bool(name, text)
+        else:
+            overrides[name] = text
+    return overrides
+
+
+def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
+    """The process to start for these launch argument values.
+
+    Args:
+        values: Every argument of LAUNCH_ARGUMENTS by name, as text (after substitution).
+        default_profile: Path of the package's Fast DDS profile.
+
+    Raises:
+        LaunchArgumentError: an unknown node kind, a bad boolean, prompts or log level, or a
+            params file that does not exist.
+    """
+    kind = values.get("node", "segmenter").strip()
+    if kind not in NODE_KINDS:
+        raise LaunchArgumentError(f"node:={kind!r}: expected one of {', '.join(NODE_KINDS)}")
+    params_file = values.get("params_file", "").strip()
+    if params_file and not os.path.isfile(params_file):
+        raise LaunchArgumentError(f"params_file:={params_file!r}: no such file")
+    log_level = values.get("log_level", "info").strip() or "info"
+    if log_level not in LOG_LEVELS:
+        raise LaunchArgumentError(f"log_level:={log_level!r}: expected one of {LOG_LEVELS}")
+    overrides = parameter_overrides(values)
+    # The launch files' own default sits under the user's file: autostart only when neither
+    # the file nor the argument says otherwise.
+    parameters: list[Any] = [{"autostart": True}]
+    if params_file:
+        parameters.append(params_file)
+    if overrides:
+        parameters.append(overrides)
+    image = values.get("image", "image").strip() or "image"
+    remappings = [("image", image), ("image/compressed", f"{image}/compressed"),
+                  ("depth", values.get("depth", "depth").strip() or "depth"),
+                  ("camera_info", values.get("camera_info", "camera_info").strip()
+                   or "camera_info")]
+    profile = values.get("fastdds_profile", default_profile).strip()
+    environment = {}
+    if profile:
+        environment["FASTDDS_DEFAULT_PROFILES_FILE"] = os.environ.get(
+            "FASTDDS_DEFAULT_PROFILES_FILE", profile) if profile == default_profile else profile
+    single = kind != "pipeline"
+    return LaunchPlan(
+        executable=kind,
+        name=(values.get("name", "").strip() or kind) if single else None,
+        namespace=values.get("namespace", "").strip(),
+        lifecycle=single,
+        parameters=parameters,
+        remappings=remappings,
+        ros_arguments=["--log-level", log_level],
+        environment=environment,
+    )
