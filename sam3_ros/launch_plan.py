@@ -42,8 +42,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "params_file": ("", "Your parameter file (keys /**/segmenter, /**/tracker); applied over "
                         "the defaults, under the arguments you set"),
     "use_sim_time": ("", "true to use /clock (bags, simulation); '' = params file / false"),
-    "autostart": ("true", "Configure and activate on start (false: a lifecycle manager "
-                          "drives the node)"),
+    "autostart": ("", "Configure and activate on start ('' = params file, else true; false: "
+                      "a lifecycle manager drives the node)"),
     "log_level": ("info", "debug, info, warn, error or fatal"),
     "fastdds_profile": ("<package>/config/fastdds_large_frames.xml",
                         "Fast DDS profile for the processes started here (a profile already in "
@@ -98,6 +98,8 @@ def parse_prompts(text: str) -> list[str]:
         value = text  # e.g. "mug: red" is a phrase, not a mapping the user meant
     if value is None:
         return [""]
+    if isinstance(value, dict) and not text.lstrip().startswith("{"):
+        return [text.strip()]  # "mug: red" is a phrase with a colon
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         return [str(value)]
     if isinstance(value, list) and all(isinstance(v, str | int | float) and not isinstance(

@@ -662,7 +662,9 @@ def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # Explicitly: a process started with SIGINT ignored (a background job) inherits that.
     previous_term = signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     nodes: list[Sam3LifecycleNode] = []
     executor = SingleThreadedExecutor()
     try:

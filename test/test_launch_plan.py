@@ -1,0 +1,114 @@
+"""The launch files' decisions (`sam3_ros.launch_plan`), tested without `launch`."""
+
+from __future__ import annotations
+
+import pytest
+
+from sam3_ros.launch_plan import (
+    LAUNCH_ARGUMENTS,
+    NODE_KINDS,
+    LaunchArgumentError,
+    parse_prompts,
+    plan,
+)
+
+PROFILE = "/opt/share/sam3_ros/config/fastdds_large_frames.xml"
+
+
+def _values(**set_args: str) -> dict[str, str]:
+    values = {name: default for name, (default, _) in LAUNCH_ARGUMENTS.items()}
+    values["fastdds_profile"] = PROFILE
+    values.update(set_args)
+    return values
+
+
+def test_every_argument_has_a_description():
+    for name, (_, description) in LAUNCH_ARGUMENTS.items():
+        assert len(description) > 10, name
+
+
+def test_unset_arguments_never_override_the_params_file(tmp_path):
+    params = tmp_path / "mine.yaml"
+    params.write_text("/**/segmenter:\n  ros__parameters:\n    model: /my/ckpt\n")
+    result = plan(_values(params_file=str(params)), PROFILE)
+    # The file comes after the launch files' own defaults; nothing the user did not set
+    # follows it.
+    assert result.parameters == [{"autostart": True}, str(params)]
+
+
+def test_set_arguments_override_the_params_file(tmp_path):
+    params = tmp_path / "mine.yaml"
+    params.write_text("{}\n")
+    result = plan(_values(params_file=str(params), model="/x", device="cpu", dtype="bfloat16",
+                          prompts="[mug, bottle]", input_kind="compressed",
+                          use_sim_time="true", autostart="false"), PROFILE)
+    assert result.parameters[1] == str(params)
+    assert result.parameters[2] == {
+        "model": "/x", "device": "cpu", "dtype": "bfloat16", "prompts": ["mug", "bottle"],
+        "input_kind": "compressed", "use_sim_time": True, "autostart": False}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("person", ["person"]),
+    ("[person]", ["person"]),
+    ("[mug, bottle]", ["mug", "bottle"]),
+    ("'red mug'", ["red mug"]),
+    ("red mug", ["red mug"]),
+    ("['']", [""]),
+    ("[]", [""]),
+    ("42", ["42"]),
+    ("mug: red", ["mug: red"]),
+])
+def test_prompts_accept_one_phrase_or_a_list(text, expected):
+    assert parse_prompts(text) == expected
+
+
+@pytest.mark.parametrize("text", ["[[a]]", "{a: 1}", "true", "[true]"])
+def test_prompts_refuse_what_is_not_phrases(text):
+    with pytest.raises(LaunchArgumentError, match="prompts"):
+        parse_prompts(text)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    ({"node": "detector"}, "node"),
+    ({"autostart": "yes please"}, "autostart"),
+    ({"use_sim_time": "maybe"}, "use_sim_time"),
+    ({"log_level": "loud"}, "log_level"),
+    ({"params_file": "/no/such/file.yaml"}, "params_file"),
+])
+def test_bad_arguments_are_refused_with_the_argument_named(args, match):
+    with pytest.raises(LaunchArgumentError, match=match):
+        plan(_values(**args), PROFILE)
+
+
+@pytest.mark.parametrize("kind", NODE_KINDS)
+def test_node_kinds_names_and_remappings(kind):
+    result = plan(_values(node=kind, namespace="front", image="/front/color/image_raw",
+                          depth="/front/depth", camera_info="/front/color/camera_info"),
+                  PROFILE)
+    assert result.executable == kind
+    assert result.namespace == "front"
+    if kind == "pipeline":
+        assert result.name is None and not result.lifecycle
+    else:
+        assert result.name == kind and result.lifecycle
+    assert dict(result.remappings) == {
+        "image": "/front/color/image_raw", "image/compressed": "/front/color/image_raw/compressed",
+        "depth": "/front/depth", "camera_info": "/front/color/camera_info"}
+    assert result.ros_arguments == ["--log-level", "info"]
+
+
+def test_node_name_argument_renames_a_single_node():
+    assert plan(_values(name="wrist_segmenter"), PROFILE).name == "wrist_segmenter"
+
+
+def test_fastdds_profile_environment(monkeypatch):
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    assert plan(_values(), PROFILE).environment == {"FASTDDS_DEFAULT_PROFILES_FILE": PROFILE}
+    # A profile already in the environment wins over the package's default...
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/mine.xml")
+    assert plan(_values(), PROFILE).environment == {"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}
+    # ... but not over an explicit argument; '' leaves the environment alone.
+    explicit = plan(_values(fastdds_profile="/arg.xml"), PROFILE)
+    assert explicit.environment == {"FASTDDS_DEFAULT_PROFILES_FILE": "/arg.xml"}
+    assert plan(_values(fastdds_profile=""), PROFILE).environment == {}
