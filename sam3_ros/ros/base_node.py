@@ -48,6 +48,7 @@ from sam3_ros.core.latest_frame import LatestSlot
 from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
 from sam3_ros.core.render import draw_overlay, label_image, mask_crops
 from sam3_ros.msg import DetectionArray, LabelInfo
+from sam3_ros.ros.depth_outputs import DepthOutputs
 from sam3_ros.ros.detection_conversions import (
     detections_to_msg,
     detections_to_vision_msgs,
@@ -119,6 +120,7 @@ class Sam3LifecycleNode(LifecycleNode):
         self._last_latency_ms = float("nan")
         self._last_error = ""
         self._last_error_log_s = 0.0
+        self._depth = DepthOutputs(self)  # 3D outputs (depth + camera_info), off by default
 
     # ----------------------------------------------------------------------------- parameters
     def _descriptor(self, spec: ParamSpec) -> ParameterDescriptor:
@@ -209,6 +211,7 @@ class Sam3LifecycleNode(LifecycleNode):
         else:
             self._subscription = self.create_subscription(
                 Image, "image", self._slot.put, IMAGE_QOS, qos_overriding_options=options)
+        self._depth.subscribe()
         self._running = True
         self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}_worker",
                                         daemon=True)
@@ -244,6 +247,7 @@ class Sam3LifecycleNode(LifecycleNode):
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
+        self._depth.unsubscribe()
         self._running = False
         self._slot.close()
         if self._worker is not None:
@@ -276,6 +280,7 @@ class Sam3LifecycleNode(LifecycleNode):
         if vision_cls is not None:
             self._output_pubs["vision_detections"] = self.create_publisher(
                 vision_cls, self._name("vision_detections"), qos)
+        self._depth.create_publishers()
         self._service_handles = self._create_services()
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         self._publish_label_info()
@@ -288,6 +293,7 @@ class Sam3LifecycleNode(LifecycleNode):
         for pub in self._output_pubs.values():
             self.destroy_publisher(pub)
         self._output_pubs = {}
+        self._depth.destroy_publishers()
         for srv in self._service_handles:
             self.destroy_service(srv)
         self._service_handles = []
@@ -365,6 +371,7 @@ class Sam3LifecycleNode(LifecycleNode):
             vision = detections_to_vision_msgs(detections, header)
             if vision is not None:
                 pubs["vision_detections"].publish(vision)
+        self._depth.publish(detections, header, crops)
         if want_label or want_overlay:
             item = (detections, header, rgb, crops, want_label, want_overlay)
             while True:  # a renderer that died must not block the worker (and deactivate)
@@ -416,13 +423,15 @@ class Sam3LifecycleNode(LifecycleNode):
         if pub is None:
             return
         stats = self.stats()
+        message = self._last_error or self._depth.warning()
         status = DiagnosticStatus(
             name=f"{self.get_fully_qualified_name()}: sam3",
             hardware_id=str(self._model.loaded.device) if self._model else "",
-            level=DiagnosticStatus.OK if not self._last_error else DiagnosticStatus.WARN,
-            message=self._last_error or "ok",
+            level=DiagnosticStatus.OK if not message else DiagnosticStatus.WARN,
+            message=message or "ok",
             values=[KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v))
-                    for k, v in stats.items()],
+                    for k, v in stats.items()]
+            + [KeyValue(key=k, value=v) for k, v in self._depth.diagnostics()],
         )
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
