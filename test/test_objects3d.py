@@ -338,3 +338,14 @@ def test_quaternion_of_known_rotations():
     rx180 = np.diag([1.0, -1.0, -1.0])
     q = rotation_to_quaternion_xyzw(rx180)
     assert abs(q[0]) == pytest.approx(1.0) and q[3] == pytest.approx(0.0)
+
+
+def test_demo_disparity_to_depth():
+    from sam3_ros.tools.depth_demo import disparity_to_depth_m
+
+    disparity = np.array([[10.0, np.nan, -31.086, 0.0]], np.float32)
+    depth = disparity_to_depth_m(disparity, 994.978, 0.193001, 31.086)
+    assert depth.dtype == np.float32
+    assert depth[0, 0] == pytest.approx(994.978 * 0.193001 / 41.086, rel=1e-6)
+    assert np.isnan(depth[0, 1]) and np.isnan(depth[0, 2])
+    assert depth[0, 3] == pytest.approx(994.978 * 0.193001 / 31.086, rel=1e-6)

@@ -250,17 +250,16 @@ def _valid_depth(window: np.ndarray, scale_m: float, cfg: Depth3DConfig) -> np.n
 _RANK_SAMPLES = 512
 
 
-def _bounds(points: np.ndarray, cfg: Depth3DConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) per row of (3, n) points: min/max over all points for box_percentile 0, else
-    the box_percentile and 100 - box_percentile percentiles (nearest rank)."""
+def _bounds(values: np.ndarray, cfg: Depth3DConfig) -> np.ndarray:
+    """(2, rows) lo and hi of each row of (rows, n) values: min/max over all values for
+    box_percentile 0, else the box_percentile and 100 - box_percentile percentiles (nearest
+    rank) of at most _RANK_SAMPLES evenly strided columns, one partition for both."""
     if cfg.box_percentile == 0.0:
-        return points.min(axis=1).astype(np.float64), points.max(axis=1).astype(np.float64)
-    sample = points[:, ::max(1, math.ceil(points.shape[1] / _RANK_SAMPLES))]
+        return np.stack([values.min(axis=1), values.max(axis=1)])
+    sample = values[:, ::max(1, math.ceil(values.shape[1] / _RANK_SAMPLES))]
     n = sample.shape[1]
     k_lo = round(cfg.box_percentile / 100.0 * (n - 1))
-    k_hi = n - 1 - k_lo
-    part = np.partition(sample, (k_lo, k_hi), axis=1)
-    return part[:, k_lo].astype(np.float64), part[:, k_hi].astype(np.float64)
+    return np.partition(sample, (k_lo, n - 1 - k_lo), axis=1)[:, (k_lo, n - 1 - k_lo)].T
 
 
 def _lower_median(values: np.ndarray) -> float:
@@ -369,38 +368,38 @@ def objects_3d(crops: Sequence[MaskCrop], colour_hw: tuple[int, int], depth: np.
         raise InvalidImageError(f"depth scale must be positive and finite, got {scale_m}")
     check_registration(colour_hw, depth.shape)
     n = len(crops)
-    valid = np.zeros(n, bool)
     num_points = np.zeros(n, np.int64)
-    centroid = np.zeros((n, 3))
-    aabb_lo, aabb_hi = np.zeros((n, 3)), np.zeros((n, 3))
-    cov = np.zeros((n, 3, 3))
     empty_points, empty_index = np.zeros((3, 0), np.float32), np.zeros(0, np.intp)
     points_m = [empty_points] * n
     indices = [empty_index] * n
     grids = [_Grid(0, 0, 1, 1)] * n
-    centered_all: list[np.ndarray] = [empty_points] * n
+    kept: list[int] = []
+    centroids: list[np.ndarray] = []
+    centered_all: list[np.ndarray] = []
+    scatter: list[np.ndarray] = []
     for i, crop in enumerate(crops):
         result = _object_points(crop, colour_hw, depth, scale_m, rays, cfg)
         if isinstance(result, int):
             num_points[i] = result
             continue
         points, indices[i], grids[i] = result
-        count = points.shape[1]
-        valid[i] = True
-        num_points[i] = count
-        c = points.sum(axis=1, dtype=np.float64) / count
-        centroid[i] = c
-        aabb_lo[i], aabb_hi[i] = _bounds(points, cfg)
-        centered = points - c.astype(np.float32)[:, None]
-        cov[i] = np.einsum("in,jn->ij", centered, centered)
         points_m[i] = points
-        centered_all[i] = centered
+        num_points[i] = count = points.shape[1]
+        c = points.sum(axis=1, dtype=np.float64) / count
+        centered = points - c.astype(np.float32)[:, None]
+        kept.append(i)
+        centroids.append(c)
+        centered_all.append(centered)
+        scatter.append(np.einsum("in,jn->ij", centered, centered))
+    valid = np.zeros(n, bool)
+    valid[kept] = True
+    centroid = np.zeros((n, 3))
     rotation = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
-    obb_center, obb_size = np.zeros((n, 3)), np.zeros((n, 3))
-    if valid.any():
+    bounds = np.zeros((n, 2, 6))  # lo/hi of x, y, z (centred) and along the 3 box axes
+    if kept:
         # One batched 3x3 eigen-decomposition for all objects (ascending eigenvalues; the
         # scatter matrix has the covariance's eigenvectors).
-        _, vectors = np.linalg.eigh(cov[valid])
+        _, vectors = np.linalg.eigh(np.array(scatter, np.float64))
         axes = vectors[:, :, ::-1]  # largest spread first
         # Deterministic signs: each axis points along +z (the view direction) when it has a
         # z component, else +x / +y; the third axis makes the frame right-handed.
@@ -410,16 +409,22 @@ def objects_3d(crops: Sequence[MaskCrop], colour_hw: tuple[int, int], depth: np.
                              np.where(np.abs(col[:, 0]) > 1e-6, col[:, 0], col[:, 1]))
             col *= np.where(pivot < 0, -1.0, 1.0)[:, None]
         axes[:, :, 2] = np.cross(axes[:, :, 0], axes[:, :, 1])
-        rotation[valid] = axes
-        rotation32 = rotation.astype(np.float32)
-        for i in np.flatnonzero(valid):
-            lo, hi = _bounds(rotation32[i].T @ centered_all[i], cfg)
-            obb_size[i] = hi - lo
-            obb_center[i] = centroid[i] + rotation[i] @ ((lo + hi) / 2.0)
+        centroid[kept] = centroids
+        rotation[kept] = axes
+        # Rows 0-2 keep the camera axes, rows 3-5 project onto the box axes: both boxes from
+        # one product and one partition per object.
+        frames = np.concatenate([np.broadcast_to(np.eye(3), axes.shape),
+                                 axes.transpose(0, 2, 1)], axis=1).astype(np.float32)
+        bounds[kept] = [_bounds(frame @ centered, cfg)
+                        for frame, centered in zip(frames, centered_all, strict=True)]
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    obb_mid = np.einsum("nij,nj->ni", rotation, (lo[:, 3:] + hi[:, 3:]) / 2.0)
     return Objects3D(
         valid=valid, num_points=num_points, centroid_m=centroid,
-        aabb_center_m=(aabb_lo + aabb_hi) / 2.0, aabb_size_m=aabb_hi - aabb_lo,
-        obb_center_m=obb_center, obb_size_m=obb_size, obb_rotation=rotation,
+        aabb_center_m=np.where(valid[:, None], centroid + (lo[:, :3] + hi[:, :3]) / 2.0, 0.0),
+        aabb_size_m=hi[:, :3] - lo[:, :3],
+        obb_center_m=np.where(valid[:, None], centroid + obb_mid, 0.0),
+        obb_size_m=hi[:, 3:] - lo[:, 3:], obb_rotation=rotation,
         points_m=points_m, _indices=indices, _grids=grids)
 
 
