@@ -1,7 +1,7 @@
 """Time the 3D outputs of one frame: per-object geometry, point cloud, markers and messages.
 
     python -m sam3_ros.tools.depth_benchmark [--objects 20] [--width 1280 --height 720]
-        [--distortion] [--repeats 200]
+        [--distortion] [--repeats 200] [--max-object-points 2000]
 
 Synthetic but realistic frame: `random_blob_detections` (elliptic masks, radii 20-120 px, the
 same instances as the 2D output benchmark), a 16UC1 depth image with a wall at 4 m, each
@@ -54,7 +54,7 @@ def _timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
 
 
 def run(n_objects: int, width: int, height: int, distortion: bool, repeats: int,
-        seed: int = 0) -> dict[str, dict[str, float]]:
+        seed: int = 0, max_object_points: int = 2000) -> dict[str, dict[str, float]]:
     """Time each stage; returns {stage: {wall_median, wall_p90, cpu_median}} in ms."""
     from sam3_ros.ros.detection_conversions import random_blob_detections
 
@@ -67,7 +67,7 @@ def run(n_objects: int, width: int, height: int, distortion: bool, repeats: int,
         "plumb_bob")
     rays = ray_grid(camera)
     crops = mask_crops(detections)
-    cfg = Depth3DConfig()
+    cfg = Depth3DConfig(max_object_points=max_object_points)
     hw = (height, width)
     objects = objects_3d(crops, hw, depth, 0.001, rays, cfg)
     results = {
@@ -101,7 +101,8 @@ def run(n_objects: int, width: int, height: int, distortion: bool, repeats: int,
     valid = int(objects.valid.sum())
     print(f"{n_objects} objects ({valid} valid, {int(objects.num_points.sum())} points, "
           f"{sum(c.area_px for c in crops)} mask pixels) at {width}x{height}, 16UC1 depth, "
-          f"{'plumb_bob distortion' if distortion else 'no distortion'}; {repeats} repeats; "
+          f"{'plumb_bob distortion' if distortion else 'no distortion'}, max_object_points "
+          f"{max_object_points}; {repeats} repeats; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     return results
 
@@ -113,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--distortion", action="store_true")
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--max-object-points", type=int, default=2000)
     args = parser.parse_args(argv)
-    results = run(args.objects, args.width, args.height, args.distortion, args.repeats)
+    results = run(args.objects, args.width, args.height, args.distortion, args.repeats,
+                  max_object_points=args.max_object_points)
     print("| stage | wall median ms | wall p90 ms | CPU median ms |")
     print("|---|---:|---:|---:|")
     for stage, t in results.items():
