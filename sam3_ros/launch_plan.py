@@ -32,6 +32,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
                        "<image>/compressed is read"),
     "depth": ("depth", "Registered depth image topic (used when depth_enabled is true)"),
     "camera_info": ("camera_info", "Colour camera's CameraInfo topic (used with depth)"),
+    "depth_enabled": ("", "true: 3D outputs from the depth and camera_info topics ('' = params "
+                          "file / default false)"),
     "input_kind": ("", "raw or compressed ('' = params file / default raw)"),
     "model": ("", "Hugging Face id or checkpoint folder ('' = params file / default "
                   "facebook/sam3)"),
@@ -52,7 +54,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
 
 # Launch arguments that become node parameters when set, and how their text is read.
 _PARAMETER_ARGUMENTS = ("input_kind", "model", "device", "dtype", "prompts", "use_sim_time",
-                        "autostart")
+                        "autostart", "depth_enabled")
 _BOOL_TEXT = {"true": True, "false": False, "True": True, "False": False, "1": True, "0": False}
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
@@ -123,7 +125,7 @@ def parameter_overrides(values: dict[str, str]) -> dict[str, Any]:
             continue
         if name == "prompts":
             overrides[name] = parse_prompts(text)
-        elif name in ("use_sim_time", "autostart"):
+        elif name in ("use_sim_time", "autostart", "depth_enabled"):
             overrides[name] = parse_bool(name, text)
         else:
             overrides[name] = text

@@ -64,6 +64,7 @@ from sam3_ros.core.latest_frame import LatestSlot
 from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
 from sam3_ros.core.render import draw_overlay, label_image, mask_crops
 from sam3_ros.msg import DetectionArray, LabelInfo
+from sam3_ros.ros.depth_outputs import DepthOutputs
 from sam3_ros.ros.detection_conversions import (
     detections_to_msg,
     detections_to_vision_msgs,
@@ -142,6 +143,7 @@ class Sam3LifecycleNode(LifecycleNode):
         self._last_error = ""
         self._last_error_at_s = -float("inf")
         self._last_error_log_s = 0.0
+        self._depth = DepthOutputs(self)  # 3D outputs (depth + camera_info), off by default
         self._shutting_down = False
         self._syncing_parameters = False
         self._autostart_timer = None
@@ -306,6 +308,7 @@ class Sam3LifecycleNode(LifecycleNode):
             else:
                 self._subscription = self.create_subscription(
                     Image, "image", self._on_image, IMAGE_QOS, qos_overriding_options=options)
+            self._depth.subscribe()
         except Exception as err:
             self.get_logger().error(f"activate failed: cannot subscribe: {err}")
             return TransitionCallbackReturn.FAILURE
@@ -352,6 +355,7 @@ class Sam3LifecycleNode(LifecycleNode):
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
+        self._depth.unsubscribe()
         self._running = False
         self._slot.close()
         if self._worker is not None:
@@ -385,6 +389,7 @@ class Sam3LifecycleNode(LifecycleNode):
         if vision_cls is not None:
             self._output_pubs["vision_detections"] = lifecycle_pub(
                 vision_cls, "~/vision_detections", qos)
+        self._depth.create_publishers()
         self._service_handles = self._create_services()
         self._diag_timer = self.create_timer(1.0, self._guarded_diagnostics)
 
@@ -416,6 +421,7 @@ class Sam3LifecycleNode(LifecycleNode):
         for pub in self._output_pubs.values():
             self.destroy_publisher(pub)
         self._output_pubs = {}
+        self._depth.destroy_publishers()
         for srv in self._service_handles:
             self.destroy_service(srv)
         self._service_handles = []
@@ -514,6 +520,7 @@ class Sam3LifecycleNode(LifecycleNode):
             vision = detections_to_vision_msgs(detections, header)
             if vision is not None:
                 pubs["vision_detections"].publish(vision)
+        self._depth.publish(detections, header, crops)
         if want_label or want_overlay:
             item = (detections, header, rgb, crops, want_label, want_overlay)
             while True:  # a renderer that died must not block the worker (and deactivate)
@@ -592,13 +599,17 @@ class Sam3LifecycleNode(LifecycleNode):
             return
         stats = self.stats()
         level, message = self._diagnostic_level()
+        depth_warning = self._depth.warning()
+        if level == DiagnosticStatus.OK and depth_warning:
+            level, message = DiagnosticStatus.WARN, depth_warning
         status = DiagnosticStatus(
             name=f"{self.get_fully_qualified_name()}: sam3",
             hardware_id=str(self._model.loaded.device) if self._model else "",
             level=level,
             message=message,
             values=[KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v))
-                    for k, v in stats.items()],
+                    for k, v in stats.items()]
+            + [KeyValue(key=k, value=v) for k, v in self._depth.diagnostics()],
         )
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

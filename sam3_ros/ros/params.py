@@ -119,6 +119,43 @@ IO_PARAMS: tuple[ParamSpec, ...] = (
               "instances x pixels bytes)", min_value=1, max_value=268_435_456),
 )
 
+# 3D outputs (sam3_ros.ros.depth_outputs): depth registered to the colour image + CameraInfo.
+DEPTH_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("depth_enabled", False,
+              "Subscribe to `depth` (registered to the colour image) and `camera_info` and "
+              "publish 3D outputs", reload=True),
+    ParamSpec("depth_rectified", False,
+              "Images are rectified (image_rect): use CameraInfo P, no distortion; false: "
+              "K and D of the raw image"),
+    ParamSpec("depth_scale", 0.0,
+              "Metres per depth unit; 0 = by encoding (16UC1/mono16 millimetres, 32FC1 metres)",
+              min_value=0.0, max_value=1000.0),
+    ParamSpec("min_depth", 0.1, "Nearest valid depth (m)", min_value=0.001, max_value=1000.0),
+    ParamSpec("max_depth", 10.0, "Farthest valid depth (m)", min_value=0.01,
+              max_value=1000.0),
+    ParamSpec("depth_max_dt", 0.02,
+              "Largest |depth stamp - colour stamp| (s) for a pair; else no 3D that frame",
+              min_value=0.0, max_value=10.0),
+    ParamSpec("depth_erode_px", 2,
+              "Mask erosion (depth pixels) before reading depth, against background bleed",
+              min_value=0, max_value=50),
+    ParamSpec("depth_outlier_k", 3.0,
+              "Reject depth farther than k robust sigmas (MAD) from the median; 0 = off",
+              min_value=0.0, max_value=100.0),
+    ParamSpec("box_percentile", 1.0,
+              "3D boxes span the [p, 100 - p] percentiles of the points; 0 = min/max",
+              min_value=0.0, max_value=49.0),
+    ParamSpec("min_points", 20, "Depth points needed for a valid 3D object", min_value=1,
+              max_value=1000000),
+    ParamSpec("max_object_points", 2000,
+              "Larger objects are sampled on a pixel grid down to about this many points",
+              min_value=10, max_value=1000000),
+    ParamSpec("publish_points", True, "Publish the objects' points on `points` (PointCloud2)"),
+    ParamSpec("points_stride", 2, "Point spacing of `points` in depth pixels", min_value=1,
+              max_value=64),
+    ParamSpec("publish_markers", True, "Publish RViz boxes and labels on `markers`"),
+)
+
 
 def spec_table(*groups: Sequence[ParamSpec]) -> dict[str, ParamSpec]:
     """Merge parameter groups into a name -> spec table (names must be unique)."""

@@ -31,7 +31,7 @@ from sam3_ros.core.prompts import (
 )
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
 from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
-from sam3_ros.ros.params import IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
+from sam3_ros.ros.params import DEPTH_PARAMS, IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
 from sam3_ros.srv import SetPrompts
 
 SEGMENTER_PARAMS: tuple[ParamSpec, ...] = (
@@ -63,7 +63,7 @@ SEGMENTER_PARAMS: tuple[ParamSpec, ...] = (
               min_value=0, max_value=100000),
 )
 
-PARAMS = spec_table(MODEL_PARAMS, IO_PARAMS, SEGMENTER_PARAMS)
+PARAMS = spec_table(MODEL_PARAMS, IO_PARAMS, SEGMENTER_PARAMS, DEPTH_PARAMS)
 
 _SEGMENTER_CONFIG_PARAMS = ("score_threshold", "mask_threshold", "max_detections",
                             "max_prompts", "prompts_per_batch")

@@ -25,7 +25,7 @@ from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
 from sam3_ros.core.tracker import ObjectPromptSpec, TrackerConfig, TrackerSession
 from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
-from sam3_ros.ros.params import IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
+from sam3_ros.ros.params import DEPTH_PARAMS, IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
 from sam3_ros.srv import AddObjects, RemoveObjects, SetPrompts
 
 TRACKER_PARAMS: tuple[ParamSpec, ...] = (
@@ -52,7 +52,7 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
               min_value=0.0, max_value=3600.0),
 )
 
-PARAMS = spec_table(MODEL_PARAMS, IO_PARAMS, TRACKER_PARAMS)
+PARAMS = spec_table(MODEL_PARAMS, IO_PARAMS, TRACKER_PARAMS, DEPTH_PARAMS)
 
 _CONFIG_PARAMS = ("score_threshold", "mask_threshold", "max_objects", "memory_frames",
                   "detect_every_n_frames", "reuse_backbone_frames", "max_time_gap_s")

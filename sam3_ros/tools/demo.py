@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz")
     parser.add_argument("--score-threshold", type=float, default=None)
     parser.add_argument("--output", type=Path, default=Path("out/demo"))
+    parser.add_argument("--depth", action="store_true",
+                        help="3D outputs with real depth (see sam3_ros.tools.depth_demo)")
     args = parser.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from sam3_ros.ros.fastdds import use_large_frames_profile
@@ -138,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         print("[demo] NOTE: using the project's tiny checkpoint with RANDOM weights - boxes and "
               "masks are meaningless; only the plumbing is real.\n"
               "[demo]       For real results: --model facebook/sam3 --device cuda")
+    if args.depth:
+        from sam3_ros.tools.depth_demo import run_depth_demo
+
+        return run_depth_demo(model, args.prompts, args.device, args.frames, args.rate,
+                              args.output, 0.5 if threshold is None else threshold)
     return run_demo(model, args.prompts, args.device, args.frames, args.rate, args.output,
                     0.5 if threshold is None else threshold)
 

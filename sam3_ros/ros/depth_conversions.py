@@ -1,0 +1,196 @@
+"""3D outputs <-> messages: CameraInfo and depth Image in; Detection3DArray, vision_msgs
+Detection3DArray, PointCloud2 and MarkerArray out. Thin adapter over `sam3_ros.core`
+(`camera_model`, `objects3d`): every check and computation lives there."""
+
+from __future__ import annotations
+
+import array as pyarray
+import functools
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from sam3_ros.core.camera_model import (
+    MAX_DEPTH_PIXELS,
+    CameraModel,
+    camera_model_from_fields,
+    decode_depth,
+)
+from sam3_ros.core.detections import Detections
+from sam3_ros.core.objects3d import CLOUD_DTYPE, MarkerSpec, Objects3D
+from sam3_ros.msg import Detection3D, Detection3DArray
+
+__all__ = [
+    "camera_info_key",
+    "camera_model_from_info",
+    "cloud_to_msg",
+    "depth_msg_to_numpy",
+    "markers_to_msg",
+    "objects_to_msg",
+    "objects_to_vision_msgs",
+]
+
+
+def camera_info_key(msg: CameraInfo) -> tuple:
+    """Everything of a CameraInfo that the camera model depends on (hashable): the model is
+    rebuilt, and the rays recomputed, only when this changes."""
+    return (msg.width, msg.height, tuple(msg.k), tuple(msg.d), msg.distortion_model,
+            tuple(msg.p), msg.binning_x, msg.binning_y, msg.roi.width, msg.roi.height)
+
+
+def camera_model_from_info(msg: CameraInfo, rectified: bool) -> CameraModel:
+    """Validated camera model of a CameraInfo (see `camera_model_from_fields`).
+
+    Raises:
+        InvalidCameraError: with the reason.
+    """
+    return camera_model_from_fields(
+        int(msg.width), int(msg.height), list(msg.k), list(msg.d), msg.distortion_model,
+        list(msg.p), rectified=rectified, binning_x=int(msg.binning_x),
+        binning_y=int(msg.binning_y), roi_size=(int(msg.roi.width), int(msg.roi.height)))
+
+
+def depth_msg_to_numpy(msg: Image, max_pixels: int = MAX_DEPTH_PIXELS) -> np.ndarray:
+    """(H, W) uint16 (16UC1, mono16) or float32 (32FC1) view of a depth Image.
+
+    Raises:
+        InvalidImageError: encoding, size limits, step or data length (checked before any
+            allocation).
+    """
+    return decode_depth(msg.data, int(msg.width), int(msg.height), msg.encoding,
+                        int(msg.step), bool(msg.is_bigendian), max_pixels)
+
+
+def _point(xyz: Sequence[float]) -> Point:
+    return Point(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+
+
+def _vector(xyz: Sequence[float]) -> Vector3:
+    return Vector3(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+
+
+def _quaternion(xyzw: Sequence[float]) -> Quaternion:
+    return Quaternion(x=float(xyzw[0]), y=float(xyzw[1]), z=float(xyzw[2]), w=float(xyzw[3]))
+
+
+def objects_to_msg(objects: Objects3D, detections: Detections, header: Header,
+                   depth_stamp: Any = None) -> Detection3DArray:
+    """Detection3DArray of one frame: one Detection3D per detection, same order and ids.
+
+    Args:
+        objects: `objects_3d` of `detections`.
+        detections: The frame's 2D detections (ids, class ids, labels, scores).
+        header: Colour image stamp with the camera info's frame_id.
+        depth_stamp: builtin_interfaces/Time of the paired depth image (None: zero).
+    """
+    if len(objects) != len(detections):
+        raise ValueError(f"{len(objects)} 3D objects for {len(detections)} detections")
+    quats = objects.obb_quaternion_xyzw.tolist()
+    centroid = objects.centroid_m.tolist()
+    aabb_c, aabb_s = objects.aabb_center_m.tolist(), objects.aabb_size_m.tolist()
+    obb_c, obb_s = objects.obb_center_m.tolist(), objects.obb_size_m.tolist()
+    ids, classes = detections.object_ids.tolist(), detections.class_ids.tolist()
+    scores, valid = detections.scores.tolist(), objects.valid.tolist()
+    counts = objects.num_points.tolist()
+    items = []
+    for i in range(len(objects)):
+        items.append(Detection3D(
+            object_id=ids[i], class_id=classes[i], label=detections.labels[i], score=scores[i],
+            valid=valid[i], num_points=counts[i], centroid=_point(centroid[i]),
+            bbox_center=_point(aabb_c[i]), bbox_size=_vector(aabb_s[i]),
+            obb_pose=Pose(position=_point(obb_c[i]), orientation=_quaternion(quats[i])),
+            obb_size=_vector(obb_s[i])))
+    out = Detection3DArray(header=header, detections=items)
+    if depth_stamp is not None:
+        out.depth_stamp = depth_stamp
+    return out
+
+
+@functools.cache
+def _vision_msgs() -> ModuleType | None:
+    try:
+        from vision_msgs import msg as vision_msgs
+    except ImportError:
+        return None
+    return vision_msgs
+
+
+def objects_to_vision_msgs(objects: Objects3D, detections: Detections,
+                           header: Header) -> Any | None:
+    """vision_msgs/Detection3DArray of the valid objects, or None without vision_msgs.
+
+    Per object: `id` = str(object_id); `bbox` = the oriented box (centre pose + size);
+    `results[0].hypothesis` = label (or str(class_id)) and score;
+    `results[0].pose.pose.position` = the centroid.
+    """
+    vm = _vision_msgs()
+    if vm is None:
+        return None
+    quats = objects.obb_quaternion_xyzw
+    items = []
+    for i in np.flatnonzero(objects.valid):
+        det = vm.Detection3D()
+        det.header = header
+        det.id = str(int(detections.object_ids[i]))
+        det.bbox.center = Pose(position=_point(objects.obb_center_m[i]),
+                               orientation=_quaternion(quats[i]))
+        det.bbox.size = _vector(objects.obb_size_m[i])
+        result = vm.ObjectHypothesisWithPose()
+        result.hypothesis.class_id = detections.labels[i] or str(int(detections.class_ids[i]))
+        result.hypothesis.score = float(detections.scores[i])
+        result.pose.pose.position = _point(objects.centroid_m[i])
+        result.pose.pose.orientation.w = 1.0
+        det.results = [result]
+        items.append(det)
+    out = vm.Detection3DArray()
+    out.header = header
+    out.detections = items
+    return out
+
+
+_CLOUD_FIELDS = [
+    PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1),
+    PointField(name="y", offset=4, datatype=PointField.FLOAT32, count=1),
+    PointField(name="z", offset=8, datatype=PointField.FLOAT32, count=1),
+    PointField(name="instance", offset=12, datatype=PointField.INT32, count=1),
+    PointField(name="class_id", offset=16, datatype=PointField.INT32, count=1),
+]
+
+
+def cloud_to_msg(points: np.ndarray, header: Header) -> PointCloud2:
+    """PointCloud2 (unorganised, height 1) of a `CLOUD_DTYPE` array: x, y, z float32 metres,
+    instance (object id) and class_id int32, little endian, 20 bytes per point."""
+    if points.dtype != CLOUD_DTYPE:
+        raise ValueError(f"expected CLOUD_DTYPE points, got {points.dtype}")
+    data = pyarray.array("B")
+    data.frombytes(np.ascontiguousarray(points).view(np.uint8).data)  # one memcpy
+    return PointCloud2(header=header, height=1, width=len(points), fields=_CLOUD_FIELDS,
+                       is_bigendian=False, point_step=CLOUD_DTYPE.itemsize,
+                       row_step=CLOUD_DTYPE.itemsize * len(points), data=data, is_dense=True)
+
+
+def markers_to_msg(markers: Sequence[MarkerSpec], header: Header) -> MarkerArray:
+    """MarkerArray of a `marker_plan`: CUBE for "boxes", TEXT_VIEW_FACING for "labels",
+    DELETE for removed ones; every marker stamped with `header`."""
+    out = []
+    for spec in markers:
+        m = Marker(header=header, ns=spec.namespace, id=int(spec.marker_id))
+        if spec.action == "delete":
+            m.action = Marker.DELETE
+        else:
+            m.action = Marker.ADD
+            m.type = Marker.CUBE if spec.namespace == "boxes" else Marker.TEXT_VIEW_FACING
+            m.pose = Pose(position=_point(spec.position_m),
+                          orientation=_quaternion(spec.orientation_xyzw))
+            m.scale = _vector(spec.scale_m)
+            m.color = ColorRGBA(r=float(spec.rgba[0]), g=float(spec.rgba[1]),
+                                b=float(spec.rgba[2]), a=float(spec.rgba[3]))
+            m.text = spec.text
+        out.append(m)
+    return MarkerArray(markers=out)

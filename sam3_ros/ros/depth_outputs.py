@@ -1,0 +1,287 @@
+"""Node-side 3D outputs: depth + camera_info in, Detection3DArray / PointCloud2 / MarkerArray
+out. Owned by `Sam3LifecycleNode`, which calls it at five places (create/destroy publishers,
+subscribe/unsubscribe, `publish` after `detections`) and asks it for diagnostics.
+
+Subscriptions (relative names, remap them like `image`):
+    depth        sensor_msgs/Image, registered to the colour image (16UC1 mm, 32FC1 m, or
+                 `depth_scale`), sensor-data QoS
+    camera_info  sensor_msgs/CameraInfo of the colour camera
+Publications (private names):
+    ~/detections_3d         sam3_ros/Detection3DArray (one entry per 2D detection)
+    ~/vision_detections_3d  vision_msgs/Detection3DArray (valid objects; when installed)
+    ~/points                sensor_msgs/PointCloud2 (x, y, z, instance, class_id)
+    ~/markers               visualization_msgs/MarkerArray (boxes and labels)
+
+The colour path never waits for depth: when a frame's detections are out, the depth image
+nearest in stamp (within `depth_max_dt`) is taken from a small buffer. A frame without a usable
+depth or camera info gets no 3D outputs, and diagnostics say why (WARN); errors never reach
+the 2D path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from sam3_ros.core.camera_model import CameraModel, RayGrid, default_depth_scale, ray_grid
+from sam3_ros.core.detections import Detections
+from sam3_ros.core.errors import Sam3RosError
+from sam3_ros.core.objects3d import (
+    Depth3DConfig,
+    Objects3D,
+    check_registration,
+    cloud_points,
+    marker_plan,
+    objects_3d,
+)
+from sam3_ros.core.render import MaskCrop, mask_crops
+from sam3_ros.core.stamp_pairing import StampBuffer
+from sam3_ros.msg import Detection3DArray
+from sam3_ros.ros.depth_conversions import (
+    camera_info_key,
+    camera_model_from_info,
+    cloud_to_msg,
+    depth_msg_to_numpy,
+    markers_to_msg,
+    objects_to_msg,
+    objects_to_vision_msgs,
+)
+
+# Depth frames kept for pairing: at 30 Hz, 8 frames span 0.27 s, more than a colour frame
+# spends in inference on a GPU; raw messages are kept, only the paired one is decoded.
+DEPTH_BUFFER_FRAMES = 8
+DEPTH_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
+                       reliability=qos_profile_sensor_data.reliability,
+                       durability=qos_profile_sensor_data.durability)
+# Best effort matches reliable and best-effort publishers alike (drivers use either).
+CAMERA_INFO_QOS = DEPTH_QOS
+
+
+def _stamp_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class DepthOutputs:
+    """3D outputs of one node; every method is a no-op while `depth_enabled` is false.
+
+    Thread use: the subscription callbacks (executor thread) only store messages; `publish`
+    runs on the node's worker thread; `diagnostics` on the executor thread.
+    """
+
+    def __init__(self, node: Any):
+        self._node = node
+        self._enabled = False
+        self._pubs: dict[str, Any] = {}
+        self._subs: list[Any] = []
+        self._depth: StampBuffer[Image] = StampBuffer(DEPTH_BUFFER_FRAMES)
+        self._info: CameraInfo | None = None
+        self._info_count = 0
+        self._camera: tuple[tuple, CameraModel] | None = None
+        self._rays: RayGrid | None = None
+        self._marker_ids: frozenset[int] = frozenset()
+        self._lock = threading.Lock()
+        self._frames_3d = 0
+        self._frames_without_3d = 0
+        self._reason = ""
+        self._last_dt_ms = float("nan")
+        self._last_ms = float("nan")
+        self._last_log_s = 0.0
+
+    # ------------------------------------------------------------------------- lifecycle
+    def create_publishers(self) -> None:
+        """configure: publishers for the 3D outputs (when `depth_enabled`)."""
+        self._enabled = bool(self._node.param("depth_enabled"))
+        if not self._enabled:
+            return
+        node, qos = self._node, 10
+        self._pubs = {
+            "detections_3d": node.create_lifecycle_publisher(
+                Detection3DArray, "~/detections_3d", qos),
+            "points": node.create_lifecycle_publisher(PointCloud2, "~/points", qos),
+            "markers": node.create_lifecycle_publisher(MarkerArray, "~/markers", qos),
+        }
+        try:
+            from vision_msgs.msg import Detection3DArray as VisionDetection3DArray
+        except ImportError:
+            pass
+        else:
+            self._pubs["vision_detections_3d"] = node.create_lifecycle_publisher(
+                VisionDetection3DArray, "~/vision_detections_3d", qos)
+
+    def destroy_publishers(self) -> None:
+        """cleanup."""
+        for pub in self._pubs.values():
+            self._node.destroy_publisher(pub)
+        self._pubs = {}
+        self._enabled = False
+        self._marker_ids = frozenset()
+
+    def subscribe(self) -> None:
+        """activate: subscribe to `depth` and `camera_info`."""
+        if not self._enabled:
+            return
+        self._depth.clear()
+        with self._lock:
+            self._frames_3d = self._frames_without_3d = 0
+            self._reason = ""
+        options = QoSOverridingOptions.with_default_policies()
+        self._subs = [
+            self._node.create_subscription(Image, "depth", self._on_depth, DEPTH_QOS,
+                                           qos_overriding_options=options),
+            self._node.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
+                                           CAMERA_INFO_QOS, qos_overriding_options=options),
+        ]
+
+    def unsubscribe(self) -> None:
+        """deactivate (before the worker stops: a late `publish` finds no new depth)."""
+        for sub in self._subs:
+            self._node.destroy_subscription(sub)
+        self._subs = []
+
+    def _on_depth(self, msg: Image) -> None:
+        self._depth.put(_stamp_ns(msg.header.stamp), msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._info = msg  # one reference swap: atomic for the worker that reads it
+        self._info_count += 1
+
+    # --------------------------------------------------------------------------- per frame
+    def publish(self, detections: Detections, header: Any,
+                crops: Sequence[MaskCrop] | None = None) -> None:
+        """Publish the 3D outputs of one frame, right after its `detections`; never raises
+        (a frame without 3D is counted and its reason kept for diagnostics)."""
+        if not self._enabled or not self._pubs:
+            return
+        started = time.perf_counter()
+        try:
+            reason, dt_ns = self._publish(detections, header, crops)
+        except Sam3RosError as err:
+            reason, dt_ns = str(err), None
+        except Exception as err:  # a bug here must not stop the node's 2D outputs
+            reason, dt_ns = f"{type(err).__name__}: {err}", None
+        with self._lock:
+            if dt_ns is not None:
+                self._last_dt_ms = dt_ns / 1e6
+            self._reason = reason
+            if reason:
+                self._frames_without_3d += 1
+            else:
+                self._frames_3d += 1
+                self._last_ms = (time.perf_counter() - started) * 1e3
+        if reason:
+            self._clear_markers(header)
+            now = time.monotonic()
+            if now - self._last_log_s >= 2.0:  # throttled like the 2D frame errors
+                self._last_log_s = now
+                self._node.get_logger().warning(f"frame without 3D outputs: {reason}")
+
+    def _publish(self, detections: Detections, header: Any,
+                 crops: Sequence[MaskCrop] | None) -> tuple[str, int | None]:
+        """Returns (reason no 3D was published or "", depth - colour stamp in ns)."""
+        info = self._info
+        if info is None:
+            return "no camera_info received", None
+        if detections.masks is None:
+            return "the detections carry no masks", None
+        param = self._node.param
+        pairing = self._depth.nearest(_stamp_ns(header.stamp),
+                                      round(param("depth_max_dt") * 1e9))
+        if pairing.item is None:
+            return pairing.reason, pairing.dt_ns
+        try:
+            cfg = Depth3DConfig(
+                min_depth_m=param("min_depth"), max_depth_m=param("max_depth"),
+                erode_px=param("depth_erode_px"), min_points=param("min_points"),
+                outlier_mad_k=param("depth_outlier_k"),
+                box_percentile=param("box_percentile"),
+                max_object_points=param("max_object_points"))
+        except ValueError as err:
+            return f"depth parameters: {err}", pairing.dt_ns
+        camera = self._camera_model(info, bool(param("depth_rectified")))
+        depth_msg = pairing.item
+        try:
+            depth = depth_msg_to_numpy(depth_msg)
+        except Sam3RosError as err:
+            return f"depth image: {err}", pairing.dt_ns
+        scale = param("depth_scale") or default_depth_scale(depth_msg.encoding)
+        colour_hw = (detections.image_height_px, detections.image_width_px)
+        check_registration(colour_hw, depth.shape, (camera.height_px, camera.width_px))
+        rays = self._rays_for(camera, depth.shape)
+        if crops is None:
+            crops = mask_crops(detections)
+        objects = objects_3d(crops, colour_hw, depth, scale, rays, cfg)
+        out_header = Header(stamp=header.stamp, frame_id=info.header.frame_id or
+                            header.frame_id)
+        self._send(objects, detections, out_header, depth_msg.header.stamp)
+        return "", pairing.dt_ns
+
+    def _camera_model(self, info: CameraInfo, rectified: bool) -> CameraModel:
+        key = (camera_info_key(info), rectified)
+        if self._camera is None or self._camera[0] != key:
+            self._camera = (key, camera_model_from_info(info, rectified))
+        return self._camera[1]
+
+    def _rays_for(self, camera: CameraModel, depth_hw: tuple[int, int]) -> RayGrid:
+        # A distorted 1280x720 grid takes a fraction of a second: computed once per camera.
+        scaled = camera.scaled_to(depth_hw[1], depth_hw[0])
+        if self._rays is None or self._rays.camera != scaled:
+            self._rays = ray_grid(scaled)
+        return self._rays
+
+    def _send(self, objects: Objects3D, detections: Detections, header: Header,
+              depth_stamp: Any) -> None:
+        param, pubs = self._node.param, self._pubs
+        pubs["detections_3d"].publish(objects_to_msg(objects, detections, header, depth_stamp))
+        if "vision_detections_3d" in pubs and param("publish_vision_msgs"):
+            vision = objects_to_vision_msgs(objects, detections, header)
+            if vision is not None:
+                pubs["vision_detections_3d"].publish(vision)
+        if param("publish_points"):
+            pubs["points"].publish(cloud_to_msg(
+                cloud_points(objects, detections, param("points_stride")), header))
+        if param("publish_markers"):
+            markers, self._marker_ids = marker_plan(objects, detections, self._marker_ids)
+            if markers:
+                pubs["markers"].publish(markers_to_msg(markers, header))
+        elif self._marker_ids:
+            self._clear_markers(header)
+
+    def _clear_markers(self, header: Any) -> None:
+        """Delete the markers still shown (a frame without 3D must not leave stale boxes)."""
+        if not self._marker_ids or "markers" not in self._pubs:
+            return
+        markers, self._marker_ids = marker_plan(None, Detections.empty(1, 1), self._marker_ids)
+        frame_id = self._info.header.frame_id if self._info is not None else ""
+        self._pubs["markers"].publish(markers_to_msg(
+            markers, Header(stamp=header.stamp, frame_id=frame_id or header.frame_id)))
+
+    # ------------------------------------------------------------------------- diagnostics
+    def diagnostics(self) -> list[tuple[str, str]]:
+        """Key/values for the node's diagnostic status (empty while disabled)."""
+        if not self._enabled:
+            return []
+        with self._lock:
+            return [
+                ("depth_received", str(self._depth.received)),
+                ("camera_info_received", str(self._info_count)),
+                ("frames_3d", str(self._frames_3d)),
+                ("frames_without_3d", str(self._frames_without_3d)),
+                ("depth_last_dt_ms", f"{self._last_dt_ms:.3f}"),
+                ("depth_last_3d_ms", f"{self._last_ms:.3f}"),
+                ("depth_status", self._reason or "ok"),
+            ]
+
+    def warning(self) -> str:
+        """Why the last frame had no 3D outputs ("" when it had them, or while disabled)."""
+        if not self._enabled:
+            return ""
+        with self._lock:
+            return f"no 3D: {self._reason}" if self._reason else ""

@@ -1,0 +1,142 @@
+"""Camera info validation, depth decoding limits and stamp pairing (pure core, no ROS)."""
+
+from __future__ import annotations
+
+import array
+import sys
+
+import numpy as np
+import pytest
+
+from sam3_ros.core.camera_model import (
+    CameraModel,
+    InvalidCameraError,
+    camera_model_from_fields,
+    decode_depth,
+    default_depth_scale,
+    ray_grid,
+)
+from sam3_ros.core.errors import InvalidImageError
+from sam3_ros.core.stamp_pairing import StampBuffer
+
+K = [500.0, 0.0, 319.5, 0.0, 520.0, 239.5, 0.0, 0.0, 1.0]
+P = [400.0, 0.0, 300.0, 0.0, 0.0, 410.0, 200.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+NAN = float("nan")
+
+
+def test_camera_from_fields_and_scaling():
+    cam = camera_model_from_fields(640, 480, K, [0.0] * 5, "plumb_bob")
+    assert (cam.fx, cam.fy, cam.cx, cam.cy) == (500.0, 520.0, 319.5, 239.5)
+    assert not cam.distorted and cam.dist_coeffs == ()
+    half = cam.scaled_to(320, 240)
+    assert (half.fx, half.fy, half.cx, half.cy) == (250.0, 260.0, 159.5, 119.5)
+    rect = camera_model_from_fields(640, 480, K, [0.1, 0, 0, 0, 0], "plumb_bob", P,
+                                    rectified=True)
+    assert (rect.fx, rect.fy, rect.cx, rect.cy, rect.distorted) == (400, 410, 300, 200, False)
+    # Separable rays: broadcast views, no per-pixel memory.
+    rays = ray_grid(cam)
+    assert rays.ray_x.strides[0] == 0 and rays.ray_y.strides[1] == 0
+    assert rays.ray_x[7, 319] == pytest.approx(-0.5 / 500)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"k": [0.0, 0, 319.5, 0, 520, 239.5, 0, 0, 1]}, "focal lengths must be > 0"),
+    ({"k": [-5.0, 0, 319.5, 0, 520, 239.5, 0, 0, 1]}, "focal lengths must be > 0"),
+    ({"k": [NAN, 0, 319.5, 0, 520, 239.5, 0, 0, 1]}, "non-finite"),
+    ({"k": K[:8]}, "K must have 9 values"),
+    ({"k": [*K, 1.0]}, "K must have 9 values"),
+    ({"d": [0.1, NAN, 0, 0, 0]}, "non-finite"),
+    ({"d": [0.1, 0.0, 0.0]}, "plumb_bob takes"),
+    ({"d": [0.1] * 5, "distortion_model": "rational_polynomial"}, "rational_polynomial takes"),
+    ({"d": [0.1] * 5, "distortion_model": "fancy_lens"}, "not supported"),
+    ({"width": 0}, "size must be positive"),
+    ({"height": 100000}, "side limit"),
+    ({"binning_x": 2}, "binning"),
+    ({"roi_size": (100, 100)}, "ROI"),
+    ({"rectified": True, "p": []}, "P must have 12 values"),
+    ({"rectified": True, "p": [0.0] * 12}, "focal lengths must be > 0"),
+])
+def test_hostile_camera_info_rejected_with_reason(kwargs, match):
+    args = {"width": 640, "height": 480, "k": K, "d": [0.0] * 5,
+            "distortion_model": "plumb_bob"} | kwargs
+    with pytest.raises(InvalidCameraError, match=match):
+        camera_model_from_fields(**args)
+
+
+def test_unknown_model_with_zero_coefficients_is_a_plain_pinhole():
+    cam = camera_model_from_fields(640, 480, K, [0.0] * 7, "whatever")
+    assert cam == CameraModel(640, 480, 500.0, 520.0, 319.5, 239.5)
+
+
+def test_decode_depth_uint16_float_and_byte_order():
+    mm = np.arange(12, dtype=np.uint16).reshape(3, 4) * 100
+    out = decode_depth(array.array("B", mm.tobytes()), 4, 3, "16UC1", 8, False)
+    np.testing.assert_array_equal(out, mm)
+    swapped = decode_depth(mm.astype(">u2").tobytes(), 4, 3, "16UC1", 8, True)
+    np.testing.assert_array_equal(swapped, mm)
+    assert swapped.dtype.isnative
+    metres = np.linspace(0, 3, 12, dtype=np.float32).reshape(3, 4)
+    padded = np.zeros((3, 20), np.uint8)  # step 20 > 16 bytes of pixels
+    padded[:, :16] = metres.view(np.uint8).reshape(3, 16)
+    out = decode_depth(padded.tobytes(), 4, 3, "32FC1", 20, sys.byteorder == "big")
+    np.testing.assert_array_equal(out, metres)
+    assert default_depth_scale("16UC1") == 0.001 and default_depth_scale("32FC1") == 1.0
+
+
+@pytest.mark.parametrize("args,match", [
+    ((b"\0" * 24, 4, 3, "rgb8", 8, False), "unsupported depth encoding"),
+    ((b"\0" * 24, 4, 3, "32FC1", 8, False), "step 8 does not fit"),
+    ((b"\0" * 23, 4, 3, "16UC1", 8, False), "has 23 bytes"),
+    ((b"\0" * 25, 4, 3, "16UC1", 8, False), "has 25 bytes"),
+    ((b"\0" * 24, 4, 3, "16UC1", 7, False), "does not fit"),
+    ((b"", 0, 3, "16UC1", 0, False), "size must be positive"),
+    ((b"", 5000, 5000, "16UC1", 10000, False), "more than the"),  # before any allocation
+    ((b"", 20000, 1, "16UC1", 40000, False), "side limit"),
+    (("not bytes", 1, 1, "16UC1", 2, False), "not a byte buffer"),
+])
+def test_decode_depth_rejects_inconsistent_messages(args, match):
+    with pytest.raises(InvalidImageError, match=match):
+        decode_depth(*args)
+    with pytest.raises(InvalidImageError):
+        default_depth_scale("bgr8")
+
+
+def test_pairing_nearest_within_dt():
+    buf: StampBuffer[str] = StampBuffer(capacity=4)
+    for stamp in (100, 200, 300):
+        buf.put(stamp, f"d{stamp}")
+    got = buf.nearest(240, max_dt_ns=50)
+    assert (got.item, got.stamp_ns, got.dt_ns, got.reason) == ("d200", 200, -40, "")
+    assert buf.nearest(260, 50).item == "d300"
+    assert buf.nearest(250, 50).item == "d200"  # a tie goes to the older depth
+    assert buf.nearest(300, 0).item == "d300"
+
+
+def test_pairing_misses_say_why():
+    buf: StampBuffer[str] = StampBuffer()
+    miss = buf.nearest(1000, 10)
+    assert miss.item is None and miss.reason == "no depth image received"
+    buf.put(1_000_000, "old")
+    late = buf.nearest(50_000_000, 5_000_000)  # depth lags 49 ms behind colour
+    assert late.item is None and late.dt_ns == -49_000_000
+    assert "49.0 ms older" in late.reason and "depth_max_dt 5.0 ms" in late.reason
+    early = buf.nearest(0, 10)
+    assert early.item is None and "newer" in early.reason
+
+
+def test_pairing_out_of_order_duplicates_and_capacity():
+    buf: StampBuffer[str] = StampBuffer(capacity=3)
+    for stamp in (300, 100, 200):
+        buf.put(stamp, f"d{stamp}")
+    assert buf.nearest(110, 20).item == "d100"
+    buf.put(200, "d200b")  # same stamp replaces
+    assert len(buf) == 3 and buf.nearest(200, 0).item == "d200b"
+    buf.put(400, "d400")  # full: the oldest stamp goes
+    assert buf.nearest(100, 0).item is None and len(buf) == 3
+    buf.put(50, "d50")  # older than everything held in a full buffer: dropped
+    assert buf.nearest(50, 0).item is None
+    assert buf.received == 6
+    buf.clear()
+    assert len(buf) == 0
+    with pytest.raises(ValueError):
+        StampBuffer(capacity=0)
