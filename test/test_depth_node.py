@@ -64,7 +64,7 @@ class Harness:
         self.image_pub = make(Image, f"{NS}/camera/image", 10)
         self.depth_pub = make(Image, f"{NS}/camera/depth", 10)
         self.info_pub = make(CameraInfo, f"{NS}/camera/info", 10)
-        client.subscribe(DetectionArray, f"{NS}/detections")
+        client.subscribe(DetectionArray, f"{NS}/segmenter/detections")
         for msg_type, name in ((Detection3DArray, "detections_3d"), (PointCloud2, "points"),
                                (MarkerArray, "markers")):
             client.subscribe(msg_type, f"{NS}/segmenter/{name}")
@@ -83,7 +83,7 @@ class Harness:
             if depth is not None:
                 self.depth_pub.publish(depth)
             self.image_pub.publish(_colour(sec))
-            have_2d = self.by_stamp(f"{NS}/detections", sec)
+            have_2d = self.by_stamp(f"{NS}/segmenter/detections", sec)
             have_3d = self.by_stamp(f"{NS}/segmenter/detections_3d", sec)
             return (have_2d and (have_3d or not want_3d)) and (have_2d, have_3d)
 

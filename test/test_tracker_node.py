@@ -127,7 +127,8 @@ def test_prompt_services_while_streaming(tracker):
     assert not empty_text.success
     _wait_ids(client, ns, node, lambda ids: ids == [7, 8], "stream goes on after bad requests")
 
-    removed = call(RemoveObjects, f"{ns}/tracker/remove_objects", RemoveObjects.Request(object_ids=[7]))
+    removed = call(RemoveObjects, f"{ns}/tracker/remove_objects",
+                   RemoveObjects.Request(object_ids=[7]))
     assert removed.success
     _wait_ids(client, ns, node, lambda ids: ids == [8], "object 7 removed")
 
