@@ -246,16 +246,21 @@ def test_note_camera_stamp_from_another_thread_while_frames_process(loaded):
     latest: list[int] = []
     done = threading.Event()
 
+    processed: list[tuple[int, int, list[int]]] = []
+
     def camera() -> None:
         for i, stamp in enumerate(stamps):
+            # However slow the machine: a few frames are processed before the pause.
+            while i == pause_at and len(processed) < 3 and time.monotonic() < deadline:
+                time.sleep(0.002)
             session.note_camera_stamp(stamp)
             latest.append(i)
             time.sleep(0.002)
         done.set()
 
+    deadline = time.monotonic() + 60.0
     thread = threading.Thread(target=camera)
     thread.start()
-    processed: list[tuple[int, int, list[int]]] = []
     while not done.is_set():
         if not latest or (processed and processed[-1][0] == latest[-1]):
             time.sleep(0.001)
