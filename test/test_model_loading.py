@@ -82,3 +82,64 @@ def test_bfloat16_on_cpu(tiny_checkpoint):
                                [PromptSpec("mug")])
     detections, _ = session.process(image)
     assert detections.scores.dtype == np.float32 and len(detections) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_image_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """A 'sam3' image checkpoint (Sam3Model only, like a detector-only export)."""
+    import shutil
+
+    from transformers import Sam3Model
+
+    from sam3_ros.tools.make_tiny_checkpoint import tiny_sam3_config
+
+    folder = tmp_path_factory.mktemp("tiny_sam3_image")
+    for item in tiny_checkpoint.iterdir():  # tokenizer and processor configuration
+        if item.name not in ("config.json", "model.safetensors"):
+            shutil.copy(item, folder / item.name)
+    detector = load_sam3(str(tiny_checkpoint)).detector
+    torch.manual_seed(0)
+    Sam3Model(tiny_sam3_config(detector.config.text_config.bos_token_id,
+                               detector.config.text_config.eos_token_id)).save_pretrained(folder)
+    return folder
+
+
+def test_image_checkpoint_for_the_tracker_is_refused_before_building(tiny_image_checkpoint,
+                                                                   monkeypatch):
+    import transformers
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built before the checkpoint kind was checked")
+
+    monkeypatch.setattr(transformers.Sam3VideoModel, "from_pretrained", built)
+    monkeypatch.setattr(transformers.Sam3Processor, "from_pretrained", built)
+    with pytest.raises(ModelLoadError) as info:
+        load_sam3(str(tiny_image_checkpoint), with_tracker=True)
+    message = str(info.value)
+    assert "is a 'sam3' image model (Sam3Model: detector only, no memory tracker)" in message
+    assert "the tracker needs a SAM3 video checkpoint (model_type 'sam3_video'" in message
+
+
+def test_image_checkpoint_loads_as_detector(tiny_image_checkpoint):
+    loaded = load_sam3(str(tiny_image_checkpoint))
+    assert loaded.video_model is None and type(loaded.detector).__name__ == "Sam3Model"
+
+
+@pytest.mark.parametrize(
+    ("config", "with_tracker", "message"),
+    [({"model_type": "sam3_tracker_video"}, True, "memory tracker only, no text detector"),
+     ({"model_type": "sam3_tracker_video"}, False, "the detector needs a SAM3 checkpoint"),
+     ({"model_type": "sam3_tracker"}, True, "no memory tracker, no text detector"),
+     ({"model_type": "sam2_video", "architectures": ["Sam2VideoModel"]}, True,
+      "not a SAM3 checkpoint (model_type 'sam2_video', architectures ['Sam2VideoModel'])"),
+     ({}, False, "not a SAM3 checkpoint (model_type None)"),
+     ([1, 2], True, "is not a JSON object"),
+     ("{not json", True, "cannot read")])
+def test_checkpoint_kinds_refused_with_what_they_lack(tmp_path, config, with_tracker, message):
+    import json
+
+    text = config if isinstance(config, str) else json.dumps(config)
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ModelLoadError) as info:
+        load_sam3(str(tmp_path), with_tracker=with_tracker)
+    assert message in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,21 +92,103 @@ class LoadedSam3:
             torch.cuda.empty_cache()
 
 
-def _from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
+DETECTOR_MODEL_TYPES = ("sam3", "sam3_video")
+"""Checkpoint model types holding the SAM3 detector (`Sam3Model`)."""
+TRACKER_MODEL_TYPES = ("sam3_video",)
+"""Checkpoint model types holding detector and memory tracker (`Sam3VideoModel`)."""
+
+_WHAT_IT_IS = {
+    "sam3": "a 'sam3' image model (Sam3Model: detector only, no memory tracker)",
+    "sam3_video": "a 'sam3_video' model (detector and memory tracker)",
+    "sam3_tracker": "a 'sam3_tracker' model (point/box prompts on single images: no memory "
+                    "tracker, no text detector)",
+    "sam3_tracker_video": "a 'sam3_tracker_video' model (memory tracker only, no text "
+                          "detector)",
+    "sam3_lite_text": "a 'sam3_lite_text' model (a different text encoder than Sam3Model)",
+}
+
+
+def _local_folder(source: str) -> Path | None:
+    """The checkpoint folder `source` names, None for a hub id; refuses bad folders."""
     local = Path(source).expanduser()
-    looks_local = source.startswith(("/", ".", "~")) or local.exists()
-    if looks_local and not local.is_dir():
+    if not (source.startswith(("/", ".", "~")) or local.exists()):
+        return None
+    if not local.is_dir():
         raise ModelLoadError(f"checkpoint folder '{source}' does not exist")
-    if looks_local and not (local / "config.json").is_file():
+    if not (local / "config.json").is_file():
         raise ModelLoadError(f"'{source}' is not a checkpoint folder (no config.json in it)")
+    return local
+
+
+def _unreachable(source: str, what: str, err: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    hint = (" (HF_HUB_OFFLINE=1 is set: only locally cached ids load)" if offline else
+            "; a gated id such as facebook/sam3 needs `hf auth login` and accepted terms,"
+            " or download it and pass the folder")
+    return ModelLoadError(f"cannot load '{source}' with {what}: {err}{hint}")
+
+
+def checkpoint_config(source: str) -> dict[str, Any]:
+    """The checkpoint's config.json (a few kB: read before any weights are built).
+
+    Raises:
+        ModelLoadError: missing folder, no config.json, unreadable JSON, unreachable id.
+    """
+    local = _local_folder(source)
+    if local is not None:
+        try:
+            config = json.loads((local / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ModelLoadError(f"cannot read {local / 'config.json'}: {err}") from None
+    else:
+        from transformers import PretrainedConfig
+
+        try:
+            config, _ = PretrainedConfig.get_config_dict(source)
+        except OSError as err:
+            raise _unreachable(source, "its config.json", err) from None
+        except ValueError as err:
+            raise ModelLoadError(f"cannot read the config of '{source}': {err}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"the config.json of '{source}' is not a JSON object")
+    return config
+
+
+def check_checkpoint_kind(config: dict[str, Any], source: str, with_tracker: bool) -> None:
+    """Refuse a checkpoint that lacks the model asked for, saying what it is and what is needed.
+
+    Args:
+        config: The checkpoint's config.json (`checkpoint_config`).
+        source: Hub id or folder, for the message.
+        with_tracker: The memory tracker is needed (else the detector only).
+
+    Raises:
+        ModelLoadError: the checkpoint's model_type holds no such model.
+    """
+    model_type = config.get("model_type")
+    wanted = TRACKER_MODEL_TYPES if with_tracker else DETECTOR_MODEL_TYPES
+    if model_type in wanted:
+        return
+    architectures = config.get("architectures") or []
+    listed = f", architectures {architectures}" if architectures else ""
+    what = _WHAT_IT_IS.get(model_type,
+                           f"not a SAM3 checkpoint (model_type {model_type!r}{listed})")
+    if with_tracker:
+        needed = ("the tracker needs a SAM3 video checkpoint (model_type 'sam3_video', "
+                  "architectures ['Sam3VideoModel'], e.g. facebook/sam3), which holds the "
+                  "detector and the memory tracker")
+    else:
+        needed = ("the detector needs a SAM3 checkpoint with model_type 'sam3' or "
+                  "'sam3_video' (e.g. facebook/sam3)")
+    raise ModelLoadError(f"checkpoint '{source}' is {what}; {needed}")
+
+
+def _from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
+    local = _local_folder(source)
     try:
-        return cls.from_pretrained(str(local) if looks_local else source, **kwargs)
+        return cls.from_pretrained(str(local) if local is not None else source, **kwargs)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = (" (HF_HUB_OFFLINE=1 is set: only locally cached ids load)" if offline else
-                "; a gated id such as facebook/sam3 needs `hf auth login` and accepted terms,"
-                " or download it and pass the folder")
-        raise ModelLoadError(f"cannot load '{source}' with {cls.__name__}: {err}{hint}") from None
+        raise _unreachable(source, cls.__name__, err) from None
     except (ValueError, KeyError, RuntimeError) as err:
         raise ModelLoadError(f"'{source}' is not a loadable SAM3 checkpoint for "
                              f"{cls.__name__}: {err}") from None
@@ -168,12 +251,15 @@ def load_sam3(source: str, device: str = "cpu", dtype: str = "float32",
 
     Raises:
         ModelLoadError: with the reason (missing folder, not a checkpoint, unreachable or gated
-            id, CUDA absent, unsupported dtype).
+            id, a checkpoint without the model asked for, CUDA absent, unsupported dtype).
     """
     from transformers import Sam3Model, Sam3Processor, Sam3VideoModel
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    # Before anything is built: a wrong checkpoint kind would otherwise build a randomly
+    # initialised model (seconds, gigabytes) and fail later on a tensor shape.
+    check_checkpoint_kind(checkpoint_config(source), source, with_tracker)
     processor = _from_pretrained(Sam3Processor, source)
     video_model = None
     if with_tracker:

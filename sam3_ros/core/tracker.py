@@ -32,6 +32,7 @@ are dropped.
 from __future__ import annotations
 
 import math
+import operator
 import threading
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -40,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from sam3_ros.core import tracker_session_state as session_state
 from sam3_ros.core.detections import STATE_OCCLUDED, STATE_VISIBLE, Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError, ModelLoadError
 from sam3_ros.core.model_loading import LoadedSam3
@@ -49,6 +51,13 @@ from sam3_ros.core.vision_features import VisionFeatureCache
 
 FRAMES_HELD_FOR_PROMPTS = 4
 """Recent frames whose features are kept so a prompt can refer to them by stamp."""
+INT32_MAX = 2**31 - 1
+"""Largest object id: ids travel in int32 message fields."""
+MAX_LABEL_CHARS = 256
+"""Longest accepted object label."""
+CAMERA_STAMPS_PENDING = 4096
+"""Most camera stamps noted and not yet processed that are remembered (a model lagging
+further behind its camera judges the frame it processes on that frame's own stamp)."""
 
 
 @dataclass(frozen=True)
@@ -76,22 +85,35 @@ class TrackerConfig:
         score_threshold: Detector score a text-prompted instance needs to start a track.
         mask_threshold: Mask logit threshold (SAM trackers binarise logits at 0.0).
         max_objects: Most objects tracked at once; more are refused (or not started).
-        memory_frames: Frames of per-object model state kept (memory-bank masks and object
-            pointers); older state is pruned every frame. 0 = the model's read window,
-            max(num_maskmem, max_object_pointers_in_encoder) (16 for SAM3): the tracker reads
-            num_maskmem - 1 (6) past memory frames but object pointers from up to 15 past
-            frames, so any window >= that leaves every result unchanged; a smaller window
-            (e.g. num_maskmem) bounds memory tighter but drops the older object pointers.
+        memory_frames: The model's read window W, in frames: per-object model state
+            (memory-bank features and object pointers) of the W - 1 frames before any frame
+            the model may still run on (the next frame, or a held frame a prompt refers to) is
+            kept; older state is pruned every frame. 0 = max(num_maskmem,
+            max_object_pointers_in_encoder) (16 for SAM3): the tracker reads num_maskmem - 1
+            (6) past memory frames and object pointers from up to 15 past frames, so any
+            W >= 16 leaves every result unchanged (state of at most W - 1 +
+            FRAMES_HELD_FOR_PROMPTS frames is held); a smaller window (e.g. num_maskmem)
+            bounds memory tighter but drops the older object pointers. Prompted frames are
+            bounded by max_prompt_frames instead.
         detect_every_n_frames: Run the text detector every N frames (realtime mode), track
             in between.
         reuse_backbone_frames: Reuse a frame's backbone features for up to M following frames
             (realtime mode on weak GPUs; 0 = compute every frame).
-        max_time_gap_s: Reset the stream when the stamp goes backwards or jumps further.
+        max_time_gap_s: Reset the stream when the camera's stamps go backwards or jump
+            further between two consecutive frames it sent (`note_camera_stamp`), not between
+            two processed frames: a model slower than the camera skips frames without
+            resetting.
         max_lost_frames: A text-detected object occluded for more than this many consecutive
             frames is dropped (its slot under max_objects frees up for new instances);
             0 = never. Point/box objects are the caller's: only remove_objects drops them.
         new_object_iou: A detection overlapping a tracked object's mask by more than this IoU
             belongs to that object rather than starting a new one.
+        max_points_per_object: Most points one object may carry on one frame (a refinement
+            adds to the points the object already has on that frame).
+        max_prompt_frames: Prompted (conditioning) frames kept per object. transformers reads
+            the object pointer of every prompted frame of an object, so this is the one bound
+            that can change a result: an object refined on more frames than this forgets its
+            oldest prompt frames.
     """
 
     score_threshold: float = 0.5
@@ -103,6 +125,8 @@ class TrackerConfig:
     max_time_gap_s: float = 1.0
     new_object_iou: float = 0.3
     max_lost_frames: int = 30
+    max_points_per_object: int = 64
+    max_prompt_frames: int = 64
 
     def __post_init__(self) -> None:
         for name in ("score_threshold", "new_object_iou"):
@@ -113,7 +137,8 @@ class TrackerConfig:
             raise ConfigError(f"mask_threshold must be finite, got {self.mask_threshold}")
         for name, minimum in (("max_objects", 1), ("memory_frames", 0),
                               ("detect_every_n_frames", 1), ("reuse_backbone_frames", 0),
-                              ("max_lost_frames", 0)):
+                              ("max_lost_frames", 0), ("max_points_per_object", 1),
+                              ("max_prompt_frames", 1)):
             value = getattr(self, name)
             if int(value) != value or value < minimum:
                 raise ConfigError(f"{name} must be an integer >= {minimum}, got {value}")
@@ -139,6 +164,73 @@ class _Request:
     frame_idx: int | None = None
 
 
+class _CameraStamps:
+    """Time jumps judged on every frame the camera sent, not only on processed frames.
+
+    Consecutive noted stamps that go backwards or jump by more than the gap limit start a new
+    epoch. Each noted stamp waits with its epoch until a frame is processed; the processed
+    frame takes the epoch of its own (newest) noted entry, so a jump noted after that frame
+    was received belongs to a later frame. All methods are thread-safe and O(1) per stamp
+    (`take` is O(stamps noted since the last processed frame)).
+    """
+
+    EPOCH_REASONS_KEPT = 16
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: int | None = None
+        self._epoch = 0
+        self._reasons: dict[int, str] = {}
+        self._pending: deque[tuple[int, int]] = deque(maxlen=CAMERA_STAMPS_PENDING)
+
+    def note(self, stamp_ns: int, max_gap_s: float) -> None:
+        with self._lock:
+            self._note_locked(stamp_ns, max_gap_s)
+
+    def _note_locked(self, stamp_ns: int, max_gap_s: float) -> None:
+        if self._last is not None:
+            gap_s = (stamp_ns - self._last) * 1e-9
+            reason = None
+            if gap_s < 0:
+                reason = f"stamp went backwards by {-gap_s:.3f} s (bag loop?)"
+            elif gap_s > max_gap_s:
+                reason = (f"{gap_s:.3f} s gap between camera frames exceeds max_time_gap_s "
+                          f"{max_gap_s}")
+            if reason is not None:
+                self._epoch += 1
+                self._reasons[self._epoch] = reason
+                self._reasons.pop(self._epoch - self.EPOCH_REASONS_KEPT, None)
+        self._last = stamp_ns
+        self._pending.append((stamp_ns, self._epoch))
+
+    def take(self, stamp_ns: int, max_gap_s: float) -> int:
+        """Epoch of the frame about to be processed (noting its stamp if nobody did).
+
+        Forgets that entry and every one noted before it: frames are processed in order.
+        """
+        with self._lock:
+            found = None
+            for back, (stamp, _) in enumerate(reversed(self._pending)):
+                if stamp == stamp_ns:
+                    found = len(self._pending) - 1 - back
+                    break
+            if found is None:
+                # Never noted: core use without note_camera_stamp judges processed frames.
+                self._note_locked(stamp_ns, max_gap_s)
+                found = len(self._pending) - 1
+            epoch = self._pending[found][1]
+            for _ in range(found + 1):
+                self._pending.popleft()
+            return epoch
+
+    def reason(self, epoch: int) -> str:
+        with self._lock:
+            return self._reasons.get(epoch, "time jump")
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
 class TrackerSession:
     """All state of one tracked camera stream, with one `reset()`.
 
@@ -146,6 +238,7 @@ class TrackerSession:
     another thread. They validate at once (raising InvalidPromptError with the reason) and queue
     the change; the next frame applies queued changes in order before it is tracked, so a frame
     in flight is never modified and a request never waits longer than one inference.
+    `note_camera_stamp` never waits for an inference (its own lock).
 
     Args:
         loaded: A checkpoint loaded with the video model (`load_sam3(..., with_tracker=True)`).
@@ -174,35 +267,35 @@ class TrackerSession:
         self.reset_count = 0
         """Automatic resets so far (a frame's result follows a reset when this grew)."""
         self.detector_calls = 0
+        self._camera_stamps = _CameraStamps()
         self.reset()
 
     # ------------------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Drop every object, the memory bank and held frames; text prompts stay."""
+        """Drop every object, the memory bank and held frames; text prompts stay.
+
+        The next frame is not judged for a time jump against frames before the reset.
+        """
         with self._lock:
             self._reset_locked()
+            self._processed_epoch: int | None = None
 
     def _reset_locked(self, keep_next_frame_adds: bool = False) -> None:
-        from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
-            Sam3TrackerVideoInferenceSession,
-        )
-
         # An automatic reset (time jump) keeps objects a caller queued for "the next frame":
         # their ids were already handed out and they refer to no old frame. Requests on held
         # frames and refine/remove requests refer to state that is gone.
         kept = [r for r in getattr(self, "_pending", ()) if keep_next_frame_adds
                 and r.kind == "add" and r.frame_idx is None]
 
-        self._session = Sam3TrackerVideoInferenceSession(
-            inference_device=self.loaded.device, inference_state_device=self.loaded.device,
-            video_storage_device=self.loaded.device, dtype=self.loaded.dtype,
-            max_vision_features_cache_size=FRAMES_HELD_FOR_PROMPTS)
+        # The vision features of every held frame stay cached: a prompt on a held frame runs
+        # the model there (a frame's features are cached after its queued prompts ran).
+        self._session = session_state.new_session(self.loaded.device, self.loaded.dtype,
+                                                  FRAMES_HELD_FOR_PROMPTS)
         self._objects: dict[int, _TrackedObject] = {}
         self._pending: deque[_Request] = deque(kept)
         self._frame_idx = -1
         self._frames: deque[tuple[int, int]] = deque(maxlen=FRAMES_HELD_FOR_PROMPTS)
         self._image_size_hw: tuple[int, int] | None = None
-        self._last_stamp_ns: int | None = None
         self._reused_vision: tuple[int, Any, list[Any], list[Any]] | None = None
         self._last_masks: np.ndarray | None = None
         self._next_id = 1 + max((o.object_id for r in kept for o in r.objects), default=-1)
@@ -315,13 +408,88 @@ class TrackerSession:
                 ids.difference_update(request.ids)
         return ids
 
+    def _starting_next_frame(self) -> set[int]:
+        """Ids of queued objects that start on the next frame (not in the model yet)."""
+        ids: set[int] = set()
+        for request in self._pending:
+            if request.kind == "add" and request.frame_idx is None:
+                ids.update(o.object_id for o in request.objects)
+            elif request.kind == "remove":
+                ids.difference_update(request.ids)
+        return ids
+
+    def _points_on(self, object_id: int, frame_idx: int | None) -> int:
+        """Points an object will have on a frame (None = next frame) once the queue is applied."""
+        count = 0
+        if frame_idx is not None:
+            held = session_state.points_on_frame(self._session, object_id, frame_idx)
+            if held is not None:
+                count = int((held[1] < 2).sum())  # labels 2/3 are box corners
+        for request in self._pending:
+            if request.kind == "remove" and object_id in request.ids:
+                count = 0
+            elif request.kind != "remove" and request.frame_idx == frame_idx:
+                count += sum(len(o.points) for o in request.objects if o.object_id == object_id)
+        return count
+
     def _check_object(self, spec: ObjectPromptSpec, what: str) -> None:
-        if not spec.points and spec.box is None:
+        """Validate one object prompt (cheap checks first: sizes before per-point work)."""
+        if not isinstance(spec.label, str) or len(spec.label) > MAX_LABEL_CHARS:
+            length = len(spec.label) if isinstance(spec.label, str) else type(spec.label).__name__
+            raise InvalidPromptError(
+                f"{what}: label must be a string of at most {MAX_LABEL_CHARS} characters, "
+                f"got {length}")
+        try:
+            count = len(spec.points)
+        except TypeError:
+            raise InvalidPromptError(f"{what}: points must be a sequence of (x, y, positive) "
+                                     f"triples") from None
+        if count > self.config.max_points_per_object:
+            raise InvalidPromptError(f"{what}: {count} points, at most "
+                                     f"{self.config.max_points_per_object} per object allowed "
+                                     "(max_points_per_object)")
+        if not count and spec.box is None:
             raise InvalidPromptError(f"{what}: give points and/or a box")
-        for j, (x, y, _) in enumerate(spec.points):
-            check_point((x, y), f"{what} point {j}", self._image_size_hw)
-        if spec.box is not None:
-            check_box(spec.box, f"{what} box", self._image_size_hw)
+        try:
+            for j, point in enumerate(spec.points):
+                if len(point) != 3:
+                    raise InvalidPromptError(
+                        f"{what} point {j}: expected (x, y, positive), got {point!r}")
+                check_point(point[:2], f"{what} point {j}", self._image_size_hw)
+            if spec.box is not None:
+                check_box(spec.box, f"{what} box", self._image_size_hw)
+        except (TypeError, ValueError, OverflowError) as err:
+            if isinstance(err, InvalidPromptError):
+                raise
+            raise InvalidPromptError(f"{what}: coordinates must be numbers ({err})") from None
+
+    @staticmethod
+    def _check_id(object_id: object, what: str) -> int:
+        """The id as an int within int32 (or -1), else InvalidPromptError."""
+        if isinstance(object_id, bool):
+            raise InvalidPromptError(f"{what}: object id must be an integer, got {object_id!r}")
+        try:
+            value = operator.index(object_id)
+        except TypeError:
+            raise InvalidPromptError(
+                f"{what}: object id must be an integer, got {object_id!r}") from None
+        if not (value == -1 or 0 <= value <= INT32_MAX):
+            raise InvalidPromptError(f"{what}: ids are >= 0 and <= {INT32_MAX} (int32), "
+                                     f"or -1 to assign one")
+        return value
+
+    def _free_id(self, used: set[int], start: int | None = None) -> int:
+        """The next free id from `start` (default: the id counter), within int32.
+
+        Past INT32_MAX it wraps to the lowest free id. `used` is at most a few max_objects
+        large, so both searches end within len(used) + 1 steps.
+        """
+        candidate = self._next_id if start is None else start
+        while candidate in used and candidate <= INT32_MAX:
+            candidate += 1
+        if candidate > INT32_MAX:
+            candidate = min(set(range(len(used) + 1)) - used)
+        return candidate
 
     def add_objects(self, objects: Sequence[ObjectPromptSpec], frame_stamp_ns: int | None = None,
                     refine: bool = False) -> list[int]:
@@ -332,7 +500,9 @@ class TrackerSession:
         when applied.
 
         Args:
-            objects: Object prompts; ids must be new (or -1) unless `refine`.
+            objects: Object prompts; ids must be new (or -1) unless `refine`. Ids are within
+                int32 ([0, 2**31 - 1]); -1 assigns the next free id (wrapping to the lowest
+                free id past 2**31 - 1).
             frame_stamp_ns: Apply on the held frame with this stamp instead of the next frame.
             refine: Add the prompts to existing objects (ids must exist).
 
@@ -344,6 +514,10 @@ class TrackerSession:
         """
         if not objects:
             raise InvalidPromptError("no objects given")
+        # Before any per-object work: a request can never hold more than max_objects objects.
+        if len(objects) > self.config.max_objects:
+            raise InvalidPromptError(f"{len(objects)} objects in one request, at most "
+                                     f"max_objects {self.config.max_objects} allowed")
         with self._lock:
             frame_idx = self._frame_for_stamp(frame_stamp_ns)
             known = self._projected_ids()
@@ -351,27 +525,39 @@ class TrackerSession:
             next_id = max([self._next_id, *[i + 1 for i in known]])
             for i, spec in enumerate(objects):
                 what = f"object {i} (id {spec.object_id})"
+                object_id = self._check_id(spec.object_id, what)
                 self._check_object(spec, what)
                 if refine:
-                    if spec.object_id not in known:
+                    if object_id not in known:
                         raise InvalidPromptError(f"{what}: unknown id (tracked: {sorted(known)})")
-                    ids.append(spec.object_id)
+                    if frame_idx is not None and object_id in self._starting_next_frame():
+                        raise InvalidPromptError(
+                            f"{what}: the object starts on the next frame; it cannot be refined "
+                            "on an earlier held frame")
+                    ids.append(object_id)
                     continue
-                if spec.object_id < -1:
-                    raise InvalidPromptError(f"{what}: ids are >= 0, or -1 to assign one")
-                if spec.object_id == -1:
-                    ids.append(next_id)
-                    next_id += 1
-                elif spec.object_id in known or spec.object_id in ids:
+                if object_id == -1:
+                    object_id = self._free_id(known | set(ids), next_id)
+                    next_id = object_id + 1
+                elif object_id in known or object_id in ids:
                     raise InvalidPromptError(f"{what}: id already in use")
                 else:
-                    ids.append(spec.object_id)
-                    next_id = max(next_id, spec.object_id + 1)
+                    next_id = max(next_id, object_id + 1)
+                ids.append(object_id)
             if not refine and len(known) + len(ids) > self.config.max_objects:
                 raise InvalidPromptError(
                     f"{len(known)} object(s) tracked, {len(ids)} more would exceed max_objects "
                     f"{self.config.max_objects}")
-            resolved = [ObjectPromptSpec(oid, s.label, tuple(s.points), s.box)
+            limit = self.config.max_points_per_object
+            for oid in dict.fromkeys(ids):
+                total = (self._points_on(oid, frame_idx) if refine else 0) + sum(
+                    len(s.points) for s, i in zip(objects, ids, strict=True) if i == oid)
+                if total > limit:
+                    raise InvalidPromptError(
+                        f"object {oid} would have {total} points on that frame, at most "
+                        f"{limit} allowed (max_points_per_object)")
+            resolved = [ObjectPromptSpec(oid, s.label, tuple(tuple(p) for p in s.points),
+                                         None if s.box is None else tuple(s.box))
                         for oid, s in zip(ids, objects, strict=True)]
             self._pending.append(_Request("refine" if refine else "add", resolved,
                                           frame_idx=frame_idx))
@@ -382,22 +568,44 @@ class TrackerSession:
         """Stop tracking objects (from the next frame). Unknown ids fail the whole request."""
         if not object_ids:
             raise InvalidPromptError("no object ids given")
+        if len(object_ids) > self.config.max_objects:
+            raise InvalidPromptError(f"{len(object_ids)} ids in one request, at most "
+                                     f"max_objects {self.config.max_objects} allowed")
+        checked = [self._check_id(oid, f"id {i}") for i, oid in enumerate(object_ids)]
         with self._lock:
             known = self._projected_ids()
-            unknown = sorted(set(object_ids) - known)
+            unknown = sorted(set(checked) - known)
             if unknown:
                 raise InvalidPromptError(f"unknown object id(s) {unknown} (tracked: "
                                          f"{sorted(known)})")
-            self._pending.append(_Request("remove", ids=list(object_ids)))
+            self._pending.append(_Request("remove", ids=checked))
 
     # ----------------------------------------------------------------------------- frames
+    def note_camera_stamp(self, stamp_ns: int) -> None:
+        """Record the stamp of a frame the camera sent (call for EVERY received frame).
+
+        Cheap and thread-safe: meant for the subscription callback, concurrently with
+        `process_frame` on another thread (it never waits for an inference). Time jumps are
+        judged on these consecutive stamps: a stamp going backwards or jumping by more than
+        max_time_gap_s resets the stream when the first frame received at or after the jump is
+        processed. Frames dropped because the model is slower than the camera are not gaps.
+        Call it before handing the frame to the processing thread.
+
+        Args:
+            stamp_ns: The frame's header stamp in nanoseconds.
+        """
+        self._camera_stamps.note(int(stamp_ns), self.config.max_time_gap_s)
+
     def process_frame(self, rgb: np.ndarray, stamp_ns: int,
                       frame_key: Hashable | None = None) -> Detections:
         """Track every object in the next camera frame.
 
         Args:
             rgb: (H, W, 3) uint8 RGB frame.
-            stamp_ns: The frame's stamp (nanoseconds); jumps reset the stream.
+            stamp_ns: The frame's stamp (nanoseconds). The stream resets when a time jump was
+                noted (`note_camera_stamp`) between the previously processed frame and this
+                one; a stamp never noted is noted here, so callers that do not call
+                `note_camera_stamp` get jumps judged between consecutive processed frames.
             frame_key: Key of the frame in the shared vision-feature cache.
 
         Returns:
@@ -411,13 +619,11 @@ class TrackerSession:
         pixel_values = self._segmenter.preprocess(rgb)
         with self._lock:
             reason = None
-            if self._last_stamp_ns is not None:
-                gap_s = (stamp_ns - self._last_stamp_ns) * 1e-9
-                if gap_s < 0:
-                    reason = f"stamp went backwards by {-gap_s:.3f} s (bag loop?)"
-                elif gap_s > self.config.max_time_gap_s:
-                    reason = (f"{gap_s:.3f} s gap between frames exceeds max_time_gap_s "
-                              f"{self.config.max_time_gap_s}")
+            epoch = self._camera_stamps.take(int(stamp_ns), self.config.max_time_gap_s)
+            if self._processed_epoch is not None and epoch != self._processed_epoch:
+                reason = (self._camera_stamps.reason(epoch) if epoch > self._processed_epoch
+                          else "the frame was received before an earlier time jump")
+            self._processed_epoch = epoch
             if self._image_size_hw not in (None, (height, width)):
                 reason = f"the image size changed from {self._image_size_hw} to {(height, width)}"
             if reason is not None:
@@ -428,17 +634,21 @@ class TrackerSession:
                 self.last_reset_reason = reason
                 self.reset_count += 1
             self._image_size_hw = (height, width)
-            self._last_stamp_ns = stamp_ns
             self._frame_idx += 1
             frame_idx = self._frame_idx
-            self._frames.append((frame_idx, stamp_ns))
             session = self._session
             session.video_height, session.video_width = height, width
+            # What transformers' own session would count before this frame: a prompt on a held
+            # frame (a non-streaming call) normalises object-pointer offsets by it.
+            session_state.set_frames_in_stream(session, frame_idx)
             with torch.inference_mode():
                 vision, feats, pos = self._vision_features(pixel_values, frame_key, frame_idx)
+                # Queued prompts on held frames run first: the held frames' features are all
+                # still cached until this frame's features are added.
+                new_inputs = self._apply_requests(frame_idx)
                 session.cache.cache_vision_features(
                     frame_idx, {"vision_feats": feats, "vision_pos_embeds": pos})
-                new_inputs = self._apply_requests(frame_idx)
+                self._frames.append((frame_idx, stamp_ns))
                 new_inputs += self._detect_new_objects(rgb, vision, frame_idx, height, width)
                 session.obj_with_new_inputs = new_inputs
                 detections = self._track(pixel_values, frame_idx, height, width)
@@ -489,62 +699,61 @@ class TrackerSession:
                 torch.tensor([[labels]], dtype=torch.int32, device=device))
 
     def _apply_requests(self, frame_idx: int) -> list[int]:
-        """Apply queued requests in order; return object ids with new inputs on this frame."""
+        """Apply queued requests in order; return object ids with new inputs on this frame.
+
+        Prompts on held frames run the model there at once (it re-runs every object in the
+        session on that frame, like transformers' own session). Objects and points for this
+        frame enter the session only afterwards: an object without any prompted frame yet
+        cannot be run on a held frame.
+        """
         import torch
 
         session = self._session
         height, width = self._image_size_hw
-        new_inputs: list[int] = []
+        staged: dict[int, tuple[Any, Any]] = {}  # this frame's points per object, in order
         while self._pending:
             request = self._pending.popleft()
             if request.kind == "remove":
                 self._remove(request.ids)
-                new_inputs = [i for i in new_inputs if i not in request.ids]
+                for oid in request.ids:
+                    staged.pop(oid, None)
                 continue
-            target = frame_idx if request.frame_idx is None else request.frame_idx
             for spec in request.objects:
                 if request.kind == "add":
+                    target = frame_idx if request.frame_idx is None else request.frame_idx
                     self._objects[spec.object_id] = _TrackedObject(
                         spec.object_id, spec.label, -1, target)
                 elif spec.label:
                     self._objects[spec.object_id].label = spec.label
-                obj_idx = session.obj_id_to_idx(spec.object_id)
                 coords, labels = self._to_model_points(spec, height, width)
-                existing = session.point_inputs_per_obj[obj_idx].get(target)
+                if request.frame_idx is None:
+                    if request.kind == "refine" and spec.object_id in staged:
+                        old_coords, old_labels = staged[spec.object_id]
+                        coords = torch.cat([old_coords, coords], dim=2)
+                        labels = torch.cat([old_labels, labels], dim=2)
+                    staged[spec.object_id] = (coords, labels)
+                    continue
+                # A prompt on an earlier held frame: condition the object there first.
+                obj_idx = session.obj_id_to_idx(spec.object_id)
+                existing = session_state.points_on_frame(session, spec.object_id,
+                                                         request.frame_idx)
                 if request.kind == "refine" and existing is not None:
-                    coords = torch.cat([existing["point_coords"], coords], dim=2)
-                    labels = torch.cat([existing["point_labels"], labels], dim=2)
-                session.add_point_inputs(obj_idx, target, {"point_coords": coords,
-                                                           "point_labels": labels})
-                session.remove_mask_inputs(obj_idx, target)
-                if target != frame_idx:
-                    # A prompt on an earlier held frame: condition the object there first.
-                    session.obj_with_new_inputs = [spec.object_id]
-                    self.tracker_model(inference_session=session, frame_idx=target)
-                elif spec.object_id not in new_inputs:
-                    new_inputs.append(spec.object_id)
-        return new_inputs
+                    coords = torch.cat([existing[0], coords], dim=2)
+                    labels = torch.cat([existing[1], labels], dim=2)
+                session.add_point_inputs(obj_idx, request.frame_idx,
+                                         {"point_coords": coords, "point_labels": labels})
+                session.remove_mask_inputs(obj_idx, request.frame_idx)
+                session.obj_with_new_inputs = [spec.object_id]
+                self.tracker_model(inference_session=session, frame_idx=request.frame_idx)
+        for oid, (coords, labels) in staged.items():
+            obj_idx = session.obj_id_to_idx(oid)
+            session.add_point_inputs(obj_idx, frame_idx, {"point_coords": coords,
+                                                          "point_labels": labels})
+            session.remove_mask_inputs(obj_idx, frame_idx)
+        return list(staged)
 
     def _remove(self, object_ids: Sequence[int]) -> None:
-        # transformers' tracker session has no object removal: rebuild its per-object tables
-        # with contiguous indices for the objects that stay.
-        session = self._session
-        keep = [oid for oid in session.obj_ids if oid not in set(object_ids)]
-        old_idx = {oid: session._obj_id_to_idx[oid] for oid in keep}
-        tables = ("point_inputs_per_obj", "mask_inputs_per_obj", "output_dict_per_obj",
-                  "frames_tracked_per_obj")
-        saved = {name: getattr(session, name) for name in tables}
-        session._obj_id_to_idx.clear()
-        session._obj_idx_to_id.clear()
-        for name in tables:
-            setattr(session, name, {})
-        for new, oid in enumerate(keep):
-            session._obj_id_to_idx[oid] = new
-            session._obj_idx_to_id[new] = oid
-            for name in tables:
-                getattr(session, name)[new] = saved[name][old_idx[oid]]
-        session.obj_ids = list(keep)
-        session.obj_with_new_inputs = [i for i in session.obj_with_new_inputs if i in keep]
+        session_state.remove_objects(self._session, object_ids)
         for oid in object_ids:
             self._objects.pop(oid, None)
 
@@ -576,8 +785,8 @@ class TrackerSession:
                 union = (tracked | mask).sum(axis=(1, 2))
                 if (inter / np.maximum(union, 1)).max() > self.config.new_object_iou:
                     continue
-            object_id = self._next_id
-            self._next_id += 1
+            object_id = self._free_id(set(self._objects))
+            self._next_id = object_id + 1
             class_id = int(detections.class_ids[i])
             self._objects[object_id] = _TrackedObject(object_id, detections.labels[i], class_id,
                                                       frame_idx)
@@ -647,27 +856,8 @@ class TrackerSession:
         ).select(order)
 
     def _prune(self, frame_idx: int) -> None:
-        """Drop model state the memory window no longer reads (bounded memory)."""
-        session = self._session
-        oldest = frame_idx - self.memory_window
-        max_cond = int(self.tracker_model.config.max_cond_frame_num)
-        held = {f for f, _ in self._frames}
-        if session.processed_frames:
-            for f in [f for f in session.processed_frames if f != frame_idx]:
-                del session.processed_frames[f]
-        for obj_idx, outputs in session.output_dict_per_obj.items():
-            non_cond = outputs["non_cond_frame_outputs"]
-            for f in [f for f in non_cond if f < oldest and f not in held]:
-                del non_cond[f]
-            cond = outputs["cond_frame_outputs"]
-            # Conditioning (prompted) frames: keep the newest max_cond_frame_num, as many as
-            # the model reads.
-            for f in sorted(cond)[:-max_cond] if len(cond) > max_cond else []:
-                del cond[f]
-            tracked = session.frames_tracked_per_obj[obj_idx]
-            for f in [f for f in tracked if f < oldest]:
-                del tracked[f]
-            for table in (session.point_inputs_per_obj[obj_idx],
-                          session.mask_inputs_per_obj[obj_idx]):
-                for f in [f for f in table if f not in cond and f not in held]:
-                    del table[f]
+        """Drop model state no later call reads (bounded memory, unchanged results)."""
+        session_state.prune(
+            self._session, self.tracker_model.config, frame_idx,
+            first_query_frame=self._frames[0][0], frames_read_back=self.memory_window - 1,
+            max_prompt_frames=self.config.max_prompt_frames)
