@@ -35,7 +35,8 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("score_threshold", 0.5, "Detector score needed to start tracking an instance",
               min_value=0.0, max_value=1.0),
     ParamSpec("mask_threshold", 0.0,
-              "Mask logit threshold (SAM trackers binarise logits at 0.0)"),
+              "Mask logit threshold (SAM trackers binarise logits at 0.0)", min_value=-100.0,
+              max_value=100.0),
     ParamSpec("max_objects", 16, "Most objects tracked at once", min_value=1, max_value=1000),
     ParamSpec("memory_frames", 16,
               "Frames of per-object model state kept (memory bank + object pointers; SAM3 "
@@ -48,14 +49,25 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
               "Realtime mode: reuse a frame's backbone features for M more frames (0 = never)",
               min_value=0, max_value=100),
     ParamSpec("max_time_gap_s", 1.0,
-              "Reset the stream when stamps jump backwards or by more than this",
-              min_value=0.0, max_value=3600.0),
+              "Reset the stream when consecutive camera stamps (every received frame, also "
+              "those dropped while the model is busy) jump backwards or by more than this",
+              min_value=0.001, max_value=3600.0),
+    ParamSpec("max_lost_frames", 30,
+              "Drop a text-detected object occluded for more than this many frames (0 = never; "
+              "point/box objects only by remove_objects)", min_value=0, max_value=1_000_000),
+    ParamSpec("max_points_per_object", 64,
+              "Most prompt points one object may have on one frame (add_objects, refine)",
+              min_value=1, max_value=1024),
+    ParamSpec("max_prompt_frames", 64,
+              "Prompted frames kept per object (transformers reads every one; an object "
+              "refined on more frames forgets its oldest prompts)", min_value=1, max_value=4096),
 )
 
 PARAMS = spec_table(MODEL_PARAMS, IO_PARAMS, TRACKER_PARAMS, DEPTH_PARAMS)
 
 _CONFIG_PARAMS = ("score_threshold", "mask_threshold", "max_objects", "memory_frames",
-                  "detect_every_n_frames", "reuse_backbone_frames", "max_time_gap_s")
+                  "detect_every_n_frames", "reuse_backbone_frames", "max_time_gap_s",
+                  "max_lost_frames", "max_points_per_object", "max_prompt_frames")
 
 
 def _texts(values: list[str]) -> list[str]:
