@@ -1,0 +1,460 @@
+"""Hostile and real-world conditions over real DDS: two nodes side by side in one namespace,
+user parameter mistakes, ids at type limits, oversized inputs, a model slower than the camera,
+lifecycle publishers, quiet Ctrl-C. The node must stay alive, refuse with a reason, and process
+the next good frame."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("sam3_ros.msg")
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState  # noqa: E402
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters  # noqa: E402
+from sam3_ros.msg import (  # noqa: E402
+    BoxPrompt,
+    DetectionArray,
+    ObjectPrompt,
+    PointPrompt,
+    Prompt,
+)
+from sam3_ros.srv import AddObjects, RemoveObjects, SetPrompts  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from sam3_ros.ros.image_conversions import numpy_to_image_msg  # noqa: E402
+from sam3_ros.tools.ros_runner import Client, NodeProcess, node_command, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.ros
+NS = "/side"
+H, W = 90, 120
+INT32_MAX = 2**31 - 1
+
+
+def _frame(stamp_ns: int, seed: int = 0) -> Image:
+    rgb = np.roll(np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8),
+                  seed, axis=1)
+    msg = numpy_to_image_msg(rgb, "rgb8")
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = "camera"
+    return msg
+
+
+def _obj(object_id: int, x: float = 40.0, y: float = 30.0, label: str = "") -> ObjectPrompt:
+    return ObjectPrompt(object_id=object_id, label=label,
+                        points=[PointPrompt(x=float(x), y=float(y), positive=True)])
+
+
+class Camera:
+    """Publishes frames from an executor timer; stamps advance by `stamp_step_ns` per frame."""
+
+    def __init__(self, client: Client, period_s: float, stamp_step_ns: int):
+        self.pub = client.node.create_publisher(Image, f"{NS}/image", 10)
+        self.count = 0
+        self.step = stamp_step_ns
+        self._node = client.node
+        self._timer = client.node.create_timer(period_s, self._publish)
+
+    def _publish(self) -> None:
+        self.pub.publish(_frame(1_000_000_000 + self.count * self.step, self.count % 8))
+        self.count += 1
+
+    def stop(self) -> None:
+        self._node.destroy_timer(self._timer)
+
+
+@pytest.fixture(scope="module")
+def side_by_side(tiny_checkpoint):
+    """A segmenter and a tracker started standalone in the same namespace on one camera; the
+    segmenter gets `prompts:=person` (one string, no brackets)."""
+    common = {"model": str(tiny_checkpoint), "device": "cpu", "autostart": True}
+    remaps = {"__ns": NS, "image": f"{NS}/image"}
+    cmd = node_command("segmenter", {**common, "score_threshold": 0.25}, remaps=remaps)
+    cmd.insert(cmd.index("--ros-args") + 1, "-p")
+    cmd.insert(cmd.index("--ros-args") + 2, "prompts:=person")
+    segmenter = NodeProcess(cmd)
+    tracker = NodeProcess(node_command("tracker", {**common, "max_objects": 4}, remaps=remaps))
+    client = Client("hardening_test_client")
+    for node in ("segmenter", "tracker"):
+        client.subscribe(DetectionArray, f"{NS}/{node}/detections")
+    client.subscribe(DiagnosticArray, "/diagnostics")
+    camera = Camera(client, period_s=0.01, stamp_step_ns=10_000_000)
+    try:
+        for node, process in (("segmenter", segmenter), ("tracker", tracker)):
+            wait_for(lambda n=node: client.messages(f"{NS}/{n}/detections"), 180,
+                     f"{node} streaming", process)
+        yield client, segmenter, tracker
+    finally:
+        camera.stop()
+        client.close()
+        segmenter.stop()
+        tracker.stop()
+
+
+def _get_param(client: Client, node: str, name: str):
+    response = client.call(GetParameters, f"{NS}/{node}/get_parameters",
+                           GetParameters.Request(names=[name]))
+    return response.values[0]
+
+
+def test_two_nodes_in_one_namespace_never_share_a_name(side_by_side):
+    client, segmenter, tracker = side_by_side
+    graph = client.node
+    for node in ("segmenter", "tracker"):
+        for topic in ("detections", "mask", "overlay", "label_info"):
+            assert graph.count_publishers(f"{NS}/{node}/{topic}") == 1, (node, topic)
+    # Each node answers its own services (a segmenter request is never the tracker's).
+    seg = client.call(SetPrompts, f"{NS}/segmenter/set_prompts", SetPrompts.Request(
+        texts=["person"]))
+    assert seg.success and "prompt(s) active" in seg.message
+    trk = client.call(SetPrompts, f"{NS}/tracker/set_prompts", SetPrompts.Request(texts=[]))
+    assert trk.success and "tracking" in trk.message
+    services = {name for name, _ in graph.get_service_names_and_types()}
+    assert {f"{NS}/segmenter/reset", f"{NS}/tracker/reset", f"{NS}/tracker/add_objects"} <= \
+        services
+    assert f"{NS}/reset" not in services and f"{NS}/set_prompts" not in services
+    assert segmenter.alive() and tracker.alive()
+
+
+def test_single_string_prompt_becomes_a_list(side_by_side):
+    client, _, _ = side_by_side
+    value = _get_param(client, "segmenter", "prompts")
+    assert value.type == ParameterType.PARAMETER_STRING_ARRAY
+    assert list(value.string_array_value) == ["person"]
+
+
+def test_parameter_descriptors_carry_ranges(side_by_side):
+    client, _, _ = side_by_side
+    response = client.call(DescribeParameters, f"{NS}/segmenter/describe_parameters",
+                           DescribeParameters.Request(names=["score_threshold",
+                                                             "max_detections"]))
+    score, count = response.descriptors
+    assert (score.floating_point_range[0].from_value,
+            score.floating_point_range[0].to_value) == (0.0, 1.0)
+    assert count.integer_range[0].from_value == 1
+    refused = client.call(SetParameters, f"{NS}/segmenter/set_parameters", SetParameters.Request(
+        parameters=[Parameter(name="score_threshold", value=ParameterValue(
+            type=ParameterType.PARAMETER_DOUBLE, double_value=7.0))]))
+    assert not refused.results[0].successful and refused.results[0].reason
+
+
+def test_ids_at_int32_limits_never_end_the_node(side_by_side):
+    client, _, tracker = side_by_side
+    srv = f"{NS}/tracker/add_objects"
+    top = client.call(AddObjects, srv, AddObjects.Request(objects=[_obj(INT32_MAX)]))
+    assert top.success, top.message
+    assert list(top.object_ids) == [INT32_MAX]
+    auto = client.call(AddObjects, srv, AddObjects.Request(objects=[_obj(-1, 60, 40)]))
+    assert auto.success, auto.message
+    assert 0 <= auto.object_ids[0] <= INT32_MAX
+    negative = client.call(AddObjects, srv, AddObjects.Request(objects=[_obj(-2)]))
+    assert not negative.success and "id" in negative.message
+    removed = client.call(RemoveObjects, f"{NS}/tracker/remove_objects", RemoveObjects.Request(
+        object_ids=[INT32_MAX, auto.object_ids[0]]))
+    assert removed.success, removed.message
+    assert tracker.alive()
+
+
+@pytest.mark.parametrize(("service", "request_factory", "match"), [
+    ("tracker/add_objects", lambda: AddObjects.Request(objects=[_obj(-1)] * 5000), "max_objects"),
+    ("tracker/add_objects", lambda: AddObjects.Request(objects=[ObjectPrompt(
+        object_id=-1, points=[PointPrompt(x=1.0, y=1.0, positive=True)] * 20000)]), "points"),
+    ("tracker/add_objects", lambda: AddObjects.Request(objects=[_obj(-1, math.nan, 3)]),
+     "finite"),
+    ("tracker/add_objects", lambda: AddObjects.Request(objects=[_obj(-1, 1e30, 1e30)]),
+     "outside"),
+    ("tracker/add_objects", lambda: AddObjects.Request(objects=[_obj(-1, label="x" * 10_000)]),
+     "label"),
+    ("tracker/add_objects", lambda: AddObjects.Request(objects=[ObjectPrompt(
+        object_id=-1, box=[BoxPrompt(x_min=1.0, y_min=1.0, x_max=2.0, y_max=2.0)] * 3)]),
+     "box"),
+    ("tracker/add_objects", lambda: AddObjects.Request(objects=[]), "no objects"),
+    ("tracker/remove_objects", lambda: RemoveObjects.Request(object_ids=list(range(200_000))),
+     "ids"),
+    ("tracker/remove_objects", lambda: RemoveObjects.Request(object_ids=[123456]), "unknown"),
+    ("tracker/set_prompts", lambda: SetPrompts.Request(texts=["a"] * 5000), "at most"),
+    ("segmenter/set_prompts", lambda: SetPrompts.Request(texts=["a"] * 5000), "at most"),
+    ("segmenter/set_prompts", lambda: SetPrompts.Request(texts=["y" * 20_000]), "characters"),
+    ("segmenter/set_prompts", lambda: SetPrompts.Request(texts=[""]), "empty"),
+    ("segmenter/set_prompts", lambda: SetPrompts.Request(prompts=[Prompt(
+        text="cup", exemplar_boxes=[BoxPrompt(x_min=1.0, y_min=1.0, x_max=5.0, y_max=5.0,
+                                              positive=True)] * 10_000)]), "exemplar boxes"),
+    ("segmenter/set_prompts", lambda: SetPrompts.Request(prompts=[Prompt(
+        text="cup", exemplar_boxes=[BoxPrompt(x_min=math.inf, y_min=1.0, x_max=5.0,
+                                              y_max=5.0)])]), "finite"),
+])
+def test_hostile_requests_are_refused_with_a_reason(side_by_side, service, request_factory,
+                                                    match):
+    client, segmenter, tracker = side_by_side
+    srv_type = {"add_objects": AddObjects, "remove_objects": RemoveObjects,
+                "set_prompts": SetPrompts}[service.split("/")[1]]
+    response = client.call(srv_type, f"{NS}/{service}", request_factory())
+    assert not response.success
+    assert match in response.message, response.message
+    assert segmenter.alive() and tracker.alive()
+
+
+def test_flood_of_service_calls_while_streaming(side_by_side):
+    client, segmenter, tracker = side_by_side
+    node = client.node
+    clients = [node.create_client(Trigger, f"{NS}/segmenter/reset"),
+               node.create_client(SetPrompts, f"{NS}/tracker/set_prompts")]
+    try:
+        for c in clients:
+            assert c.wait_for_service(timeout_sec=30)
+        futures = []
+        for i in range(100):
+            futures.append(clients[0].call_async(Trigger.Request()))
+            futures.append(clients[1].call_async(SetPrompts.Request(texts=[] if i % 2 else
+                                                                    ["", "x" * 300])))
+        wait_for(lambda: all(f.done() for f in futures), 120, "200 answers", segmenter)
+        assert all(f.result().success for f in futures[0::2])  # resets
+        assert not any(f.result().success for f in futures[1::4])  # the invalid prompt sets
+        assert all(f.result().success for f in futures[3::4])
+    finally:
+        for c in clients:
+            node.destroy_client(c)
+    start = time.monotonic()
+    wait_for(lambda: any(t > start for t, _ in client.messages_with_times(
+        f"{NS}/segmenter/detections")), 60, "frames after the flood", segmenter)
+    assert tracker.alive()
+
+
+def test_oversized_frame_is_refused_before_allocating_and_diagnostics_recover(side_by_side):
+    client, segmenter, _ = side_by_side
+    huge = Image(height=100_000, width=100_000, encoding="rgb8", step=300_000)
+    huge.data = bytes(300_000)  # declares 10 gigapixels in 300 kB
+    huge.header.frame_id = "camera"
+    client.clear("/diagnostics")
+    pub = client.node.create_publisher(Image, f"{NS}/image", 10)
+    try:
+        def warned():
+            pub.publish(huge)
+            for array in client.messages("/diagnostics"):
+                for status in array.status:
+                    if ("segmenter" in status.name and status.level == DiagnosticStatus.WARN
+                            and "max_image_pixels" in status.message):
+                        return status
+            return None
+
+        wait_for(warned, 60, "a WARN naming max_image_pixels", segmenter, poll_s=0.5)
+    finally:
+        client.node.destroy_publisher(pub)
+    assert segmenter.alive()
+    # Good frames keep coming from the camera: the status returns to OK.
+    client.clear("/diagnostics")
+    wait_for(lambda: any(s.level == DiagnosticStatus.OK for a in client.messages("/diagnostics")
+                         for s in a.status if "segmenter" in s.name), 30,
+             "diagnostics back to OK", segmenter)
+
+
+def test_prompt_parameters_follow_the_services(side_by_side):
+    client, _, _ = side_by_side
+    assert client.call(SetPrompts, f"{NS}/tracker/set_prompts",
+                       SetPrompts.Request(texts=["mug", "bottle"])).success
+    assert list(_get_param(client, "tracker", "prompts").string_array_value) == ["mug", "bottle"]
+    assert client.call(SetPrompts, f"{NS}/tracker/set_prompts", SetPrompts.Request()).success
+    assert list(_get_param(client, "tracker", "prompts").string_array_value) == [""]
+    box = BoxPrompt(x_min=10.0, y_min=20.0, x_max=80.5, y_max=90.0, positive=False)
+    assert client.call(SetPrompts, f"{NS}/segmenter/set_prompts", SetPrompts.Request(
+        texts=["person"], prompts=[Prompt(text="", exemplar_boxes=[box])])).success
+    assert list(_get_param(client, "segmenter", "prompts").string_array_value) == ["person", ""]
+    assert list(_get_param(client, "segmenter", "prompt_boxes").string_array_value) == [
+        "1 10 20 80.5 90 -"]
+    assert client.call(SetPrompts, f"{NS}/segmenter/set_prompts",
+                       SetPrompts.Request(texts=["person"])).success
+
+
+def test_inactive_node_publishes_nothing_and_counters_restart(side_by_side):
+    client, segmenter, _ = side_by_side
+
+    def transition(transition_id: int) -> bool:
+        return client.call(ChangeState, f"{NS}/segmenter/change_state", ChangeState.Request(
+            transition=Transition(id=transition_id))).success
+
+    assert transition(Transition.TRANSITION_DEACTIVATE)
+    time.sleep(0.5)
+    client.clear(f"{NS}/segmenter/detections")
+    time.sleep(1.5)
+    assert client.messages(f"{NS}/segmenter/detections") == []
+    assert transition(Transition.TRANSITION_ACTIVATE)
+    wait_for(lambda: client.messages(f"{NS}/segmenter/detections"), 60, "detections again",
+             segmenter)
+    client.clear("/diagnostics")
+
+    def counters():
+        for array in client.messages("/diagnostics"):
+            for status in array.status:
+                if "segmenter" in status.name:
+                    return {kv.key: kv.value for kv in status.values}
+        return None
+
+    values = wait_for(counters, 10, "diagnostics", segmenter)
+    # All counters restarted together at activation (the camera is at 100 Hz).
+    assert int(values["errors"]) == 0  # the oversized frames before were counted then
+    assert int(values["processed"]) <= int(values["received"]) < 2000
+
+
+def test_wrong_startup_parameters_keep_the_node_alive(tiny_checkpoint):
+    cmd = node_command("segmenter", {"model": str(tiny_checkpoint), "device": "cpu",
+                                     "autostart": True, "score_threshold": 5.0,
+                                     "max_detections": 3.5},
+                       name="bad_params", remaps={"__ns": "/bad"})
+    node = NodeProcess(cmd)
+    client = Client("bad_params_client")
+    try:
+        wait_for(lambda: "configure failed: invalid parameter" in node.output(), 120,
+                 "configure refusing the parameters", node)
+        assert node.alive()
+        out = node.output()
+        assert "score_threshold must be <= 1.0" in out and "max_detections must be of type int" \
+            in out
+        fix = client.call(SetParameters, "/bad/bad_params/set_parameters", SetParameters.Request(
+            parameters=[
+                Parameter(name="score_threshold", value=ParameterValue(
+                    type=ParameterType.PARAMETER_DOUBLE, double_value=0.3)),
+                Parameter(name="max_detections", value=ParameterValue(
+                    type=ParameterType.PARAMETER_INTEGER, integer_value=3))]))
+        assert all(r.successful for r in fix.results)
+        configure = client.call(ChangeState, "/bad/bad_params/change_state", ChangeState.Request(
+            transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+        assert configure.success
+    finally:
+        client.close()
+        node.stop()
+
+
+def test_ctrl_c_while_frames_flow_is_quiet(tiny_checkpoint):
+    node = NodeProcess(node_command("segmenter", {
+        "model": str(tiny_checkpoint), "device": "cpu", "autostart": True,
+        "prompts": ["mug"], "score_threshold": 0.0},
+        name="quiet", remaps={"__ns": "/quiet", "image": "/quiet/image"}))
+    client = Client("quiet_client")
+    pub = client.node.create_publisher(Image, "/quiet/image", 10)
+    client.subscribe(DetectionArray, "/quiet/quiet/detections")
+    timer = client.node.create_timer(0.01, lambda: pub.publish(_frame(time.time_ns())))
+    try:
+        wait_for(lambda: len(client.messages("/quiet/quiet/detections")) > 5, 120, "streaming",
+                 node)
+        node.proc.send_signal(2)
+        assert node.proc.wait(20) == 0
+    finally:
+        client.node.destroy_timer(timer)
+        client.close()
+        node.stop()
+    tail = node.output().split("active: listening")[-1]
+    for word in ("ERROR", "Traceback", "Exception", "error"):
+        assert word not in tail, tail[-3000:]
+
+
+def test_components_load_through_entry_points(tiny_checkpoint):
+    """What an rclpy component container does: find the class by entry point, construct it
+    with the node name, parameter messages, namespace and remapping cli_args, add it to an
+    executor; autostart then configures and activates it."""
+    from importlib.metadata import entry_points
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    found = {ep.name: ep for ep in entry_points(group="rclpy_components")}
+    assert {"sam3_ros::SegmenterNode", "sam3_ros::TrackerNode"} <= set(found)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    try:
+        cls = found["sam3_ros::SegmenterNode"].load()
+
+        def param(name, **value):
+            return Parameter(name=name, value=ParameterValue(**value))
+
+        node = cls("front_segmenter", context=context, namespace="front", parameter_overrides=[
+            param("model", type=ParameterType.PARAMETER_STRING, string_value=str(
+                tiny_checkpoint)),
+            param("device", type=ParameterType.PARAMETER_STRING, string_value="cpu"),
+            param("autostart", type=ParameterType.PARAMETER_BOOL, bool_value=True),
+        ], cli_args=["--ros-args", "-r", "image:=/front/color/image_raw"])
+        executor.add_node(node)
+        deadline = time.monotonic() + 120
+        while node._subscription is None and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        assert node.get_fully_qualified_name() == "/front/front_segmenter"
+        assert node._subscription.topic_name == "/front/color/image_raw"
+        topics = {name for name, _ in node.get_publisher_names_and_types_by_node(
+            "front_segmenter", "/front")}
+        assert "/front/front_segmenter/detections" in topics
+        node.stop_streaming()
+        node.destroy_node()
+    finally:
+        executor.shutdown()
+        rclpy.shutdown(context=context)
+
+
+def test_tracker_slower_than_the_camera_keeps_its_objects(tiny_checkpoint):
+    """A model made slower than the camera (100 ms injected per frame) with stamps 10 ms
+    apart and max_time_gap_s 50 ms: the node processes about one frame in ten, so processed
+    stamps are ~100 ms apart, but the camera never paused, so nothing may reset."""
+    import threading
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    from sam3_ros.ros.tracker_node import TrackerNode
+
+    class SlowTracker(TrackerNode):
+        def _process(self, *args, **kwargs):
+            time.sleep(0.1)
+            return super()._process(*args, **kwargs)
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = SlowTracker("slow_tracker", context=context, namespace="/slow", parameter_overrides=[
+        rclpy.parameter.Parameter("model", value=str(tiny_checkpoint)),
+        rclpy.parameter.Parameter("device", value="cpu"),
+        rclpy.parameter.Parameter("max_time_gap_s", value=0.05)])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    client = Client("slow_client")
+    pub = client.node.create_publisher(Image, "/slow/image", 10)
+    client.subscribe(DetectionArray, "/slow/slow_tracker/detections")
+    count = [0]
+
+    def publish():
+        pub.publish(_frame(1_000_000_000 + count[0] * 10_000_000, count[0] % 8))
+        count[0] += 1
+
+    timer = None
+    try:
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        timer = client.node.create_timer(0.01, publish)
+        answer = client.call(AddObjects, "/slow/slow_tracker/add_objects",
+                             AddObjects.Request(objects=[_obj(3)]))
+        assert answer.success, answer.message
+
+        def tracked():
+            return [m for m in client.messages("/slow/slow_tracker/detections")
+                    if [d.object_id for d in m.detections] == [3]]
+
+        frames = wait_for(lambda: len(tracked()) >= 15 and tracked(), 120,
+                          "15 frames tracking object 3")
+        stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in frames]
+        assert np.median(np.diff(stamps)) > 50_000_000, "processed every frame: not slower"
+        assert node._session.reset_count == 0, node._session.last_reset_reason
+    finally:
+        if timer is not None:
+            client.node.destroy_timer(timer)
+        client.close()
+        node.stop_streaming()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
