@@ -146,7 +146,8 @@ def test_parameter_descriptors_carry_ranges(side_by_side):
     assert not refused.results[0].successful and refused.results[0].reason
 
 
-@pytest.mark.xfail(strict=False, reason="last full run: object INT32_MAX missing after an auto id wrapped to 0 (issue #9 open)")
+@pytest.mark.xfail(strict=False, reason="last full run: object INT32_MAX missing after an auto id "
+                   "wrapped to 0 (issue #9 open)")
 def test_ids_at_int32_limits_never_end_the_node(side_by_side):
     client, _, tracker = side_by_side
     srv = f"{NS}/tracker/add_objects"
@@ -204,7 +205,8 @@ def test_hostile_requests_are_refused_with_a_reason(side_by_side, service, reque
     assert segmenter.alive() and tracker.alive()
 
 
-@pytest.mark.xfail(strict=False, reason="last full run (2 busy cores): 200 answers not within 120 s (issue #9 open)")
+@pytest.mark.xfail(strict=False, reason="last full run (2 busy cores): 200 answers not within 120 s "
+                   "(issue #9 open)")
 def test_flood_of_service_calls_while_streaming(side_by_side):
     client, segmenter, tracker = side_by_side
     node = client.node
@@ -231,7 +233,8 @@ def test_flood_of_service_calls_while_streaming(side_by_side):
     assert tracker.alive()
 
 
-@pytest.mark.xfail(strict=False, reason="last full run: the oversized frame was replaced in the latest-frame slot before the worker took it (issue #9 open)")
+@pytest.mark.xfail(strict=False, reason="last full run: the oversized frame was replaced in the "
+                   "latest-frame slot before the worker took it (issue #9 open)")
 def test_oversized_frame_is_refused_before_allocating_and_diagnostics_recover(side_by_side):
     client, segmenter, _ = side_by_side
     huge = Image(height=100_000, width=100_000, encoding="rgb8", step=300_000)
@@ -336,7 +339,8 @@ def test_wrong_startup_parameters_keep_the_node_alive(tiny_checkpoint):
         node.stop()
 
 
-@pytest.mark.xfail(strict=False, reason="last full run under load: failed, not yet diagnosed (issue #9 open)")
+@pytest.mark.xfail(strict=False, reason="last full run under load: failed, not yet diagnosed (issue "
+                   "#9 open)")
 def test_ctrl_c_while_frames_flow_is_quiet(tiny_checkpoint):
     node = NodeProcess(node_command("segmenter", {
         "model": str(tiny_checkpoint), "device": "cpu", "autostart": True,
@@ -401,7 +405,8 @@ def test_components_load_through_entry_points(tiny_checkpoint):
         rclpy.shutdown(context=context)
 
 
-@pytest.mark.xfail(strict=False, reason="passed alone (and failed with the fix removed); timed out in the last full run under load (issue #9 open)")
+@pytest.mark.xfail(strict=False, reason="passed alone (and failed with the fix removed); timed out "
+                   "in the last full run under load (issue #9 open)")
 def test_tracker_slower_than_the_camera_keeps_its_objects(tiny_checkpoint):
     """A model made slower than the camera (100 ms injected per frame) with stamps 10 ms
     apart and max_time_gap_s 50 ms: the node processes about one frame in ten, so processed
