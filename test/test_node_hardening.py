@@ -205,7 +205,8 @@ def test_hostile_requests_are_refused_with_a_reason(side_by_side, service, reque
     assert segmenter.alive() and tracker.alive()
 
 
-@pytest.mark.xfail(strict=False, reason="last full run (2 busy cores): 200 answers not within 120 s "
+@pytest.mark.xfail(strict=False, reason="last "
+                   "full run (2 busy cores): 200 answers not within 120 s "
                    "(issue #9 open)")
 def test_flood_of_service_calls_while_streaming(side_by_side):
     client, segmenter, tracker = side_by_side
@@ -339,7 +340,8 @@ def test_wrong_startup_parameters_keep_the_node_alive(tiny_checkpoint):
         node.stop()
 
 
-@pytest.mark.xfail(strict=False, reason="last full run under load: failed, not yet diagnosed (issue "
+@pytest.mark.xfail(strict=False, reason="last "
+                   "full run under load: failed, not yet diagnosed (issue "
                    "#9 open)")
 def test_ctrl_c_while_frames_flow_is_quiet(tiny_checkpoint):
     node = NodeProcess(node_command("segmenter", {
