@@ -1,5 +1,5 @@
 # Sourced (not executed): the environment variables the build and the nodes need.
-# Expects $repo and $venv.
+# Expects $repo, $venv and $log_base (scripts/_python_env.sh).
 if [ -z "${ROS_DISTRO:-}" ]; then
   # PyPI ROS wheels: the venv is the ROS prefix.
   export AMENT_PREFIX_PATH="$venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
@@ -7,4 +7,4 @@ if [ -z "${ROS_DISTRO:-}" ]; then
 fi
 export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"
-mkdir -p "$repo/log"
+mkdir -p "$log_base"

@@ -14,6 +14,53 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 
 
+# Test tiers, by file, kept here so that test files need no edits. scripts/test.sh runs every
+# tier on the main Python (3.11) and `-m "core or node"` on 3.10 and 3.12.
+#   core:       no rclpy (numpy, torch, transformers; model parity, tracker, codecs)
+#   conversion: message <-> numpy conversions (rclpy message types, no DDS)
+#   node:       nodes, DDS transport, launch/config files checked against the nodes
+TEST_TIERS = {
+    "test_benchmark_stats.py": "core",
+    "test_bytetrack.py": "core",
+    "test_compute_thread.py": "core",
+    "test_detections.py": "core",
+    "test_image_codec.py": "core",
+    "test_latest_frame.py": "core",
+    "test_mask_bits.py": "core",
+    "test_model_loading.py": "core",
+    "test_render.py": "core",
+    "test_segmenter_core.py": "core",
+    "test_tracker_core.py": "core",
+    "test_detection_conversions.py": "conversion",
+    "test_image_conversions.py": "conversion",
+    "test_fastdds_profile.py": "node",
+    "test_launch_and_config.py": "node",
+    "test_segmenter_node.py": "node",
+    "test_tracker_node.py": "node",
+}
+_TIER_HELP = {
+    "core": "no rclpy (run on every Python by scripts/test.sh)",
+    "conversion": "message conversions (main Python only in scripts/test.sh)",
+    "node": "nodes over DDS, launch/config checks (run on every Python by scripts/test.sh)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier, help_text in _TIER_HELP.items():
+        config.addinivalue_line("markers", f"{tier}: {help_text}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = TEST_TIERS.get(item.path.name)
+        if tier is None:
+            # Loud rather than silently left out of (or added to) the other Pythons' runs.
+            raise pytest.UsageError(
+                f"{item.path.name} has no test tier: add it to TEST_TIERS in test/conftest.py"
+            )
+        item.add_marker(tier)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """Folder of a randomly initialised miniature SAM3 checkpoint (loads via from_pretrained)."""
