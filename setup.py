@@ -22,7 +22,7 @@ setup(
     install_requires=["numpy", "opencv-python-headless", "torch", "torchvision",
                       "transformers>=5.0,<6", "safetensors"],
     extras_require={"quant": ["torchao"], "onnx": ["onnx", "onnxruntime"],
-                    "test": ["pytest", "pytest-timeout", "ruff", "scipy"]},
+                    "test": ["pytest", "pytest-timeout", "ruff", "scipy", "hypothesis"]},
     entry_points={
         "console_scripts": [
             "sam3-ros-make-tiny-checkpoint = sam3_ros.tools.make_tiny_checkpoint:main",

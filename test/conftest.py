@@ -36,6 +36,7 @@ TEST_TIERS = {
     "test_objects3d.py": "core",
     "test_input_limits.py": "core",
     "test_launch_plan.py": "core",
+    "test_property_inputs.py": "core",
     "test_detection_conversions.py": "conversion",
     "test_image_conversions.py": "conversion",
     "test_depth_conversions.py": "conversion",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -119,37 +120,47 @@ def soak(args: argparse.Namespace) -> int:
         phrases = [["mug"], ["bottle", "person"], ["cup", "plate", "fork"]]
         start_rss = _rss_mb(node.proc.pid)
         print(f"frame      0: pipeline RSS {start_rss:8.1f} MB", flush=True)
-        tracked, changes, t0 = [], 0, time.perf_counter()
+        tracked: list[int] = []
+        changes = [0]
+
+        def change(i: int) -> None:
+            # Off the camera loop, as a behaviour tree would call: frames keep flowing.
+            changes[0] += 1
+            texts = phrases[changes[0] % len(phrases)]
+            for name in counts:
+                answer = client.call(SetPrompts, f"{ns}/{name}/set_prompts",
+                                     SetPrompts.Request(texts=texts))
+                assert answer.success, answer.message
+            if len(tracked) >= 3:
+                answer = client.call(RemoveObjects, f"{ns}/tracker/remove_objects",
+                                     RemoveObjects.Request(object_ids=tracked[:2]))
+                if answer.success:
+                    del tracked[:2]
+            x, y = (float(v) for v in np.random.default_rng(i).uniform(
+                [0, 0], [args.width, args.height]))
+            answer = client.call(AddObjects, f"{ns}/tracker/add_objects", AddObjects.Request(
+                objects=[ObjectPrompt(object_id=-1, points=[PointPrompt(
+                    x=x, y=y, positive=True)])]))
+            if answer.success:
+                tracked.extend(answer.object_ids)
+
+        changer: threading.Thread | None = None
+        t0 = time.perf_counter()
         for i in range(1, args.frames + 1):
             send(i)
-            if i % args.change_every == 0:
-                changes += 1
-                texts = phrases[changes % len(phrases)]
-                for name in counts:
-                    answer = client.call(SetPrompts, f"{ns}/{name}/set_prompts",
-                                         SetPrompts.Request(texts=texts))
-                    assert answer.success, answer.message
-                if len(tracked) >= 3:
-                    answer = client.call(RemoveObjects, f"{ns}/tracker/remove_objects",
-                                         RemoveObjects.Request(object_ids=tracked[:2]))
-                    # Text-detected objects may already have taken slots or gone: report.
-                    if answer.success:
-                        tracked = tracked[2:]
-                x, y = (float(v) for v in np.random.default_rng(i).uniform(
-                    [0, 0], [args.width, args.height]))
-                answer = client.call(AddObjects, f"{ns}/tracker/add_objects", AddObjects.Request(
-                    objects=[ObjectPrompt(object_id=-1, points=[PointPrompt(
-                        x=x, y=y, positive=True)])]))
-                if answer.success:
-                    tracked += list(answer.object_ids)
+            if i % args.change_every == 0 and (changer is None or not changer.is_alive()):
+                changer = threading.Thread(target=change, args=(i,), daemon=True)
+                changer.start()
             if i % args.report == 0 or i == args.frames:
                 print(f"frame {i:6d}: pipeline RSS {_rss_mb(node.proc.pid):8.1f} MB, processed "
                       f"segmenter {counts['segmenter']}, tracker {counts['tracker']}, "
-                      f"{changes} prompt/object changes", flush=True)
-            # Pace the camera (sleep to the next frame's time).
+                      f"{changes[0]} prompt/object changes", flush=True)
+            # Pace the camera; never burst to catch up (a camera does not).
             delay = t0 + i / args.rate_hz - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            else:
+                t0 -= delay
         time.sleep(2.0)
         assert node.alive(), node.output()[-3000:]
         print(f"{args.frames} frames sent at {args.rate_hz:g} Hz; processed: segmenter "
