@@ -419,7 +419,8 @@ def test_components_load_through_entry_points(tiny_checkpoint):
 def test_tracker_slower_than_the_camera_keeps_its_objects(tiny_checkpoint):
     """A model made slower than the camera (600 ms injected per frame) with stamps 10 ms
     apart and max_time_gap_s 300 ms: the node processes about one frame in sixty, so processed
-    stamps are ~600 ms apart, but the camera never paused, so nothing may reset."""
+    stamps are ~600 ms apart, and service calls hold the executor for an inference, but the
+    camera never paused, so nothing may reset."""
     import threading
 
     from rclpy.executors import SingleThreadedExecutor
@@ -465,6 +466,13 @@ def test_tracker_slower_than_the_camera_keeps_its_objects(tiny_checkpoint):
             return [m for m in client.messages("/slow/slow_tracker/detections")
                     if [d.object_id for d in m.detections] == [3]]
 
+        wait_for(lambda: len(tracked()) >= 2, 120, "object 3 tracked")
+        # A service that waits for the compute thread holds the executor for a whole
+        # (slow) inference: frames sent meanwhile are lost here, not paused by the camera.
+        for _ in range(2):
+            answer = client.call(SetPrompts, "/slow/slow_tracker/set_prompts",
+                                 SetPrompts.Request(texts=[]))
+            assert answer.success, answer.message
         frames = wait_for(lambda: len(tracked()) >= 8 and tracked(), 180,
                           "8 frames tracking object 3")
         stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in frames]

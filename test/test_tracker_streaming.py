@@ -223,6 +223,23 @@ def test_a_camera_jump_resets_from_the_first_frame_received_after_it(loaded, jum
     assert det.object_ids.tolist() == [3] and session.reset_count == 1
 
 
+@pytest.mark.parametrize(("jump_ns", "resets"), [(5 * 10**9, 0), (-100 * FRAME_NS, 1)])
+def test_a_gap_the_receiver_caused_is_not_a_camera_pause(loaded, jump_ns, resets):
+    """gap_may_be_ours (the node's executor was held): a forward gap is not judged; a
+    backward jump still resets."""
+    session = TrackerSession(loaded, TrackerConfig(max_time_gap_s=0.5))
+    session.add_objects([_point(1)])
+    frames = _frames(2)
+    for i in range(200, 210):
+        session.note_camera_stamp(i * FRAME_NS)
+    session.process_frame(frames[0], 209 * FRAME_NS)
+    after = 209 * FRAME_NS + jump_ns
+    session.note_camera_stamp(after, gap_may_be_ours=True)
+    det = session.process_frame(frames[1], after)
+    assert session.reset_count == resets
+    assert det.object_ids.tolist() == ([1] if resets == 0 else [])
+
+
 def test_a_bag_loop_resets_even_when_the_processed_stamp_grows(loaded):
     """Loop back 100 frames while the model is busy; the next processed stamp is larger."""
     session = TrackerSession(loaded, TrackerConfig(max_time_gap_s=0.5))

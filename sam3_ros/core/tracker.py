@@ -183,17 +183,18 @@ class _CameraStamps:
         self._reasons: dict[int, str] = {}
         self._pending: deque[tuple[int, int]] = deque(maxlen=CAMERA_STAMPS_PENDING)
 
-    def note(self, stamp_ns: int, max_gap_s: float) -> None:
+    def note(self, stamp_ns: int, max_gap_s: float, gap_may_be_ours: bool = False) -> None:
         with self._lock:
-            self._note_locked(stamp_ns, max_gap_s)
+            self._note_locked(stamp_ns, max_gap_s, gap_may_be_ours)
 
-    def _note_locked(self, stamp_ns: int, max_gap_s: float) -> None:
+    def _note_locked(self, stamp_ns: int, max_gap_s: float,
+                     gap_may_be_ours: bool = False) -> None:
         if self._last is not None:
             gap_s = (stamp_ns - self._last) * 1e-9
             reason = None
             if gap_s < 0:
                 reason = f"stamp went backwards by {-gap_s:.3f} s (bag loop?)"
-            elif gap_s > max_gap_s:
+            elif gap_s > max_gap_s and not gap_may_be_ours:
                 reason = (f"{gap_s:.3f} s gap between camera frames exceeds max_time_gap_s "
                           f"{max_gap_s}")
             if reason is not None:
@@ -581,7 +582,7 @@ class TrackerSession:
             self._pending.append(_Request("remove", ids=checked))
 
     # ----------------------------------------------------------------------------- frames
-    def note_camera_stamp(self, stamp_ns: int) -> None:
+    def note_camera_stamp(self, stamp_ns: int, gap_may_be_ours: bool = False) -> None:
         """Record the stamp of a frame the camera sent (call for EVERY received frame).
 
         Cheap and thread-safe: meant for the subscription callback, concurrently with
@@ -593,8 +594,12 @@ class TrackerSession:
 
         Args:
             stamp_ns: The frame's header stamp in nanoseconds.
+            gap_may_be_ours: The receiver itself could not take frames since the previous
+                one (e.g. a service call held the executor while frames were overwritten), so
+                a forward gap says nothing about the camera: it does not reset. A backward
+                jump still does.
         """
-        self._camera_stamps.note(int(stamp_ns), self.config.max_time_gap_s)
+        self._camera_stamps.note(int(stamp_ns), self.config.max_time_gap_s, gap_may_be_ours)
 
     def process_frame(self, rgb: np.ndarray, stamp_ns: int,
                       frame_key: Hashable | None = None) -> Detections:

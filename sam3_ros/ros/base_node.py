@@ -91,6 +91,26 @@ LABEL_INFO_QOS = QoSProfile(
 )
 
 _PY_TO_PARAM_TYPE = {bool: 1, int: 2, float: 3, str: 4}  # rcl_interfaces ParameterType values
+class _ExecutorStalls:
+    """When a callback of this process last held the executor long enough to lose frames.
+
+    Image readers keep only the newest frame (depth 1): while a service or parameter call
+    waits for the compute thread (a whole inference on a slow model), frames the camera sent
+    are overwritten unseen. Process-wide, because the nodes of a process share one executor.
+    """
+
+    STALL_S = 0.02
+
+    def __init__(self) -> None:
+        self.last_end_s = -float("inf")
+
+    def record(self, started_s: float) -> None:
+        ended = time.monotonic()
+        if ended - started_s >= self.STALL_S:
+            self.last_end_s = ended
+
+
+EXECUTOR_STALLS = _ExecutorStalls()
 DIAGNOSTICS_WARN_S = 5.0
 """`/diagnostics` reports WARN while a frame or request failed within this many seconds."""
 
@@ -145,6 +165,7 @@ class Sam3LifecycleNode(LifecycleNode):
         self._last_error_log_s = 0.0
         self._depth = DepthOutputs(self)  # 3D outputs (depth + camera_info), off by default
         self._shutting_down = False
+        self._last_image_at_s = -float("inf")
         self._syncing_parameters = False
         self._autostart_timer = None
         if self.param("autostart"):
@@ -196,11 +217,14 @@ class Sam3LifecycleNode(LifecycleNode):
         return list(value) if isinstance(value, list | tuple) else value
 
     def _on_set_parameters(self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
+        started = time.monotonic()
         try:
             return self._check_and_apply_parameters(params)
         except Exception as err:  # a parameter call must never end the process
             self.get_logger().error(f"parameter change failed: {type(err).__name__}: {err}")
             return self._refuse(f"internal error: {type(err).__name__}: {err}")
+        finally:
+            EXECUTOR_STALLS.record(started)
 
     def _check_and_apply_parameters(
             self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
@@ -263,6 +287,13 @@ class Sam3LifecycleNode(LifecycleNode):
             self.get_logger().error("autostart: configure failed, staying unconfigured")
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
+        started = time.monotonic()
+        try:
+            return self._configure()
+        finally:
+            EXECUTOR_STALLS.record(started)
+
+    def _configure(self) -> TransitionCallbackReturn:
         if self._parameter_errors:
             self.get_logger().error("configure failed: invalid parameter(s): " + "; ".join(
                 self._parameter_errors.values()))
@@ -403,6 +434,7 @@ class Sam3LifecycleNode(LifecycleNode):
         from rclpy.serialization import serialize_message
 
         def guarded(request: Any, response: Any) -> Any:
+            started = time.monotonic()
             try:
                 response = handler(request, response)
                 serialize_message(response)  # fails here, not in the executor
@@ -414,6 +446,8 @@ class Sam3LifecycleNode(LifecycleNode):
                 refusal = srv_type.Response()
                 refusal.success, refusal.message = False, reason
                 return refusal
+            finally:
+                EXECUTOR_STALLS.record(started)
 
         return self.create_service(srv_type, f"~/{name}", guarded)
 
@@ -441,13 +475,24 @@ class Sam3LifecycleNode(LifecycleNode):
     def _on_image(self, msg: Image | CompressedImage) -> None:
         # Runs in the executor: hand the frame over, never raise.
         self._slot.put(msg)
+        # Frames may have been overwritten unseen if a long callback held the executor since
+        # the previous frame arrived.
+        stalled = EXECUTOR_STALLS.last_end_s >= self._last_image_at_s
+        self._last_image_at_s = time.monotonic()
         try:
-            self._frame_received(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+            self._frame_received(
+                msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, stalled)
         except Exception as err:
             self._report_frame_error(f"{type(err).__name__}: {err}")
 
-    def _frame_received(self, stamp_ns: int) -> None:
-        """Every frame the camera delivered (also those dropped later); for subclasses."""
+    def _frame_received(self, stamp_ns: int, executor_stalled: bool) -> None:
+        """Every frame the camera delivered (also those dropped later); for subclasses.
+
+        Args:
+            stamp_ns: The frame's stamp.
+            executor_stalled: A long callback held this process's executor since the previous
+                frame arrived, so frames in between may have been lost here.
+        """
 
     def _work(self) -> None:
         while self._running:

@@ -122,12 +122,13 @@ class TrackerNode(Sam3LifecycleNode):
     def _release_session(self) -> None:
         self._session = None
 
-    def _frame_received(self, stamp_ns: int) -> None:
+    def _frame_received(self, stamp_ns: int, executor_stalled: bool) -> None:
         # Time jumps are judged on what the camera sent, not on the frames this node got to
-        # process: a model slower than the camera must keep tracking.
+        # process: a model slower than the camera must keep tracking, also across a service
+        # call that held the executor for a whole inference.
         session = self._session
         if session is not None:
-            session.note_camera_stamp(stamp_ns)
+            session.note_camera_stamp(stamp_ns, gap_may_be_ours=executor_stalled)
 
     def _warm_up(self) -> None:
         # A throwaway session: the warm-up frame must not enter the stream's memory bank.
