@@ -1,14 +1,15 @@
 """Endurance: lifecycle cycles of a node, and a long soak of the composed pipeline.
 
     python -m sam3_ros.tools.endurance lifecycle --node segmenter --cycles 100
-    python -m sam3_ros.tools.endurance soak --frames 10000 --rate-hz 50 --change-every 300
+    python -m sam3_ros.tools.endurance soak --processed 10000 --rate-hz 30 --change-every 300
 
 `lifecycle` runs configure -> activate -> deactivate -> cleanup `--cycles` times on one node in
 this process (model loaded and freed every cycle) and prints RSS, threads and open file
 descriptors. `soak` starts the `pipeline` executable (segmenter + tracker, one model) in its
 own process, streams frames over DDS and, every `--change-every` frames, replaces the prompts
-of both nodes and adds or removes tracked objects; it prints the pipeline process's RSS and
-what each node processed. Both use the tiny random checkpoint unless --model is given.
+of both nodes and adds or removes tracked objects (from another thread, so frames keep
+flowing); it runs until the tracker has processed `--processed` frames and prints the
+pipeline process's RSS and what each node processed. Both use the tiny random checkpoint unless --model is given.
 """
 
 from __future__ import annotations
@@ -95,8 +96,7 @@ def soak(args: argparse.Namespace) -> int:
     use_large_frames_profile()
     ns = "/sam3_soak"
     node = NodeProcess(node_command("pipeline", {
-        "model": _model(args), "device": args.device, "autostart": True,
-        "score_threshold": 0.0, "max_objects": 8},
+        "model": _model(args), "device": args.device, "autostart": True, "max_objects": 8},
         remaps={"__ns": ns, "image": f"{ns}/image"}))
     client = Client("sam3_soak_client")
     try:
@@ -146,12 +146,14 @@ def soak(args: argparse.Namespace) -> int:
 
         changer: threading.Thread | None = None
         t0 = time.perf_counter()
-        for i in range(1, args.frames + 1):
+        i = 0
+        while counts["tracker"] < args.processed:
+            i += 1
             send(i)
             if i % args.change_every == 0 and (changer is None or not changer.is_alive()):
                 changer = threading.Thread(target=change, args=(i,), daemon=True)
                 changer.start()
-            if i % args.report == 0 or i == args.frames:
+            if i % args.report == 0:
                 print(f"frame {i:6d}: pipeline RSS {_rss_mb(node.proc.pid):8.1f} MB, processed "
                       f"segmenter {counts['segmenter']}, tracker {counts['tracker']}, "
                       f"{changes[0]} prompt/object changes", flush=True)
@@ -163,7 +165,7 @@ def soak(args: argparse.Namespace) -> int:
                 t0 -= delay
         time.sleep(2.0)
         assert node.alive(), node.output()[-3000:]
-        print(f"{args.frames} frames sent at {args.rate_hz:g} Hz; processed: segmenter "
+        print(f"{i} frames sent at {args.rate_hz:g} Hz; processed: segmenter "
               f"{counts['segmenter']}, tracker {counts['tracker']}; pipeline RSS "
               f"{start_rss:.1f} -> {_rss_mb(node.proc.pid):.1f} MB; resets logged: "
               f"{node.output().count('tracker reset')}")
@@ -182,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     cycles.add_argument("--node", choices=("segmenter", "tracker"), default="segmenter")
     cycles.add_argument("--cycles", type=int, default=100)
     run = sub.add_parser("soak")
-    run.add_argument("--frames", type=int, default=10000)
-    run.add_argument("--rate-hz", type=float, default=50.0)
+    run.add_argument("--processed", type=int, default=10000,
+                     help="run until the tracker has processed this many frames")
+    run.add_argument("--rate-hz", type=float, default=30.0)
     run.add_argument("--change-every", type=int, default=300)
     run.add_argument("--report", type=int, default=1000)
     run.add_argument("--height", type=int, default=120)
