@@ -9,7 +9,8 @@ descriptors. `soak` starts the `pipeline` executable (segmenter + tracker, one m
 own process, streams frames over DDS and, every `--change-every` frames, replaces the prompts
 of both nodes and adds or removes tracked objects (from another thread, so frames keep
 flowing); it runs until the tracker has processed `--processed` frames and prints the
-pipeline process's RSS and what each node processed. Both use the tiny random checkpoint unless --model is given.
+pipeline process's RSS and what each node processed. Both use the tiny random checkpoint
+unless --model is given.
 """
 
 from __future__ import annotations
