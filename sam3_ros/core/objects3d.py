@@ -526,26 +526,33 @@ def marker_plan(objects: Objects3D | None, detections: Detections,
     markers: list[MarkerSpec] = []
     shown: set[int] = set()
     if objects is not None:
-        quats = objects.obb_quaternion_xyzw
-        for i in np.flatnonzero(objects.valid):
-            object_id = int(detections.object_ids[i])
+        # Everything per object as Python lists first: one conversion per array, not per
+        # object (same arithmetic, so the same floats).
+        rows = np.flatnonzero(objects.valid)
+        quats = objects.obb_quaternion_xyzw[rows].tolist()
+        centres = objects.obb_center_m[rows].tolist()
+        sizes = np.maximum(objects.obb_size_m[rows], _MIN_BOX_EDGE_M).tolist()
+        # Text above the object: -y is up in the optical frame.
+        tops = objects.aabb_center_m[rows]
+        tops[:, 1] -= objects.aabb_size_m[rows, 1] / 2.0 + _TEXT_HEIGHT_M
+        tops = tops.tolist()
+        depths = objects.centroid_m[rows, 2].tolist()
+        ids = detections.object_ids[rows].tolist()
+        classes = detections.class_ids[rows].tolist()
+        for k, i in enumerate(rows.tolist()):
+            object_id = int(ids[k])
             if object_id in shown:
                 continue  # duplicate ids would overwrite each other; the first (best) wins
             shown.add(object_id)
             r, g, b = (c / 255.0 for c in color_for(object_id))
-            size = tuple(max(float(s), _MIN_BOX_EDGE_M) for s in objects.obb_size_m[i])
             markers.append(MarkerSpec(
-                "boxes", object_id, "add", tuple(objects.obb_center_m[i].tolist()),
-                tuple(quats[i].tolist()), size, (r, g, b, 0.4)))
-            # Text above the object: -y is up in the optical frame.
-            top = objects.aabb_center_m[i] - [0.0, objects.aabb_size_m[i][1] / 2.0 +
-                                               _TEXT_HEIGHT_M, 0.0]
-            label = detections.labels[i] or f"class {int(detections.class_ids[i])}"
+                "boxes", object_id, "add", tuple(centres[k]), tuple(quats[k]),
+                tuple(sizes[k]), (r, g, b, 0.4)))
+            label = detections.labels[i] or f"class {int(classes[k])}"
             markers.append(MarkerSpec(
-                "labels", object_id, "add", tuple(top.tolist()), scale_m=(0.0, 0.0,
-                                                                          _TEXT_HEIGHT_M),
-                rgba=(r, g, b, 1.0),
-                text=f"{label} #{object_id} {objects.centroid_m[i][2]:.2f} m"))
+                "labels", object_id, "add", tuple(tops[k]), scale_m=(0.0, 0.0,
+                                                                   _TEXT_HEIGHT_M),
+                rgba=(r, g, b, 1.0), text=f"{label} #{object_id} {depths[k]:.2f} m"))
     for object_id in sorted(previous_ids - shown):
         markers.extend(MarkerSpec(ns, object_id, "delete") for ns in MARKER_NAMESPACES)
     return markers, frozenset(shown)
