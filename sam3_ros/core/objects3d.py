@@ -231,13 +231,18 @@ def _depth_window(crop: MaskCrop, colour_hw: tuple[int, int], depth_hw: tuple[in
     return x0, y0, crop.mask[np.ix_(rows, cols)]
 
 
+@functools.cache
+def _uint_max(dtype: np.dtype) -> int:
+    return int(np.iinfo(dtype).max)  # np.iinfo costs microseconds per call
+
+
 def _valid_depth(window: np.ndarray, scale_m: float, cfg: Depth3DConfig) -> np.ndarray:
     """uint8 mask (255 = valid) of depth pixels in [min_depth_m, max_depth_m], compared in the
     raw unit (no float conversion of the window; NaN is never in range)."""
     if window.dtype.kind == "u":
         # Integer depth: the nearest raw values inside the range (tolerance for 0.1 / 0.001).
         lo = max(1, math.ceil(cfg.min_depth_m / scale_m - 1e-6))
-        hi = min(math.floor(cfg.max_depth_m / scale_m + 1e-6), np.iinfo(window.dtype).max)
+        hi = min(math.floor(cfg.max_depth_m / scale_m + 1e-6), _uint_max(window.dtype))
         if hi < lo:
             return np.zeros(window.shape, np.uint8)
         return cv2.inRange(window, lo, hi)
@@ -308,15 +313,18 @@ def _object_points(crop: MaskCrop, colour_hw: tuple[int, int], depth: np.ndarray
         return len(index)
     points = np.empty((3, len(index)), np.float32)
     z = points[2]
-    z[:] = window.ravel()[index]
     if scale_m != 1.0:
-        z *= np.float32(scale_m)
+        # One pass: the raw depth (exact in float32) times the scale, as a cast then *=.
+        np.multiply(window.ravel()[index], np.float32(scale_m), out=z)
+    else:
+        z[:] = window.ravel()[index]
     if cfg.outlier_mad_k > 0.0:
         sample = z[::max(1, math.ceil(len(z) / _RANK_SAMPLES))]
         median = _lower_median(sample)
         mad = _lower_median(np.abs(sample - np.float32(median)))
         limit = cfg.outlier_mad_k * max(1.4826 * mad, MAD_FLOOR_M)
-        inliers = np.abs(z - np.float32(median)) <= np.float32(limit)
+        deviation = np.subtract(z, np.float32(median))
+        inliers = np.abs(deviation, out=deviation) <= np.float32(limit)
         if not inliers.all():
             points, index = points[:, inliers], index[inliers]
             z = points[2]
