@@ -231,13 +231,18 @@ def _depth_window(crop: MaskCrop, colour_hw: tuple[int, int], depth_hw: tuple[in
     return x0, y0, crop.mask[np.ix_(rows, cols)]
 
 
+@functools.cache
+def _uint_max(dtype: np.dtype) -> int:
+    return int(np.iinfo(dtype).max)  # np.iinfo costs microseconds per call
+
+
 def _valid_depth(window: np.ndarray, scale_m: float, cfg: Depth3DConfig) -> np.ndarray:
     """uint8 mask (255 = valid) of depth pixels in [min_depth_m, max_depth_m], compared in the
     raw unit (no float conversion of the window; NaN is never in range)."""
     if window.dtype.kind == "u":
         # Integer depth: the nearest raw values inside the range (tolerance for 0.1 / 0.001).
         lo = max(1, math.ceil(cfg.min_depth_m / scale_m - 1e-6))
-        hi = min(math.floor(cfg.max_depth_m / scale_m + 1e-6), np.iinfo(window.dtype).max)
+        hi = min(math.floor(cfg.max_depth_m / scale_m + 1e-6), _uint_max(window.dtype))
         if hi < lo:
             return np.zeros(window.shape, np.uint8)
         return cv2.inRange(window, lo, hi)
@@ -250,16 +255,26 @@ def _valid_depth(window: np.ndarray, scale_m: float, cfg: Depth3DConfig) -> np.n
 _RANK_SAMPLES = 512
 
 
-def _bounds(values: np.ndarray, cfg: Depth3DConfig) -> np.ndarray:
-    """(2, rows) lo and hi of each row of (rows, n) values: min/max over all values for
-    box_percentile 0, else the box_percentile and 100 - box_percentile percentiles (nearest
-    rank) of at most _RANK_SAMPLES evenly strided columns, one partition for both."""
+def _bounds(values: Sequence[np.ndarray], cfg: Depth3DConfig) -> np.ndarray:
+    """(k, 2, rows) lo and hi of each row of k (rows, n_i) value arrays: min/max over all
+    values for box_percentile 0, else the box_percentile and 100 - box_percentile percentiles
+    (nearest rank) of at most _RANK_SAMPLES evenly strided columns.
+
+    The percentiles of all objects come from one sort: every object's samples padded with
+    +inf to the longest, so the ranks below each object's own count are its own values (the
+    same values a partition per object gives, at a fraction of the calls)."""
     if cfg.box_percentile == 0.0:
-        return np.stack([values.min(axis=1), values.max(axis=1)])
-    sample = values[:, ::max(1, math.ceil(values.shape[1] / _RANK_SAMPLES))]
-    n = sample.shape[1]
-    k_lo = round(cfg.box_percentile / 100.0 * (n - 1))
-    return np.partition(sample, (k_lo, n - 1 - k_lo), axis=1)[:, (k_lo, n - 1 - k_lo)].T
+        return np.array([np.stack([v.min(axis=1), v.max(axis=1)]) for v in values])
+    samples = [v[:, ::max(1, math.ceil(v.shape[1] / _RANK_SAMPLES))] for v in values]
+    counts = [sample.shape[1] for sample in samples]
+    padded = np.full((len(samples), values[0].shape[0], max(counts)), np.inf, np.float32)
+    for slot, sample in zip(padded, samples, strict=True):
+        slot[:, :sample.shape[1]] = sample
+    padded.sort(axis=2)
+    k_lo = np.array([round(cfg.box_percentile / 100.0 * (n - 1)) for n in counts])
+    k_hi = np.array(counts) - 1 - k_lo
+    rows = np.arange(len(samples))
+    return np.stack([padded[rows, :, k_lo], padded[rows, :, k_hi]], axis=1)
 
 
 def _lower_median(values: np.ndarray) -> float:
@@ -308,15 +323,18 @@ def _object_points(crop: MaskCrop, colour_hw: tuple[int, int], depth: np.ndarray
         return len(index)
     points = np.empty((3, len(index)), np.float32)
     z = points[2]
-    z[:] = window.ravel()[index]
     if scale_m != 1.0:
-        z *= np.float32(scale_m)
+        # One pass: the raw depth (exact in float32) times the scale, as a cast then *=.
+        np.multiply(window.ravel()[index], np.float32(scale_m), out=z)
+    else:
+        z[:] = window.ravel()[index]
     if cfg.outlier_mad_k > 0.0:
         sample = z[::max(1, math.ceil(len(z) / _RANK_SAMPLES))]
         median = _lower_median(sample)
         mad = _lower_median(np.abs(sample - np.float32(median)))
         limit = cfg.outlier_mad_k * max(1.4826 * mad, MAD_FLOOR_M)
-        inliers = np.abs(z - np.float32(median)) <= np.float32(limit)
+        deviation = np.subtract(z, np.float32(median))
+        inliers = np.abs(deviation, out=deviation) <= np.float32(limit)
         if not inliers.all():
             points, index = points[:, inliers], index[inliers]
             z = points[2]
@@ -415,8 +433,8 @@ def objects_3d(crops: Sequence[MaskCrop], colour_hw: tuple[int, int], depth: np.
         # one product and one partition per object.
         frames = np.concatenate([np.broadcast_to(np.eye(3), axes.shape),
                                  axes.transpose(0, 2, 1)], axis=1).astype(np.float32)
-        bounds[kept] = [_bounds(frame @ centered, cfg)
-                        for frame, centered in zip(frames, centered_all, strict=True)]
+        bounds[kept] = _bounds([frame @ centered for frame, centered
+                                in zip(frames, centered_all, strict=True)], cfg)
     lo, hi = bounds[:, 0], bounds[:, 1]
     obb_mid = np.einsum("nij,nj->ni", rotation, (lo[:, 3:] + hi[:, 3:]) / 2.0)
     return Objects3D(
@@ -526,26 +544,33 @@ def marker_plan(objects: Objects3D | None, detections: Detections,
     markers: list[MarkerSpec] = []
     shown: set[int] = set()
     if objects is not None:
-        quats = objects.obb_quaternion_xyzw
-        for i in np.flatnonzero(objects.valid):
-            object_id = int(detections.object_ids[i])
+        # Everything per object as Python lists first: one conversion per array, not per
+        # object (same arithmetic, so the same floats).
+        rows = np.flatnonzero(objects.valid)
+        quats = objects.obb_quaternion_xyzw[rows].tolist()
+        centres = objects.obb_center_m[rows].tolist()
+        sizes = np.maximum(objects.obb_size_m[rows], _MIN_BOX_EDGE_M).tolist()
+        # Text above the object: -y is up in the optical frame.
+        tops = objects.aabb_center_m[rows]
+        tops[:, 1] -= objects.aabb_size_m[rows, 1] / 2.0 + _TEXT_HEIGHT_M
+        tops = tops.tolist()
+        depths = objects.centroid_m[rows, 2].tolist()
+        ids = detections.object_ids[rows].tolist()
+        classes = detections.class_ids[rows].tolist()
+        for k, i in enumerate(rows.tolist()):
+            object_id = int(ids[k])
             if object_id in shown:
                 continue  # duplicate ids would overwrite each other; the first (best) wins
             shown.add(object_id)
             r, g, b = (c / 255.0 for c in color_for(object_id))
-            size = tuple(max(float(s), _MIN_BOX_EDGE_M) for s in objects.obb_size_m[i])
             markers.append(MarkerSpec(
-                "boxes", object_id, "add", tuple(objects.obb_center_m[i].tolist()),
-                tuple(quats[i].tolist()), size, (r, g, b, 0.4)))
-            # Text above the object: -y is up in the optical frame.
-            top = objects.aabb_center_m[i] - [0.0, objects.aabb_size_m[i][1] / 2.0 +
-                                               _TEXT_HEIGHT_M, 0.0]
-            label = detections.labels[i] or f"class {int(detections.class_ids[i])}"
+                "boxes", object_id, "add", tuple(centres[k]), tuple(quats[k]),
+                tuple(sizes[k]), (r, g, b, 0.4)))
+            label = detections.labels[i] or f"class {int(classes[k])}"
             markers.append(MarkerSpec(
-                "labels", object_id, "add", tuple(top.tolist()), scale_m=(0.0, 0.0,
-                                                                          _TEXT_HEIGHT_M),
-                rgba=(r, g, b, 1.0),
-                text=f"{label} #{object_id} {objects.centroid_m[i][2]:.2f} m"))
+                "labels", object_id, "add", tuple(tops[k]), scale_m=(0.0, 0.0,
+                                                                   _TEXT_HEIGHT_M),
+                rgba=(r, g, b, 1.0), text=f"{label} #{object_id} {depths[k]:.2f} m"))
     for object_id in sorted(previous_ids - shown):
         markers.extend(MarkerSpec(ns, object_id, "delete") for ns in MARKER_NAMESPACES)
     return markers, frozenset(shown)

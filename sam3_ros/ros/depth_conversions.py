@@ -11,9 +11,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
-from std_msgs.msg import ColorRGBA, Header
+from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from sam3_ros.core.camera_model import (
@@ -67,16 +66,13 @@ def depth_msg_to_numpy(msg: Image, max_pixels: int = MAX_DEPTH_PIXELS) -> np.nda
                         int(msg.step), bool(msg.is_bigendian), max_pixels)
 
 
-def _point(xyz: Sequence[float]) -> Point:
-    return Point(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+def _set_xyz(msg: Any, xyz: Sequence[float]) -> None:
+    """Fill a Point / Vector3 in place (values already Python floats, e.g. from tolist())."""
+    msg.x, msg.y, msg.z = xyz
 
 
-def _vector(xyz: Sequence[float]) -> Vector3:
-    return Vector3(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
-
-
-def _quaternion(xyzw: Sequence[float]) -> Quaternion:
-    return Quaternion(x=float(xyzw[0]), y=float(xyzw[1]), z=float(xyzw[2]), w=float(xyzw[3]))
+def _set_xyzw(msg: Any, xyzw: Sequence[float]) -> None:
+    msg.x, msg.y, msg.z, msg.w = xyzw
 
 
 def objects_to_msg(objects: Objects3D, detections: Detections, header: Header,
@@ -98,14 +94,21 @@ def objects_to_msg(objects: Objects3D, detections: Detections, header: Header,
     ids, classes = detections.object_ids.tolist(), detections.class_ids.tolist()
     scores, valid = detections.scores.tolist(), objects.valid.tolist()
     counts = objects.num_points.tolist()
+    labels = detections.labels
     items = []
+    # Filled in place: a rosidl constructor builds every sub-message default anyway, so
+    # passing new Point / Pose / Vector3 objects would construct each one twice.
     for i in range(len(objects)):
-        items.append(Detection3D(
-            object_id=ids[i], class_id=classes[i], label=detections.labels[i], score=scores[i],
-            valid=valid[i], num_points=counts[i], centroid=_point(centroid[i]),
-            bbox_center=_point(aabb_c[i]), bbox_size=_vector(aabb_s[i]),
-            obb_pose=Pose(position=_point(obb_c[i]), orientation=_quaternion(quats[i])),
-            obb_size=_vector(obb_s[i])))
+        d = Detection3D()
+        d.object_id, d.class_id, d.label, d.score = ids[i], classes[i], labels[i], scores[i]
+        d.valid, d.num_points = valid[i], counts[i]
+        _set_xyz(d.centroid, centroid[i])
+        _set_xyz(d.bbox_center, aabb_c[i])
+        _set_xyz(d.bbox_size, aabb_s[i])
+        _set_xyz(d.obb_pose.position, obb_c[i])
+        _set_xyzw(d.obb_pose.orientation, quats[i])
+        _set_xyz(d.obb_size, obb_s[i])
+        items.append(d)
     out = Detection3DArray(header=header, detections=items)
     if depth_stamp is not None:
         out.depth_stamp = depth_stamp
@@ -132,19 +135,21 @@ def objects_to_vision_msgs(objects: Objects3D, detections: Detections,
     vm = _vision_msgs()
     if vm is None:
         return None
-    quats = objects.obb_quaternion_xyzw
+    quats = objects.obb_quaternion_xyzw.tolist()
+    obb_c, obb_s = objects.obb_center_m.tolist(), objects.obb_size_m.tolist()
+    centroid = objects.centroid_m.tolist()
     items = []
-    for i in np.flatnonzero(objects.valid):
+    for i in np.flatnonzero(objects.valid).tolist():
         det = vm.Detection3D()
         det.header = header
         det.id = str(int(detections.object_ids[i]))
-        det.bbox.center = Pose(position=_point(objects.obb_center_m[i]),
-                               orientation=_quaternion(quats[i]))
-        det.bbox.size = _vector(objects.obb_size_m[i])
+        _set_xyz(det.bbox.center.position, obb_c[i])
+        _set_xyzw(det.bbox.center.orientation, quats[i])
+        _set_xyz(det.bbox.size, obb_s[i])
         result = vm.ObjectHypothesisWithPose()
         result.hypothesis.class_id = detections.labels[i] or str(int(detections.class_ids[i]))
         result.hypothesis.score = float(detections.scores[i])
-        result.pose.pose.position = _point(objects.centroid_m[i])
+        _set_xyz(result.pose.pose.position, centroid[i])
         result.pose.pose.orientation.w = 1.0
         det.results = [result]
         items.append(det)
@@ -179,18 +184,23 @@ def markers_to_msg(markers: Sequence[MarkerSpec], header: Header) -> MarkerArray
     """MarkerArray of a `marker_plan`: CUBE for "boxes", TEXT_VIEW_FACING for "labels",
     DELETE for removed ones; every marker stamped with `header`."""
     out = []
+    # Filled in place (see objects_to_msg): no sub-message is constructed twice.
     for spec in markers:
-        m = Marker(header=header, ns=spec.namespace, id=int(spec.marker_id))
+        m = Marker()
+        m.header = header
+        m.ns = spec.namespace
+        m.id = int(spec.marker_id)
         if spec.action == "delete":
             m.action = Marker.DELETE
         else:
             m.action = Marker.ADD
             m.type = Marker.CUBE if spec.namespace == "boxes" else Marker.TEXT_VIEW_FACING
-            m.pose = Pose(position=_point(spec.position_m),
-                          orientation=_quaternion(spec.orientation_xyzw))
-            m.scale = _vector(spec.scale_m)
-            m.color = ColorRGBA(r=float(spec.rgba[0]), g=float(spec.rgba[1]),
-                                b=float(spec.rgba[2]), a=float(spec.rgba[3]))
+            pose = m.pose
+            _set_xyz(pose.position, [float(v) for v in spec.position_m])
+            _set_xyzw(pose.orientation, [float(v) for v in spec.orientation_xyzw])
+            _set_xyz(m.scale, [float(v) for v in spec.scale_m])
+            color = m.color
+            color.r, color.g, color.b, color.a = (float(v) for v in spec.rgba)
             m.text = spec.text
         out.append(m)
     return MarkerArray(markers=out)
