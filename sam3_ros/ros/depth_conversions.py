@@ -5,9 +5,7 @@ Detection3DArray, PointCloud2 and MarkerArray out. Thin adapter over `sam3_ros.c
 from __future__ import annotations
 
 import array as pyarray
-import functools
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -24,6 +22,7 @@ from sam3_ros.core.camera_model import (
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.objects3d import CLOUD_DTYPE, MarkerSpec, Objects3D
 from sam3_ros.msg import Detection3D, Detection3DArray
+from sam3_ros.ros.detection_conversions import _vision_msgs
 
 __all__ = [
     "camera_info_key",
@@ -113,15 +112,6 @@ def objects_to_msg(objects: Objects3D, detections: Detections, header: Header,
     if depth_stamp is not None:
         out.depth_stamp = depth_stamp
     return out
-
-
-@functools.cache
-def _vision_msgs() -> ModuleType | None:
-    try:
-        from vision_msgs import msg as vision_msgs
-    except ImportError:
-        return None
-    return vision_msgs
 
 
 def objects_to_vision_msgs(objects: Objects3D, detections: Detections,

@@ -54,6 +54,7 @@ from sam3_ros.ros.depth_conversions import (
     objects_to_msg,
     objects_to_vision_msgs,
 )
+from sam3_ros.ros.detection_conversions import _vision_msgs
 
 # Depth frames kept for pairing: at 30 Hz, 8 frames span 0.27 s, more than a colour frame
 # spends in inference on a GPU; raw messages are kept, only the paired one is decoded.
@@ -108,13 +109,10 @@ class DepthOutputs:
             "points": node.create_lifecycle_publisher(PointCloud2, "~/points", qos),
             "markers": node.create_lifecycle_publisher(MarkerArray, "~/markers", qos),
         }
-        try:
-            from vision_msgs.msg import Detection3DArray as VisionDetection3DArray
-        except ImportError:
-            pass
-        else:
+        vision_msgs = _vision_msgs()
+        if vision_msgs is not None:
             self._pubs["vision_detections_3d"] = node.create_lifecycle_publisher(
-                VisionDetection3DArray, "~/vision_detections_3d", qos)
+                vision_msgs.Detection3DArray, "~/vision_detections_3d", qos)
 
     def destroy_publishers(self) -> None:
         """cleanup."""
