@@ -89,7 +89,7 @@ def side_by_side(tiny_checkpoint):
     camera = Camera(client, period_s=0.01, stamp_step_ns=10_000_000)
     try:
         for node, process in (("segmenter", segmenter), ("tracker", tracker)):
-            wait_for(lambda n=node: client.messages(f"{NS}/{n}/detections"), 180,
+            wait_for(lambda n=node: client.messages(f"{NS}/{n}/detections"), 300,
                      f"{node} streaming", process)
         yield client, segmenter, tracker
     finally:
