@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from sam3_ros.core.backbone import create_backbone
 from sam3_ros.core.errors import ModelLoadError
 from sam3_ros.core.model_loading import LoadedSam3, load_sam3
 from sam3_ros.core.vision_features import VisionFeatureCache
@@ -12,21 +13,31 @@ from sam3_ros.core.vision_features import VisionFeatureCache
 
 @dataclass(frozen=True)
 class ModelKey:
-    """What identifies a loaded model: checkpoint, device, dtype and quantisation."""
+    """What identifies a loaded model: checkpoint, device, dtype, quantisation and backbone.
+
+    `backend_options` are (name, value) pairs, sorted, so the key stays hashable.
+    """
 
     source: str
     device: str
     dtype: str
     quantization: str
+    backend: str = "torch"
+    backend_options: tuple[tuple[str, object], ...] = ()
 
 
 class SharedModel:
-    """A loaded checkpoint and the vision-feature cache its users share."""
+    """A loaded checkpoint, its vision backbone and the feature cache its users share.
 
-    def __init__(self, key: ModelKey, loaded: LoadedSam3):
+    Raises:
+        ModelLoadError: the backbone backend cannot run here (no fallback to another one).
+    """
+
+    def __init__(self, key: ModelKey, loaded: LoadedSam3, feature_capacity: int = 4):
         self.key = key
         self.loaded = loaded
-        self.feature_cache = VisionFeatureCache(loaded.detector, capacity=4)
+        self.backbone = create_backbone(key.backend, loaded, dict(key.backend_options))
+        self.feature_cache = VisionFeatureCache(self.backbone, capacity=feature_capacity)
 
 
 class ModelHub:
@@ -67,7 +78,11 @@ class ModelHub:
                                with_tracker=with_tracker or self._with_tracker,
                                quantization=key.quantization)
             self.loads += 1
-            shared = SharedModel(key, loaded)
+            try:
+                shared = SharedModel(key, loaded)
+            except BaseException:
+                loaded.release()
+                raise
             self._models[key] = (shared, 1)
             return shared
 

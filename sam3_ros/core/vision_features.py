@@ -1,32 +1,41 @@
-"""Share one frame's SAM3 vision-backbone features between the detector and the tracker."""
+"""Share one frame's SAM3 vision-backbone features between every consumer of the frame."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
+
+from sam3_ros.core.backbone import TorchBackbone, VisionBackbone, select_frame
 
 
 class VisionFeatureCache:
-    """Runs the detector's vision backbone once per frame key; later askers reuse the output.
+    """Runs the vision backbone once per frame key; later askers reuse the output.
 
-    In a composed process the segmenter and tracker ask for the same camera frame (key: the
-    image stamp and frame id); the ViT backbone, by far the most expensive part of SAM3, then
-    runs once. Only the newest `capacity` frames are held, so memory stays bounded.
+    Consumers of one camera frame (a segmenter and a tracker stream, or the detector and the
+    tracker inside one tracker session) ask with the same key (the image stamp and frame id);
+    the ViT backbone, by far the most expensive part of SAM3, then runs once. The runtime fills
+    the cache for several cameras with one batched pass (`compute_batch`). Only the newest
+    `capacity` frames are held, so memory stays bounded.
 
     Args:
-        detector: A `Sam3Model` (or `Sam3VideoModel.detector_model`).
+        backbone: A `VisionBackbone`; a `Sam3Model` (or `Sam3VideoModel.detector_model`) is
+            wrapped in `TorchBackbone`.
         capacity: How many frames' features to keep.
     """
 
-    def __init__(self, detector: Any, capacity: int = 2) -> None:
-        self._detector = detector
-        self._capacity = capacity
+    def __init__(self, backbone: Any, capacity: int = 2) -> None:
+        if not isinstance(backbone, TorchBackbone) and hasattr(backbone, "get_vision_features"):
+            backbone = TorchBackbone(backbone)
+        self.backbone: VisionBackbone = backbone
+        self.capacity = capacity
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.backbone_calls = 0
-        """How many times the backbone actually ran (for tests and benchmarks)."""
+        """How many backbone passes actually ran (a batched pass counts once)."""
+        self.frames_encoded = 0
+        """How many frames those passes encoded."""
 
     def get(self, key: Hashable | None, pixel_values: Any) -> Any:
         """Vision features of `pixel_values` (1, 3, S, S), computed once per `key`.
@@ -36,22 +45,54 @@ class VisionFeatureCache:
             pixel_values: The preprocessed frame; only used when the key is not cached.
 
         Returns:
-            The `Sam3VisionEncoderOutput` of `detector.get_vision_features`.
+            The backbone's `Sam3VisionEncoderOutput` (batch 1).
         """
-        import torch
-
         with self._lock:
             if key is not None and key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            with torch.inference_mode():
-                features = self._detector.get_vision_features(pixel_values=pixel_values)
-            self.backbone_calls += 1
+            features = self._run(pixel_values)
             if key is not None:
-                self._entries[key] = features
-                while len(self._entries) > self._capacity:
-                    self._entries.popitem(last=False)
+                self._store(key, features)
             return features
+
+    def contains(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def compute_batch(self, keys: Sequence[Hashable], pixel_values: Any) -> None:
+        """Encode B frames in one backbone pass and cache each under its key.
+
+        Args:
+            keys: B distinct frame keys (not None), in batch order.
+            pixel_values: (B, 3, S, S).
+
+        Raises:
+            ValueError: B does not match the number of keys, or more frames than the cache
+                holds (their features would be evicted before use).
+        """
+        if pixel_values.shape[0] != len(keys):
+            raise ValueError(f"compute_batch: expected {len(keys)} frames (one per key), got "
+                             f"a batch of {pixel_values.shape[0]}")
+        if len(keys) > self.capacity:
+            raise ValueError(f"compute_batch: {len(keys)} frames, but the cache holds "
+                             f"{self.capacity}")
+        with self._lock:
+            features = self._run(pixel_values)
+            for index, key in enumerate(keys):
+                self._store(key, select_frame(features, index))
+
+    def _run(self, pixel_values: Any) -> Any:
+        features = self.backbone(pixel_values)
+        self.backbone_calls += 1
+        self.frames_encoded += pixel_values.shape[0]
+        return features
+
+    def _store(self, key: Hashable, features: Any) -> None:
+        self._entries[key] = features
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sam3_ros.core.backbone import BACKENDS
+
 MAX_STRING_CHARS = 4096
 """Longest string parameter (and string-array item) accepted."""
 MAX_LIST_ITEMS = 1024
@@ -94,6 +96,9 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
               "torchao weight quantisation: none, int8_weight_only, int8_dynamic, nvfp4 "
               "(nvfp4 needs a Blackwell GPU)", reload=True,
               choices=("none", "int8_weight_only", "int8_dynamic", "nvfp4")),
+    ParamSpec("backend", "torch",
+              "Vision backbone implementation (the text encoder and heads stay in torch)",
+              reload=True, choices=BACKENDS),
     ParamSpec("warmup", True, "Run one inference during configure so the first frame is fast",
               reload=True),
 )
