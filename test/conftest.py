@@ -23,6 +23,7 @@ TEST_TIERS = {
     "test_benchmark_stats.py": "core",
     "test_bytetrack.py": "core",
     "test_compute_thread.py": "core",
+    "test_runtime.py": "core",
     "test_detections.py": "core",
     "test_image_codec.py": "core",
     "test_latest_frame.py": "core",

@@ -7,26 +7,21 @@ and libgomp then stops spin-waiting between parallel regions: every one of the h
 small kernels per frame pays a futex wake-up. Measured on this project's 2-core machine with
 the tiny checkpoint: 18-20 ms per frame on the thread that loaded the model, 30-36 ms on any
 other thread. Running every torch call of the process on this one thread keeps one team.
+
+The thread is the process runtime's (`core.runtime.Runtime.default()`): calls made here run
+between the runtime's frame cycles.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
+
+from sam3_ros.core.runtime import Runtime
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
-_thread: threading.Thread | None = None
-
-
-def _remember_thread() -> None:
-    global _thread
-    _thread = threading.current_thread()
 
 
 def run_on_compute_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -36,17 +31,10 @@ def run_on_compute_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs)
     an exception raised by `fn` is raised here. A call made from the compute thread itself runs
     directly, so nested use cannot deadlock.
     """
-    global _executor
-    if threading.current_thread() is _thread:
-        return fn(*args, **kwargs)
-    with _lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam3_compute",
-                                           initializer=_remember_thread)
-        executor = _executor
-    return executor.submit(fn, *args, **kwargs).result()
+    return Runtime.default().call(fn, *args, **kwargs)
 
 
 def compute_thread() -> threading.Thread | None:
-    """The compute thread, once the first call has started it (for tests and diagnostics)."""
-    return _thread
+    """The compute thread, once the process runtime exists (for tests and diagnostics)."""
+    runtime = Runtime._default
+    return runtime.thread if runtime is not None else None
