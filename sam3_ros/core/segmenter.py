@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from sam3_ros.core.errors import ConfigError, InvalidImageError, InvalidPromptEr
 from sam3_ros.core.model_loading import LoadedSam3
 from sam3_ros.core.prompts import PromptSpec, exemplar_arrays, validate_prompts
 from sam3_ros.core.vision_features import VisionFeatureCache
+
+if TYPE_CHECKING:
+    from sam3_ros.core.bytetrack import ByteTracker
 
 TEXT_MAX_TOKENS = 32
 """SAM3's text encoder context length (the processor pads every prompt to it)."""
@@ -174,6 +177,7 @@ class Sam3Segmenter:
         prompts: EncodedPrompts,
         config: SegmenterConfig,
         frame_key: Hashable | None = None,
+        pixel_values: Any = None,
     ) -> Detections:
         """Detect and segment every instance of every prompt in one image.
 
@@ -182,6 +186,7 @@ class Sam3Segmenter:
             prompts: Encoded prompt set (`encode_prompts`).
             config: Thresholds and limits.
             frame_key: Identifies the frame for the shared vision-feature cache.
+            pixel_values: `preprocess(rgb)` when the caller (the runtime) already ran it.
 
         Returns:
             Detections with full-size masks, sorted by descending score, at most
@@ -194,7 +199,8 @@ class Sam3Segmenter:
         frame (the prompt set was checked against an earlier frame's size, if any).
         """
         height, width = int(rgb.shape[0]), int(rgb.shape[1])
-        pixel_values = self.preprocess(rgb)
+        if pixel_values is None:
+            pixel_values = self.preprocess(rgb)
         vision_embeds = self.feature_cache.get(frame_key, pixel_values)
         return self.segment_features(vision_embeds, prompts, config, height, width)
 
@@ -274,17 +280,27 @@ class Sam3Segmenter:
 
 
 class SegmenterSession:
-    """State of one camera stream for the segmenter: the live prompt set.
+    """State of one camera stream for the segmenter: the live prompt set and, optionally,
+    ByteTrack ids with the stamp of the last tracked frame.
 
     Prompt changes (services, parameters) and frames may come from different threads: a new
     prompt set is validated and encoded first and then swapped in atomically, so a frame in
-    flight finishes with the set it started with.
+    flight finishes with the set it started with. Track state is only touched on the compute
+    thread (frames, `set_prompts`, `reset`, `set_tracker` all run there).
+
+    Args:
+        segmenter: The stateless backend.
+        config: Thresholds and limits.
+        prompts: The initial prompt set.
+        tracker: ByteTrack for persistent ids across frames; None publishes detection order.
     """
 
     def __init__(self, segmenter: Sam3Segmenter, config: SegmenterConfig,
-                 prompts: Sequence[PromptSpec]):
+                 prompts: Sequence[PromptSpec], tracker: ByteTracker | None = None):
         self.segmenter = segmenter
         self.config = config
+        self._tracker = tracker
+        self._last_stamp_ns: int | None = None
         self._lock = threading.Lock()
         self._generation = 0
         self._image_size_hw: tuple[int, int] | None = None
@@ -312,6 +328,7 @@ class SegmenterSession:
                 self._generation -= 1
                 raise
             self._prompts = encoded
+        self.reset_tracks()  # class ids changed meaning
         return list(range(len(encoded.specs)))
 
     def set_config(self, config: SegmenterConfig) -> None:
@@ -320,19 +337,50 @@ class SegmenterSession:
                               f"{len(self._prompts.specs)} prompts now active")
         self.config = config
 
-    def process(self, rgb: np.ndarray,
-                frame_key: Hashable | None = None) -> tuple[Detections, EncodedPrompts]:
+    def set_tracker(self, tracker: ByteTracker | None) -> None:
+        """Replace ByteTrack (new settings); ids restart."""
+        self._tracker = tracker
+        self._last_stamp_ns = None
+
+    def reset_tracks(self) -> None:
+        """Forget every track: ids restart at 0."""
+        if self._tracker is not None:
+            self._tracker.reset()
+        self._last_stamp_ns = None
+
+    def process(self, rgb: np.ndarray, frame_key: Hashable | None = None,
+                stamp_ns: int | None = None, pixel_values: Any = None,
+                track: bool = True) -> tuple[Detections, EncodedPrompts]:
         """Segment one frame with the current prompts (see `Sam3Segmenter.segment`).
 
+        Args:
+            rgb: (H, W, 3) uint8 RGB.
+            frame_key: The frame's key in the shared vision-feature cache.
+            stamp_ns: The frame's stamp; the gap to the previous tracked frame lets
+                ByteTrack's motion model skip frames that were dropped.
+            pixel_values: Already preprocessed frame (the runtime's), else computed here.
+            track: Apply ByteTrack (False for a warm-up frame outside the stream).
+
         Returns:
-            The detections and the prompt set that produced them (labels, generation).
+            The detections (with track ids when a tracker is set) and the prompt set that
+            produced them (labels, generation).
         """
         prompts, config = self._prompts, self.config
-        detections = self.segmenter.segment(rgb, prompts, config, frame_key)
+        detections = self.segmenter.segment(rgb, prompts, config, frame_key, pixel_values)
         self._image_size_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+        tracker = self._tracker
+        if tracker is not None and track:
+            last = self._last_stamp_ns
+            dt_s = None
+            if stamp_ns is not None:
+                self._last_stamp_ns = stamp_ns
+                if last is not None and stamp_ns > last:
+                    dt_s = (stamp_ns - last) * 1e-9
+            detections = tracker.update(detections, dt_s=dt_s)
         return detections, prompts
 
     def reset(self) -> None:
-        """Forget per-stream observations (image size); the prompt set stays."""
+        """Forget per-stream observations (image size, tracks); the prompt set stays."""
         self._image_size_hw = None
+        self.reset_tracks()
         self.segmenter.feature_cache.clear()

@@ -601,8 +601,20 @@ class TrackerSession:
         """
         self._camera_stamps.note(int(stamp_ns), self.config.max_time_gap_s, gap_may_be_ours)
 
+    def preprocess(self, rgb: np.ndarray) -> Any:
+        """(H, W, 3) uint8 RGB -> (1, 3, S, S) pixel values for this session's model."""
+        return self._segmenter.preprocess(rgb)
+
+    def needs_backbone(self) -> bool:
+        """False when the next frame will reuse earlier backbone features (realtime mode), so
+        the runtime spends no backbone pass on it. A guess: a reset in between makes the
+        session compute the features itself."""
+        reuse = self.config.reuse_backbone_frames
+        reused = self._reused_vision
+        return not (reuse and reused is not None and self._frame_idx + 1 - reused[0] <= reuse)
+
     def process_frame(self, rgb: np.ndarray, stamp_ns: int,
-                      frame_key: Hashable | None = None) -> Detections:
+                      frame_key: Hashable | None = None, pixel_values: Any = None) -> Detections:
         """Track every object in the next camera frame.
 
         Args:
@@ -612,6 +624,7 @@ class TrackerSession:
                 one; a stamp never noted is noted here, so callers that do not call
                 `note_camera_stamp` get jumps judged between consecutive processed frames.
             frame_key: Key of the frame in the shared vision-feature cache.
+            pixel_values: The frame already preprocessed (by the runtime), else done here.
 
         Returns:
             One instance per tracked object, sorted by object id: masks (H, W) bool, boxes
@@ -621,7 +634,8 @@ class TrackerSession:
         import torch
 
         height, width = int(rgb.shape[0]), int(rgb.shape[1])
-        pixel_values = self._segmenter.preprocess(rgb)
+        if pixel_values is None:
+            pixel_values = self._segmenter.preprocess(rgb)
         with self._lock:
             reason = None
             epoch = self._camera_stamps.take(int(stamp_ns), self.config.max_time_gap_s)

@@ -19,16 +19,17 @@ and the image callback turn unexpected errors into a refusal with the reason (an
 a parameter override of the wrong type at start-up is converted where that is unambiguous
 (`prompts:=person`) or refused, and configure then fails with the reason.
 
-Frames go from the subscription callback into a `LatestSlot`; one worker thread always takes
-the newest frame, so a slow model never builds a queue (frames replaced while it is busy are
-counted as dropped). Model calls run on the process's compute thread (`core.compute_thread`);
-the label image and overlay are drawn on a render thread after `detections` is published.
-Subclasses implement `_create_session`, `_process` and their services.
+Frames go from the subscription callback straight into this node's stream of the process
+runtime (`core.runtime`): the compute thread takes the newest frame of every active stream
+(a slow model never builds a queue; replaced frames count as dropped), decodes it, runs one
+batched backbone pass for all cameras of the process, then this node's session, and hands
+the result to the node's output thread, which publishes `detections` (and 3D) first and then
+draws the label image and overlay. Subclasses implement `_create_session`, `_process` and
+their services.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -60,9 +61,10 @@ from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import Sam3RosError
 from sam3_ros.core.image_codec import check_image_size, to_rgb8
-from sam3_ros.core.latest_frame import LatestSlot
+from sam3_ros.core.latest_frame import OutputBuffer
 from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
 from sam3_ros.core.render import draw_overlay, label_image, mask_crops
+from sam3_ros.core.runtime import PreparedFrame, Runtime, Stream
 from sam3_ros.msg import DetectionArray, LabelInfo
 from sam3_ros.ros.depth_outputs import DepthOutputs
 from sam3_ros.ros.detection_conversions import (
@@ -124,13 +126,15 @@ class Sam3LifecycleNode(LifecycleNode):
         model_hub: Hands out models shared with the other nodes of this process (the pipeline
             executable passes one hub to all); None gives the node a private hub.
         needs_tracker: Load the video model (detector + tracker) rather than the detector.
+        runtime: The runtime whose compute thread serves this node's camera; None: the
+            process's (`Runtime.default()`), shared by every node of the process.
         **kwargs: Passed to rclpy's Node (parameter_overrides, namespace, cli_args: what a
             launch file or an rclpy component container passes).
     """
 
     def __init__(self, node_name: str, param_specs: dict[str, ParamSpec], *,
                  model_hub: ModelHub | None = None, needs_tracker: bool = False,
-                 **kwargs: Any):
+                 runtime: Runtime | None = None, **kwargs: Any):
         if kwargs.get("parameter_overrides"):
             kwargs["parameter_overrides"] = normalise_parameter_overrides(
                 kwargs["parameter_overrides"])
@@ -145,21 +149,20 @@ class Sam3LifecycleNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._configured = False
         self._model: SharedModel | None = None
-        self._slot: LatestSlot[Image | CompressedImage] = LatestSlot()
-        self._worker: threading.Thread | None = None
-        # Label image and overlay are drawn on their own thread, so the next frame's inference
-        # does not wait for them. Size 1: at most one frame's drawing waits, never a queue.
-        self._render_queue: queue.Queue[tuple | None] = queue.Queue(maxsize=1)
-        self._renderer: threading.Thread | None = None
+        self._runtime = runtime or Runtime.default()
+        self._stream: Stream | None = None
+        # Results are published (and drawn) on the node's output thread, so the compute thread
+        # goes on with the next cycle at once.
+        self._outputs: OutputBuffer[tuple] = OutputBuffer(capacity=4)
+        self._output_thread: threading.Thread | None = None
+        self._render_skipped = 0
         self._running = False
         self._subscription = None
         self._output_pubs: dict[str, Any] = {}
         self._service_handles: list[Any] = []
         self._diag_timer = None
         self._stats_lock = threading.Lock()
-        self._processed = 0
         self._errors = 0
-        self._last_latency_ms = float("nan")
         self._last_error = ""
         self._last_error_at_s = -float("inf")
         self._last_error_log_s = 0.0
@@ -327,10 +330,11 @@ class Sam3LifecycleNode(LifecycleNode):
             self._warm_up()
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        self._slot.reopen()
+        self._outputs.reopen()
         self._reset_counters()
         # Subscribe first: if that fails (e.g. a bad qos_overrides value) no thread is left
-        # running. Frames arriving before the worker starts wait in the slot.
+        # running and no stream registered. Frames arriving before the stream exists are
+        # dropped (the node is not active yet).
         options = QoSOverridingOptions.with_default_policies()
         try:
             if self.param("input_kind") == "compressed":
@@ -347,12 +351,11 @@ class Sam3LifecycleNode(LifecycleNode):
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._publish_label_info()
         self._running = True
-        self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}_worker",
-                                        daemon=True)
-        self._worker.start()
-        self._renderer = threading.Thread(target=self._render_work,
-                                          name=f"{self.get_name()}_render", daemon=True)
-        self._renderer.start()
+        self._output_thread = threading.Thread(target=self._output_work,
+                                               name=f"{self.get_name()}_output", daemon=True)
+        self._output_thread.start()
+        self._stream = self._runtime.add_stream(self.get_fully_qualified_name(),
+                                                _NodeStream(self))
         self.get_logger().info(f"active: listening on {self._subscription.topic_name}")
         return result
 
@@ -388,16 +391,15 @@ class Sam3LifecycleNode(LifecycleNode):
             self.destroy_subscription(self._subscription)
             self._subscription = None
         self._depth.unsubscribe()
+        if self._stream is not None:
+            # Waits for a cycle using the stream: afterwards nothing is delivered.
+            self._runtime.remove_stream(self._stream)
+            self._stream = None
         self._running = False
-        self._slot.close()
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
-        if self._renderer is not None:
-            self._render_queue.put(None)  # after the worker: nothing is put behind it
-            self._renderer.join()
-            self._renderer = None
-        self._slot.clear()
+        self._outputs.close()
+        if self._output_thread is not None:
+            self._output_thread.join()
+            self._output_thread = None
 
     # ------------------------------------------------------------------------- model, outputs
     def _warm_up(self) -> None:
@@ -475,14 +477,16 @@ class Sam3LifecycleNode(LifecycleNode):
     # --------------------------------------------------------------------------- per frame
     def _on_image(self, msg: Image | CompressedImage) -> None:
         # Runs in the executor: hand the frame over, never raise.
-        self._slot.put(msg)
+        stream = self._stream
+        header = msg.header
+        if stream is not None:
+            stream.submit(msg, (header.stamp.sec, header.stamp.nanosec, header.frame_id))
         # Frames may have been overwritten unseen if a long callback held the executor since
         # the previous frame arrived.
         stalled = EXECUTOR_STALLS.last_end_s >= self._last_image_at_s
         self._last_image_at_s = time.monotonic()
         try:
-            self._frame_received(
-                msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, stalled)
+            self._frame_received(header.stamp.sec * 1_000_000_000 + header.stamp.nanosec, stalled)
         except Exception as err:
             self._report_frame_error(f"{type(err).__name__}: {err}")
 
@@ -494,24 +498,6 @@ class Sam3LifecycleNode(LifecycleNode):
             executor_stalled: A long callback held this process's executor since the previous
                 frame arrived, so frames in between may have been lost here.
         """
-
-    def _work(self) -> None:
-        while self._running:
-            msg = self._slot.take(timeout_s=0.5)
-            if msg is None:
-                continue
-            started = time.perf_counter()
-            try:
-                self._handle_frame(msg)
-            except Sam3RosError as err:
-                self._report_frame_error(str(err))
-                continue
-            except Exception as err:
-                self._report_frame_error(f"{type(err).__name__}: {err}")
-                continue
-            with self._stats_lock:
-                self._processed += 1
-                self._last_latency_ms = (time.perf_counter() - started) * 1e3
 
     def _note_error(self, text: str) -> None:
         with self._stats_lock:
@@ -539,20 +525,37 @@ class Sam3LifecycleNode(LifecycleNode):
             array, encoding = image_msg_to_numpy(msg), msg.encoding
         return array, encoding
 
-    def _handle_frame(self, msg: Image | CompressedImage) -> None:
+    def _prepare(self, msg: Image | CompressedImage) -> PreparedFrame:
+        """Compute thread: decode the runtime's chosen frame of this stream."""
         array, encoding = self._decode(msg)
         rgb = to_rgb8(array, encoding)
         header = msg.header
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        frame_key = (header.stamp.sec, header.stamp.nanosec, header.frame_id)
-        detections, generation = run_on_compute_thread(
-            self._process, rgb, stamp_ns=stamp_ns, frame_key=frame_key)
-        self._publish(detections, generation, header, rgb)
+        model = self._model
+        return PreparedFrame(
+            rgb=rgb, key=(header.stamp.sec, header.stamp.nanosec, header.frame_id),
+            feature_cache=model.feature_cache, preprocess=self._preprocess,
+            needs_backbone=self._needs_backbone(stamp_ns), context=(header, stamp_ns))
+
+    def _deliver(self, frame: PreparedFrame, result: tuple[Detections, int]) -> None:
+        """Compute thread: hand the result to the output thread (never waits)."""
+        detections, generation = result
+        self._outputs.put((detections, generation, frame.context[0], frame.rgb))
+
+    def _output_work(self) -> None:
+        while True:
+            item = self._outputs.take()
+            if item is None:
+                return
+            try:
+                self._publish(*item)
+            except Exception as err:
+                self._report_frame_error(f"publishing: {type(err).__name__}: {err}")
 
     def _publish(self, detections: Detections, generation: int, header: Any,
                  rgb: np.ndarray) -> None:
-        """Publish the detections now; hand the label image and overlay to the render thread
-        (blocks only while the previous frame's drawing is still running)."""
+        """Output thread: publish the detections (and 3D) at once, then draw the label image
+        and overlay unless a newer result already waits (drawing is skipped, not queued)."""
         pubs = self._output_pubs
         want_masks = self.param("publish_masks")
         want_label = self.param("publish_mask_image") and detections.masks is not None
@@ -568,24 +571,11 @@ class Sam3LifecycleNode(LifecycleNode):
                 pubs["vision_detections"].publish(vision)
         self._depth.publish(detections, header, crops)
         if want_label or want_overlay:
-            item = (detections, header, rgb, crops, want_label, want_overlay)
-            while True:  # a renderer that died must not block the worker (and deactivate)
-                try:
-                    self._render_queue.put(item, timeout=0.5)
-                    break
-                except queue.Full:
-                    if self._renderer is None or not self._renderer.is_alive():
-                        return
-
-    def _render_work(self) -> None:
-        while True:
-            item = self._render_queue.get()
-            if item is None:
+            if self._outputs.waiting():
+                with self._stats_lock:
+                    self._render_skipped += 1
                 return
-            try:
-                self._render(*item)
-            except Exception as err:
-                self._report_frame_error(f"drawing outputs: {type(err).__name__}: {err}")
+            self._render(detections, header, rgb, crops, want_label, want_overlay)
 
     def _render(self, detections: Detections, header: Any, rgb: np.ndarray,
                 crops: Any, want_label: bool, want_overlay: bool) -> None:
@@ -604,21 +594,27 @@ class Sam3LifecycleNode(LifecycleNode):
     # ------------------------------------------------------------------------- diagnostics
     def _reset_counters(self) -> None:
         """All per-activation counters start again together (activate)."""
-        self._slot.reset_counters()
         with self._stats_lock:
-            self._processed = 0
             self._errors = 0
-            self._last_latency_ms = float("nan")
+            self._render_skipped = 0
             self._last_error = ""
             self._last_error_at_s = -float("inf")
 
     def stats(self) -> dict[str, float]:
-        """Counters since activation (received, dropped, processed, errors, last latency) and
-        the shared model's backbone passes."""
+        """This camera's counters since activation (received, dropped, processed, errors,
+        latencies from reception to the result), then the process runtime's (prefixed
+        `runtime_`: cycles, backbone passes, batch sizes) and the shared model's backbone
+        passes."""
+        stream = self._stream
+        stream_stats = stream.stats.as_dict() if stream is not None else {
+            "received": 0, "dropped": 0, "processed": 0, "errors": 0,
+            "last_latency_ms": float("nan"), "mean_latency_ms": float("nan")}
         with self._stats_lock:
-            stats = {"received": self._slot.received, "dropped": self._slot.dropped,
-                     "processed": self._processed, "errors": self._errors,
-                     "last_latency_ms": self._last_latency_ms}
+            # Errors outside the runtime (decoding is inside) are counted by the node.
+            stats = dict(stream_stats, errors=self._errors,
+                         outputs_discarded=self._outputs.discarded,
+                         drawing_skipped=self._render_skipped)
+        stats.update({f"runtime_{k}": v for k, v in self._runtime.stats.as_dict().items()})
         if self._model is not None:
             stats["backbone_calls"] = self._model.feature_cache.backbone_calls
         return stats
@@ -669,9 +665,19 @@ class Sam3LifecycleNode(LifecycleNode):
         raise NotImplementedError
 
     def _process(self, rgb: np.ndarray, stamp_ns: int, frame_key: Any,
-                 warmup: bool = False) -> tuple[Detections, int]:
-        """Run the model on one RGB frame; return detections and the prompt generation."""
+                 warmup: bool = False, pixel_values: Any = None) -> tuple[Detections, int]:
+        """Run the model on one RGB frame; return detections and the prompt generation.
+
+        `pixel_values` are the runtime's preprocessed frame (None: preprocess here)."""
         raise NotImplementedError
+
+    def _preprocess(self, rgb: np.ndarray) -> Any:
+        """(H, W, 3) uint8 -> (1, 3, S, S) pixel values for this node's model."""
+        raise NotImplementedError
+
+    def _needs_backbone(self, stamp_ns: int) -> bool:
+        """False when the session will reuse earlier features for this frame."""
+        return True
 
     def _class_names(self) -> tuple[list[str], int]:
         """Class names (index = class id) and the prompt generation, for label_info."""
@@ -679,6 +685,30 @@ class Sam3LifecycleNode(LifecycleNode):
 
     def _create_services(self) -> list[Any]:
         return []
+
+
+class _NodeStream:
+    """The node's side of its runtime stream (runs on the compute thread)."""
+
+    def __init__(self, node: Sam3LifecycleNode) -> None:
+        self._node = node
+
+    def prepare(self, msg: Image | CompressedImage) -> PreparedFrame:
+        return self._node._prepare(msg)
+
+    def process(self, frame: PreparedFrame) -> tuple[Detections, int]:
+        _header, stamp_ns = frame.context
+        return self._node._process(frame.rgb, stamp_ns=stamp_ns, frame_key=frame.key,
+                                   pixel_values=frame.pixel_values)
+
+    def deliver(self, frame: PreparedFrame, result: tuple[Detections, int],
+                latency_s: float) -> None:
+        self._node._deliver(frame, result)
+
+    def failed(self, error: Exception) -> None:
+        text = str(error) if isinstance(error, Sam3RosError) else (
+            f"{type(error).__name__}: {error}")
+        self._node._report_frame_error(text)
 
 
 def _vision_msgs_array_type() -> type | None:

@@ -103,8 +103,6 @@ class SegmenterNode(Sam3LifecycleNode):
                  **kwargs: Any):
         super().__init__(node_name, PARAMS, model_hub=model_hub, **kwargs)
         self._session: SegmenterSession | None = None
-        self._tracker: ByteTracker | None = None
-        self._last_stamp_ns: int | None = None
 
     # ---------------------------------------------------------------------------- session
     def _segmenter_config(self, **override: Any) -> SegmenterConfig:
@@ -126,22 +124,19 @@ class SegmenterNode(Sam3LifecycleNode):
     def _create_session(self, model: SharedModel) -> None:
         segmenter = Sam3Segmenter(model.loaded, model.feature_cache)
         prompts = parse_prompt_boxes(self.param("prompts"), self.param("prompt_boxes"))
-        self._session = SegmenterSession(segmenter, self._segmenter_config(), prompts)
-        self._tracker = self._bytetracker()
+        self._session = SegmenterSession(segmenter, self._segmenter_config(), prompts,
+                                         tracker=self._bytetracker())
 
     def _release_session(self) -> None:
         self._session = None
-        self._tracker = None
+
+    def _preprocess(self, rgb: np.ndarray) -> Any:
+        return self._session.segmenter.preprocess(rgb)
 
     def _process(self, rgb: np.ndarray, stamp_ns: int, frame_key: Any,
-                 warmup: bool = False) -> tuple[Detections, int]:
-        detections, prompts = self._session.process(rgb, frame_key)
-        tracker = self._tracker
-        if tracker is not None and not warmup:
-            # The stamp gap lets the motion model skip dropped frames correctly.
-            last, self._last_stamp_ns = self._last_stamp_ns, stamp_ns
-            dt_s = (stamp_ns - last) * 1e-9 if last is not None and stamp_ns > last else None
-            detections = tracker.update(detections, dt_s=dt_s)
+                 warmup: bool = False, pixel_values: Any = None) -> tuple[Detections, int]:
+        detections, prompts = self._session.process(
+            rgb, frame_key, stamp_ns=stamp_ns, pixel_values=pixel_values, track=not warmup)
         return detections, prompts.generation
 
     def _class_names(self) -> tuple[list[str], int]:
@@ -155,14 +150,13 @@ class SegmenterNode(Sam3LifecycleNode):
                 self._session.set_prompts(parse_prompt_boxes(
                     changes.get("prompts", self.param("prompts")),
                     changes.get("prompt_boxes", self.param("prompt_boxes"))))
-                self._reset_tracks()  # class ids changed meaning
                 self._publish_label_info()
             if any(name in changes for name in _SEGMENTER_CONFIG_PARAMS):
                 self._session.set_config(self._segmenter_config(**{
                     k: v for k, v in changes.items() if k in _SEGMENTER_CONFIG_PARAMS}))
             if any(name in changes for name in _TRACK_PARAMS):
-                self._tracker = self._bytetracker(**{
-                    k: v for k, v in changes.items() if k in _TRACK_PARAMS})
+                self._session.set_tracker(self._bytetracker(**{
+                    k: v for k, v in changes.items() if k in _TRACK_PARAMS}))
         except (InvalidPromptError, ConfigError) as err:
             return str(err)
         return None
@@ -176,17 +170,12 @@ class SegmenterNode(Sam3LifecycleNode):
 
     def _on_set_prompts(self, request: SetPrompts.Request,
                         response: SetPrompts.Response) -> SetPrompts.Response:
-        def apply() -> list[int]:
-            # One compute-thread call: no frame runs between the new prompts and the track
-            # reset (class ids changed meaning), and ByteTrack is never touched concurrently.
-            class_ids = self._session.set_prompts(specs)
-            self._reset_tracks()
-            return class_ids
-
         try:
             specs = prompt_specs_from_msgs(list(request.texts), list(request.prompts),
                                            self.param("max_prompts"))
-            class_ids = run_on_compute_thread(apply)
+            # On the compute thread: no frame runs between the new prompts and the track
+            # reset inside set_prompts, and ByteTrack is never touched concurrently.
+            class_ids = run_on_compute_thread(self._session.set_prompts, specs)
         except InvalidPromptError as err:
             response.success, response.message = False, str(err)
             self.get_logger().warning(f"set_prompts refused: {err}")
@@ -202,18 +191,8 @@ class SegmenterNode(Sam3LifecycleNode):
         response.message = f"{len(class_ids)} prompt(s) active: {', '.join(labels)}"
         return response
 
-    def _reset_tracks(self) -> None:
-        # Runs on the compute thread, where `_process` updates the tracker.
-        if self._tracker is not None:
-            self._tracker.reset()
-        self._last_stamp_ns = None
-
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        def apply() -> None:
-            self._session.reset()
-            self._reset_tracks()
-
-        run_on_compute_thread(apply)
+        run_on_compute_thread(self._session.reset)
         response.success = True
         response.message = "segmenter reset (tracking ids restart at 0)"
         return response

@@ -136,10 +136,17 @@ class TrackerNode(Sam3LifecycleNode):
         session.add_objects([ObjectPromptSpec(object_id=0, points=((320.0, 240.0, True),))])
         session.process_frame(np.zeros((480, 640, 3), np.uint8), stamp_ns=0)
 
+    def _preprocess(self, rgb: np.ndarray) -> Any:
+        return self._session.preprocess(rgb)
+
+    def _needs_backbone(self, stamp_ns: int) -> bool:
+        return self._session.needs_backbone()
+
     def _process(self, rgb: np.ndarray, stamp_ns: int, frame_key: Any,
-                 warmup: bool = False) -> tuple[Detections, int]:
+                 warmup: bool = False, pixel_values: Any = None) -> tuple[Detections, int]:
         session = self._session
-        detections = session.process_frame(rgb, stamp_ns=stamp_ns, frame_key=frame_key)
+        detections = session.process_frame(rgb, stamp_ns=stamp_ns, frame_key=frame_key,
+                                           pixel_values=pixel_values)
         reason = session.last_reset_reason
         if reason:
             self.get_logger().warning(f"tracker reset: {reason}")
