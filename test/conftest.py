@@ -47,6 +47,7 @@ TEST_TIERS = {
     "test_tracker_node.py": "node",
     "test_depth_node.py": "node",
     "test_node_hardening.py": "node",
+    "test_multi_camera.py": "node",
 }
 _TIER_HELP = {
     "core": "no rclpy (run on every Python by scripts/test.sh)",

@@ -617,6 +617,7 @@ class Sam3LifecycleNode(LifecycleNode):
         stats.update({f"runtime_{k}": v for k, v in self._runtime.stats.as_dict().items()})
         if self._model is not None:
             stats["backbone_calls"] = self._model.feature_cache.backbone_calls
+        stats["model_loads"] = self._hub.loads
         return stats
 
     def _guarded_diagnostics(self) -> None:

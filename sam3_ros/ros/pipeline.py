@@ -1,28 +1,107 @@
-"""`pipeline`: the segmenter and the tracker in one process, sharing one loaded model.
+"""`pipeline`: several sam3_ros nodes in one process, one loaded model, one runtime.
 
-SAM3's detector and tracker share the vision backbone: the nodes get one `ModelHub` that loads
-the video model once (its detector serves the segmenter), and a frame's backbone features are
-computed once for both nodes (they subscribe to the same camera; the cache key is the image
-stamp and frame id). Both run on one executor and take frames on their own worker threads;
-their model calls queue on the process's compute thread. Each keeps its own lifecycle,
-parameters (node names `segmenter` and `tracker`), topics and services, which are private to
-each node exactly as when they run alone (`/segmenter/detections`, `/tracker/add_objects`).
+By default the segmenter and the tracker of one camera (`/segmenter/...`, `/tracker/...`).
+With `--cameras`, one node per camera and kind, each in the camera's namespace with its own
+parameters, prompts, outputs, services and lifecycle (`/front/segmenter/detections`,
+`/wrist/tracker/add_objects`); every node reads the relative topic `image` in its namespace.
+All nodes share one `ModelHub` (the video model is loaded once; its detector serves the
+segmenters) and the process runtime: each cycle of the compute thread takes the newest frame
+of every camera and encodes them in one batched backbone pass (`core.runtime`). A frame seen
+by a segmenter and a tracker of the same camera costs one backbone pass.
 
     ros2 run sam3_ros pipeline --ros-args -p model:=facebook/sam3 -p autostart:=true
+    ros2 run sam3_ros pipeline --cameras front wrist --nodes segmenter --max-batch 2 \\
+        --ros-args -p autostart:=true -r image:=color/image_raw
+
+A process-wide namespace (`-r __ns:=...`) or node name (`-r __node:=...`) would apply to every
+node of the process: give namespaced camera names instead (`--cameras /robot/front ...`).
 """
 
 from __future__ import annotations
 
+import argparse
+import re
+import sys
+
 from sam3_ros.core.model_hub import ModelHub
+from sam3_ros.core.runtime import Runtime
 from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
 from sam3_ros.ros.segmenter_node import SegmenterNode
 from sam3_ros.ros.tracker_node import TrackerNode
 
+NODE_KINDS = ("segmenter", "tracker")
+MAX_CAMERAS = 16
+MAX_BATCH_LIMIT = 16
+_NAMESPACE = re.compile(r"^/?[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
+
+
+class PipelineArgumentError(ValueError):
+    """A command-line argument of `pipeline` that cannot be used (the message says why)."""
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """Parse the non-ROS arguments of `pipeline`.
+
+    Raises:
+        PipelineArgumentError: unknown argument, bad camera name, duplicate camera, unknown
+            node kind, too many cameras, or max_batch out of range.
+    """
+    parser = argparse.ArgumentParser(prog="pipeline", add_help=True, exit_on_error=False)
+    parser.add_argument("--cameras", nargs="*", default=[],
+                        help="camera namespaces, one node per camera and kind "
+                             "(comma or space separated); none: one camera, no namespace")
+    parser.add_argument("--nodes", default="segmenter,tracker",
+                        help="node kinds per camera: segmenter, tracker or both (comma list)")
+    parser.add_argument("--max-batch", type=int, default=4,
+                        help=f"most camera frames in one backbone pass (1..{MAX_BATCH_LIMIT})")
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise PipelineArgumentError(str(err)) from None
+    if unknown:
+        raise PipelineArgumentError(f"unknown arguments: {' '.join(unknown)}")
+    cameras = [c for item in args.cameras for c in item.split(",") if c.strip()]
+    cameras = [c.strip() for c in cameras]
+    for camera in cameras:
+        if not _NAMESPACE.match(camera):
+            raise PipelineArgumentError(
+                f"camera '{camera}' is not a valid namespace (letters, digits, _ and /)")
+    if len(set(cameras)) != len(cameras):
+        raise PipelineArgumentError(f"a camera is listed twice: {cameras}")
+    if len(cameras) > MAX_CAMERAS:
+        raise PipelineArgumentError(f"{len(cameras)} cameras, at most {MAX_CAMERAS}")
+    kinds = [k.strip() for k in args.nodes.split(",") if k.strip()]
+    if not kinds or any(k not in NODE_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise PipelineArgumentError(
+            f"--nodes {args.nodes!r}: expected segmenter, tracker or segmenter,tracker")
+    if not 1 <= args.max_batch <= MAX_BATCH_LIMIT:
+        raise PipelineArgumentError(f"--max-batch must be in 1..{MAX_BATCH_LIMIT}, "
+                                    f"got {args.max_batch}")
+    args.cameras, args.kinds = cameras, kinds
+    return args
+
+
+def make_nodes(cameras: list[str], kinds: list[str], hub: ModelHub,
+               runtime: Runtime | None = None) -> list[Sam3LifecycleNode]:
+    """One node per camera and kind, sharing `hub` (and `runtime`)."""
+    classes = {"segmenter": SegmenterNode, "tracker": TrackerNode}
+    nodes: list[Sam3LifecycleNode] = []
+    for camera in cameras or [None]:
+        for kind in kinds:
+            extra = {"namespace": "/" + camera.lstrip("/")} if camera else {}
+            nodes.append(classes[kind](kind, model_hub=hub, runtime=runtime, **extra))
+    return nodes
+
 
 def main(args: list[str] | None = None) -> int:
-    hub = ModelHub(with_tracker=True)
+    from rclpy.utilities import remove_ros_args
 
-    def make_nodes() -> list[Sam3LifecycleNode]:
-        return [SegmenterNode("segmenter", model_hub=hub), TrackerNode("tracker", model_hub=hub)]
-
-    return run_nodes(make_nodes, args)
+    argv = sys.argv if args is None else args
+    try:
+        options = parse_arguments(remove_ros_args(argv)[1:])
+    except PipelineArgumentError as err:
+        print(f"pipeline: {err}", file=sys.stderr)
+        return 2
+    Runtime.default().set_max_batch(options.max_batch)
+    hub = ModelHub(with_tracker="tracker" in options.kinds)
+    return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub), args)

@@ -23,12 +23,13 @@ _ENTRY_POINTS = {
 
 
 def node_command(executable: str, params: dict[str, Any], name: str | None = None,
-                 remaps: dict[str, str] | None = None) -> list[str]:
-    """Command line equal to `ros2 run sam3_ros <executable> --ros-args ...` (ros2cli is not
-    needed: the installed executables only call the module's main)."""
+                 remaps: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> list[str]:
+    """Command line equal to `ros2 run sam3_ros <executable> [args] --ros-args ...` (ros2cli
+    is not needed: the installed executables only call the module's main)."""
     cmd = [sys.executable, "-c",
            f"import sys; from {_ENTRY_POINTS[executable]} import main; sys.exit(main())",
-           "--ros-args"]
+           *(args or []), "--ros-args"]
     if name:
         cmd += ["-r", f"__node:={name}"]
     for key, value in params.items():
