@@ -34,6 +34,7 @@ def _actions(context: LaunchContext) -> list:
         "parameters": launch_plan.parameters,
         "remappings": launch_plan.remappings,
         "ros_arguments": launch_plan.ros_arguments,
+        "arguments": launch_plan.arguments,
         "output": "screen",
     }
     if launch_plan.lifecycle:

@@ -28,6 +28,11 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "name": ("", "Node name ('' = the node kind; ignored for the pipeline, whose nodes are "
                  "named segmenter and tracker). Outputs and services are ~/ of this name"),
     "namespace": ("", "Namespace of the node(s), e.g. the camera's name"),
+    "cameras": ("", "Several cameras in one process with one model: a YAML list \"[front, "
+                    "wrist]\"; each camera gets the node(s) of `node` in <namespace>/<camera>, "
+                    "reading the relative `image` topic there ('' = one camera)"),
+    "max_batch": ("", "Most camera frames in one backbone pass, pipeline/cameras only "
+                      "('' = 4)"),
     "image": ("image", "Camera image topic (raw); with input_kind:=compressed, "
                        "<image>/compressed is read"),
     "depth": ("depth", "Registered depth image topic (used when depth_enabled is true)"),
@@ -69,6 +74,7 @@ class LaunchPlan:
 
     Attributes:
         executable: `segmenter`, `tracker` or `pipeline` (in lib/sam3_ros).
+        arguments: Command-line arguments before `--ros-args` (the pipeline's cameras).
         name: Node name for a single node; None for the pipeline (its nodes keep their names).
         namespace: Namespace ('' = root).
         lifecycle: Start as a launch_ros LifecycleNode (single nodes).
@@ -86,6 +92,7 @@ class LaunchPlan:
     remappings: list[tuple[str, str]] = field(default_factory=list)
     ros_arguments: list[str] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=dict)
+    arguments: list[str] = field(default_factory=list)
 
 
 def parse_prompts(text: str) -> list[str]:
@@ -132,6 +139,29 @@ def parameter_overrides(values: dict[str, str]) -> dict[str, Any]:
     return overrides
 
 
+def parse_cameras(text: str, namespace: str) -> list[str]:
+    """`cameras:=...` text -> the cameras' namespaces (under `namespace`).
+
+    Raises:
+        LaunchArgumentError: not a list of names, or a name listed twice.
+    """
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, str) and v.strip() for v in value):
+        raise LaunchArgumentError(f"cameras:={text!r}: expected a list of camera names, "
+                                  "e.g. \"[front, wrist]\"")
+    base = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    names = [f"{base}/{v.strip().strip('/')}" for v in value]
+    if len(set(names)) != len(names):
+        raise LaunchArgumentError(f"cameras:={text!r}: a camera is listed twice")
+    return names
+
+
 def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
     """The process to start for these launch argument values.
 
@@ -170,14 +200,43 @@ def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
     if profile:
         environment["FASTDDS_DEFAULT_PROFILES_FILE"] = os.environ.get(
             "FASTDDS_DEFAULT_PROFILES_FILE", profile) if profile == default_profile else profile
+    namespace = values.get("namespace", "").strip()
+    cameras_text = values.get("cameras", "").strip()
+    max_batch_text = values.get("max_batch", "").strip()
+    arguments: list[str] = []
+    if max_batch_text:
+        if not max_batch_text.isdigit() or not 1 <= int(max_batch_text) <= 16:
+            raise LaunchArgumentError(f"max_batch:={max_batch_text!r}: expected 1..16")
+        if kind != "pipeline" and not cameras_text:
+            raise LaunchArgumentError("max_batch applies to node:=pipeline or cameras:=[...]")
+        arguments += ["--max-batch", max_batch_text]
+    if cameras_text:
+        if image.startswith("/"):
+            raise LaunchArgumentError(
+                f"image:={image!r} with cameras: give a relative topic (e.g. color/image_raw), "
+                "read in each camera's namespace; an absolute one would feed every camera the "
+                "same images")
+        if values.get("name", "").strip():
+            raise LaunchArgumentError("name cannot be set with cameras (the nodes are named "
+                                      "segmenter/tracker in each camera's namespace)")
+        kinds = "segmenter,tracker" if kind == "pipeline" else kind
+        # The namespace goes into the camera names: a process-wide namespace would put every
+        # camera's nodes in one namespace.
+        arguments = ["--cameras", *parse_cameras(cameras_text, namespace), "--nodes", kinds,
+                     *arguments]
+        return LaunchPlan(executable="pipeline", name=None, namespace="", lifecycle=False,
+                          parameters=parameters, remappings=remappings,
+                          ros_arguments=["--log-level", log_level], environment=environment,
+                          arguments=arguments)
     single = kind != "pipeline"
     return LaunchPlan(
         executable=kind,
         name=(values.get("name", "").strip() or kind) if single else None,
-        namespace=values.get("namespace", "").strip(),
+        namespace=namespace,
         lifecycle=single,
         parameters=parameters,
         remappings=remappings,
         ros_arguments=["--log-level", log_level],
         environment=environment,
+        arguments=arguments,
     )

@@ -75,6 +75,14 @@ def test_prompts_refuse_what_is_not_phrases(text):
     ({"use_sim_time": "maybe"}, "use_sim_time"),
     ({"log_level": "loud"}, "log_level"),
     ({"params_file": "/no/such/file.yaml"}, "params_file"),
+    ({"cameras": "{a: 1}"}, "cameras"),
+    ({"cameras": "[]"}, "cameras"),
+    ({"cameras": "[front, front]"}, "listed twice"),
+    ({"cameras": "[front, wrist]", "image": "/front/image"}, "relative topic"),
+    ({"cameras": "[front, wrist]", "name": "seg"}, "name cannot be set"),
+    ({"node": "pipeline", "max_batch": "0"}, "max_batch"),
+    ({"node": "pipeline", "max_batch": "many"}, "max_batch"),
+    ({"max_batch": "2"}, "max_batch applies to"),
 ])
 def test_bad_arguments_are_refused_with_the_argument_named(args, match):
     with pytest.raises(LaunchArgumentError, match=match):
@@ -112,3 +120,24 @@ def test_fastdds_profile_environment(monkeypatch):
     explicit = plan(_values(fastdds_profile="/arg.xml"), PROFILE)
     assert explicit.environment == {"FASTDDS_DEFAULT_PROFILES_FILE": "/arg.xml"}
     assert plan(_values(fastdds_profile=""), PROFILE).environment == {}
+
+
+@pytest.mark.parametrize(("kind", "nodes"), [("segmenter", "segmenter"), ("tracker", "tracker"),
+                                             ("pipeline", "segmenter,tracker")])
+def test_cameras_start_one_pipeline_process_with_namespaced_cameras(kind, nodes):
+    result = plan(_values(node=kind, cameras="[front, wrist]", namespace="robot",
+                          image="color/image_raw", max_batch="2"), PROFILE)
+    assert result.executable == "pipeline" and result.name is None and not result.lifecycle
+    # The namespace is folded into the camera names: a process-wide one would merge them.
+    assert result.namespace == ""
+    assert result.arguments == ["--cameras", "/robot/front", "/robot/wrist", "--nodes", nodes,
+                                "--max-batch", "2"]
+    assert dict(result.remappings)["image"] == "color/image_raw"
+
+
+def test_one_camera_name_and_max_batch_for_the_pipeline():
+    assert plan(_values(cameras="front"), PROFILE).arguments == [
+        "--cameras", "/front", "--nodes", "segmenter"]
+    assert plan(_values(node="pipeline", max_batch="3"), PROFILE).arguments == [
+        "--max-batch", "3"]
+    assert plan(_values(), PROFILE).arguments == []
