@@ -337,22 +337,9 @@ class TrackerSession:
             return self._memory_stats_locked()
 
     def _memory_stats_locked(self) -> dict[str, int]:
-        session = self._session
-        outputs = sum(len(d["cond_frame_outputs"]) + len(d["non_cond_frame_outputs"])
-                      for d in session.output_dict_per_obj.values())
-        inputs = sum(len(d) for d in session.point_inputs_per_obj.values()) + sum(
-            len(d) for d in session.mask_inputs_per_obj.values())
-        tracked = sum(len(d) for d in session.frames_tracked_per_obj.values())
         return {
             "objects": len(self._objects),
-            "frames_held": len(session.processed_frames or {}),
-            "outputs_held": outputs,
-            "max_outputs_per_object": max(
-                (len(d["cond_frame_outputs"]) + len(d["non_cond_frame_outputs"])
-                 for d in session.output_dict_per_obj.values()), default=0),
-            "inputs_held": inputs,
-            "tracked_entries": tracked,
-            "vision_features_held": len(session.cache._vision_features),
+            **session_state.held_sizes(self._session),
             "stamps_held": len(self._frames),
             "pending_requests": len(self._pending),
         }
