@@ -33,6 +33,7 @@ TEST_TIERS = {
     "test_segmenter_core.py": "core",
     "test_tracker_core.py": "core",
     "test_tracker_streaming.py": "core",
+    "test_tracker_objects.py": "core",
     "test_camera_model.py": "core",
     "test_objects3d.py": "core",
     "test_input_limits.py": "core",

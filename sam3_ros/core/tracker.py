@@ -5,6 +5,13 @@ object pointers, prompts), the object table (ids, labels, ages), the text prompt
 frames still held. The model (`Sam3VideoModel`: detector + tracker sharing one vision backbone)
 is stateless and may be shared with a segmenter in the same process.
 
+Three files, split so that a transformers upgrade breaks one small one:
+  - core/tracker_objects.py: the object table, request queue, held frames and camera-stamp
+    epochs; plain Python (no torch, no transformers), unit-tested without a model;
+  - core/tracker_session_state.py: the only code touching transformers' private
+    inference-session state (pruning, object removal, table sizes);
+  - this file: the per-frame model flow, composing both.
+
 Per frame:
   1. the vision backbone runs once (through the shared `VisionFeatureCache`, or reused for
      `reuse_backbone_frames` frames in realtime mode) and its features are projected for the
@@ -32,49 +39,41 @@ are dropped.
 from __future__ import annotations
 
 import math
-import operator
 import threading
-from collections import deque
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sam3_ros.core import tracker_session_state as session_state
 from sam3_ros.core.detections import STATE_OCCLUDED, STATE_VISIBLE, Detections
-from sam3_ros.core.errors import ConfigError, InvalidPromptError, ModelLoadError
+from sam3_ros.core.errors import ConfigError, ModelLoadError
 from sam3_ros.core.model_loading import LoadedSam3
-from sam3_ros.core.prompts import PromptSpec, check_box, check_point, validate_prompts
+from sam3_ros.core.prompts import PromptSpec, validate_prompts
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig
+from sam3_ros.core.tracker_objects import (
+    CAMERA_STAMPS_PENDING,
+    FRAMES_HELD_FOR_PROMPTS,
+    INT32_MAX,
+    MAX_LABEL_CHARS,
+    CameraStamps,
+    ObjectPromptSpec,
+    ObjectTable,
+    check_add_request,
+    check_remove_request,
+)
 from sam3_ros.core.vision_features import VisionFeatureCache
 
-FRAMES_HELD_FOR_PROMPTS = 4
-"""Recent frames whose features are kept so a prompt can refer to them by stamp."""
-INT32_MAX = 2**31 - 1
-"""Largest object id: ids travel in int32 message fields."""
-MAX_LABEL_CHARS = 256
-"""Longest accepted object label."""
-CAMERA_STAMPS_PENDING = 4096
-"""Most camera stamps noted and not yet processed that are remembered (a model lagging
-further behind its camera judges the frame it processes on that frame's own stamp)."""
-
-
-@dataclass(frozen=True)
-class ObjectPromptSpec:
-    """Points and/or one box identifying one object, in input-image pixels.
-
-    Attributes:
-        object_id: Caller's id (>= 0), or -1 to assign the next free id.
-        label: Free text echoed on the object's detections.
-        points: (x, y, positive) triples; positive = foreground.
-        box: (x_min, y_min, x_max, y_max), or None.
-    """
-
-    object_id: int = -1
-    label: str = ""
-    points: tuple[tuple[float, float, bool], ...] = ()
-    box: tuple[float, float, float, float] | None = None
+__all__ = [
+    "CAMERA_STAMPS_PENDING",
+    "FRAMES_HELD_FOR_PROMPTS",
+    "INT32_MAX",
+    "MAX_LABEL_CHARS",
+    "ObjectPromptSpec",
+    "TrackerConfig",
+    "TrackerSession",
+]
 
 
 @dataclass
@@ -146,92 +145,6 @@ class TrackerConfig:
             raise ConfigError(f"max_time_gap_s must be > 0, got {self.max_time_gap_s}")
 
 
-@dataclass
-class _TrackedObject:
-    object_id: int
-    label: str
-    class_id: int
-    first_frame_idx: int
-    lost_frames: int = 0
-    """Consecutive frames the object has been occluded."""
-
-
-@dataclass
-class _Request:
-    kind: str  # "add", "refine", "remove"
-    objects: list[ObjectPromptSpec] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)
-    frame_idx: int | None = None
-
-
-class _CameraStamps:
-    """Time jumps judged on every frame the camera sent, not only on processed frames.
-
-    Consecutive noted stamps that go backwards or jump by more than the gap limit start a new
-    epoch. Each noted stamp waits with its epoch until a frame is processed; the processed
-    frame takes the epoch of its own (newest) noted entry, so a jump noted after that frame
-    was received belongs to a later frame. All methods are thread-safe and O(1) per stamp
-    (`take` is O(stamps noted since the last processed frame)).
-    """
-
-    EPOCH_REASONS_KEPT = 16
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last: int | None = None
-        self._epoch = 0
-        self._reasons: dict[int, str] = {}
-        self._pending: deque[tuple[int, int]] = deque(maxlen=CAMERA_STAMPS_PENDING)
-
-    def note(self, stamp_ns: int, max_gap_s: float, gap_may_be_ours: bool = False) -> None:
-        with self._lock:
-            self._note_locked(stamp_ns, max_gap_s, gap_may_be_ours)
-
-    def _note_locked(self, stamp_ns: int, max_gap_s: float,
-                     gap_may_be_ours: bool = False) -> None:
-        if self._last is not None:
-            gap_s = (stamp_ns - self._last) * 1e-9
-            reason = None
-            if gap_s < 0:
-                reason = f"stamp went backwards by {-gap_s:.3f} s (bag loop?)"
-            elif gap_s > max_gap_s and not gap_may_be_ours:
-                reason = (f"{gap_s:.3f} s gap between camera frames exceeds max_time_gap_s "
-                          f"{max_gap_s}")
-            if reason is not None:
-                self._epoch += 1
-                self._reasons[self._epoch] = reason
-                self._reasons.pop(self._epoch - self.EPOCH_REASONS_KEPT, None)
-        self._last = stamp_ns
-        self._pending.append((stamp_ns, self._epoch))
-
-    def take(self, stamp_ns: int, max_gap_s: float) -> int:
-        """Epoch of the frame about to be processed (noting its stamp if nobody did).
-
-        Forgets that entry and every one noted before it: frames are processed in order.
-        """
-        with self._lock:
-            found = None
-            for back, (stamp, _) in enumerate(reversed(self._pending)):
-                if stamp == stamp_ns:
-                    found = len(self._pending) - 1 - back
-                    break
-            if found is None:
-                # Never noted: core use without note_camera_stamp judges processed frames.
-                self._note_locked(stamp_ns, max_gap_s)
-                found = len(self._pending) - 1
-            epoch = self._pending[found][1]
-            for _ in range(found + 1):
-                self._pending.popleft()
-            return epoch
-
-    def reason(self, epoch: int) -> str:
-        with self._lock:
-            return self._reasons.get(epoch, "time jump")
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-
 class TrackerSession:
     """All state of one tracked camera stream, with one `reset()`.
 
@@ -268,7 +181,8 @@ class TrackerSession:
         self.reset_count = 0
         """Automatic resets so far (a frame's result follows a reset when this grew)."""
         self.detector_calls = 0
-        self._camera_stamps = _CameraStamps()
+        self._camera_stamps = CameraStamps()
+        self._table = ObjectTable()
         self.reset()
 
     # ------------------------------------------------------------------------------ state
@@ -279,27 +193,19 @@ class TrackerSession:
         """
         with self._lock:
             self._reset_locked()
-            self._processed_epoch: int | None = None
+            self._camera_stamps.forget_processed()
 
     def _reset_locked(self, keep_next_frame_adds: bool = False) -> None:
-        # An automatic reset (time jump) keeps objects a caller queued for "the next frame":
-        # their ids were already handed out and they refer to no old frame. Requests on held
-        # frames and refine/remove requests refer to state that is gone.
-        kept = [r for r in getattr(self, "_pending", ()) if keep_next_frame_adds
-                and r.kind == "add" and r.frame_idx is None]
-
+        # An automatic reset (time jump) keeps objects a caller queued for "the next frame"
+        # (see ObjectTable.reset).
+        self._table.reset(keep_next_frame_adds)
         # The vision features of every held frame stay cached: a prompt on a held frame runs
         # the model there (a frame's features are cached after its queued prompts ran).
         self._session = session_state.new_session(self.loaded.device, self.loaded.dtype,
                                                   FRAMES_HELD_FOR_PROMPTS)
-        self._objects: dict[int, _TrackedObject] = {}
-        self._pending: deque[_Request] = deque(kept)
         self._frame_idx = -1
-        self._frames: deque[tuple[int, int]] = deque(maxlen=FRAMES_HELD_FOR_PROMPTS)
-        self._image_size_hw: tuple[int, int] | None = None
         self._reused_vision: tuple[int, Any, list[Any], list[Any]] | None = None
         self._last_masks: np.ndarray | None = None
-        self._next_id = 1 + max((o.object_id for r in kept for o in r.objects), default=-1)
 
     @property
     def text_prompts(self) -> tuple[str, ...]:
@@ -307,7 +213,7 @@ class TrackerSession:
 
     @property
     def object_ids(self) -> list[int]:
-        return sorted(self._objects)
+        return sorted(self._table.objects)
 
     @property
     def memory_window(self) -> int:
@@ -318,9 +224,9 @@ class TrackerSession:
         return max(int(tracker.num_maskmem), int(tracker.max_object_pointers_in_encoder))
 
     def set_config(self, config: TrackerConfig) -> None:
-        if config.max_objects < len(self._objects):
+        if config.max_objects < len(self._table.objects):
             raise ConfigError(f"max_objects {config.max_objects} is below the "
-                              f"{len(self._objects)} objects tracked now")
+                              f"{len(self._table.objects)} objects tracked now")
         self.config = config
 
     def memory_stats(self) -> dict[str, int]:
@@ -337,24 +243,11 @@ class TrackerSession:
             return self._memory_stats_locked()
 
     def _memory_stats_locked(self) -> dict[str, int]:
-        session = self._session
-        outputs = sum(len(d["cond_frame_outputs"]) + len(d["non_cond_frame_outputs"])
-                      for d in session.output_dict_per_obj.values())
-        inputs = sum(len(d) for d in session.point_inputs_per_obj.values()) + sum(
-            len(d) for d in session.mask_inputs_per_obj.values())
-        tracked = sum(len(d) for d in session.frames_tracked_per_obj.values())
         return {
-            "objects": len(self._objects),
-            "frames_held": len(session.processed_frames or {}),
-            "outputs_held": outputs,
-            "max_outputs_per_object": max(
-                (len(d["cond_frame_outputs"]) + len(d["non_cond_frame_outputs"])
-                 for d in session.output_dict_per_obj.values()), default=0),
-            "inputs_held": inputs,
-            "tracked_entries": tracked,
-            "vision_features_held": len(session.cache._vision_features),
-            "stamps_held": len(self._frames),
-            "pending_requests": len(self._pending),
+            "objects": len(self._table.objects),
+            **session_state.held_sizes(self._session),
+            "stamps_held": len(self._table.frames),
+            "pending_requests": len(self._table.pending),
         }
 
     # ---------------------------------------------------------------------------- prompts
@@ -378,119 +271,13 @@ class TrackerSession:
         with self._lock:
             self._text_prompts, self._encoded_prompts = tuple(specs), encoded
             self.prompt_generation += 1
-            gone = []
-            for obj in self._objects.values():
-                if obj.class_id >= 0:
-                    obj.class_id = class_of_label.get(obj.label, -1)
-                    if obj.class_id < 0:
-                        gone.append(obj.object_id)
-            if gone:
-                self._pending.append(_Request("remove", ids=gone))
+            self._table.reclassify(class_of_label)
         return list(range(len(specs)))
 
-    def _frame_for_stamp(self, stamp_ns: int | None) -> int | None:
-        if stamp_ns is None:
-            return None
-        for frame_idx, held_stamp in self._frames:
-            if held_stamp == stamp_ns:
-                return frame_idx
-        held = [s for _, s in self._frames]
-        raise InvalidPromptError(
-            f"no held frame has stamp {stamp_ns} ns (the tracker holds the last "
-            f"{len(held)} frame(s): {held}); use a zero stamp for the next frame")
-
-    def _projected_ids(self) -> set[int]:
-        """Object ids once the queued requests are applied (what a new request acts on)."""
-        ids = set(self._objects)
-        for request in self._pending:
-            if request.kind == "add":
-                ids.update(o.object_id for o in request.objects)
-            elif request.kind == "remove":
-                ids.difference_update(request.ids)
-        return ids
-
-    def _starting_next_frame(self) -> set[int]:
-        """Ids of queued objects that start on the next frame (not in the model yet)."""
-        ids: set[int] = set()
-        for request in self._pending:
-            if request.kind == "add" and request.frame_idx is None:
-                ids.update(o.object_id for o in request.objects)
-            elif request.kind == "remove":
-                ids.difference_update(request.ids)
-        return ids
-
-    def _points_on(self, object_id: int, frame_idx: int | None) -> int:
-        """Points an object will have on a frame (None = next frame) once the queue is applied."""
-        count = 0
-        if frame_idx is not None:
-            held = session_state.points_on_frame(self._session, object_id, frame_idx)
-            if held is not None:
-                count = int((held[1] < 2).sum())  # labels 2/3 are box corners
-        for request in self._pending:
-            if request.kind == "remove" and object_id in request.ids:
-                count = 0
-            elif request.kind != "remove" and request.frame_idx == frame_idx:
-                count += sum(len(o.points) for o in request.objects if o.object_id == object_id)
-        return count
-
-    def _check_object(self, spec: ObjectPromptSpec, what: str) -> None:
-        """Validate one object prompt (cheap checks first: sizes before per-point work)."""
-        if not isinstance(spec.label, str) or len(spec.label) > MAX_LABEL_CHARS:
-            length = len(spec.label) if isinstance(spec.label, str) else type(spec.label).__name__
-            raise InvalidPromptError(
-                f"{what}: label must be a string of at most {MAX_LABEL_CHARS} characters, "
-                f"got {length}")
-        try:
-            count = len(spec.points)
-        except TypeError:
-            raise InvalidPromptError(f"{what}: points must be a sequence of (x, y, positive) "
-                                     f"triples") from None
-        if count > self.config.max_points_per_object:
-            raise InvalidPromptError(f"{what}: {count} points, at most "
-                                     f"{self.config.max_points_per_object} per object allowed "
-                                     "(max_points_per_object)")
-        if not count and spec.box is None:
-            raise InvalidPromptError(f"{what}: give points and/or a box")
-        try:
-            for j, point in enumerate(spec.points):
-                if len(point) != 3:
-                    raise InvalidPromptError(
-                        f"{what} point {j}: expected (x, y, positive), got {point!r}")
-                check_point(point[:2], f"{what} point {j}", self._image_size_hw)
-            if spec.box is not None:
-                check_box(spec.box, f"{what} box", self._image_size_hw)
-        except (TypeError, ValueError, OverflowError) as err:
-            if isinstance(err, InvalidPromptError):
-                raise
-            raise InvalidPromptError(f"{what}: coordinates must be numbers ({err})") from None
-
-    @staticmethod
-    def _check_id(object_id: object, what: str) -> int:
-        """The id as an int within int32 (or -1), else InvalidPromptError."""
-        if isinstance(object_id, bool):
-            raise InvalidPromptError(f"{what}: object id must be an integer, got {object_id!r}")
-        try:
-            value = operator.index(object_id)
-        except TypeError:
-            raise InvalidPromptError(
-                f"{what}: object id must be an integer, got {object_id!r}") from None
-        if not (value == -1 or 0 <= value <= INT32_MAX):
-            raise InvalidPromptError(f"{what}: ids are >= 0 and <= {INT32_MAX} (int32), "
-                                     f"or -1 to assign one")
-        return value
-
-    def _free_id(self, used: set[int], start: int | None = None) -> int:
-        """The next free id from `start` (default: the id counter), within int32.
-
-        Past INT32_MAX it wraps to the lowest free id. `used` is at most a few max_objects
-        large, so both searches end within len(used) + 1 steps.
-        """
-        candidate = self._next_id if start is None else start
-        while candidate in used and candidate <= INT32_MAX:
-            candidate += 1
-        if candidate > INT32_MAX:
-            candidate = min(set(range(len(used) + 1)) - used)
-        return candidate
+    def _held_points(self, object_id: int, frame_idx: int) -> int:
+        """Points (not box corners) an object has on a held frame in the model."""
+        held = session_state.points_on_frame(self._session, object_id, frame_idx)
+        return 0 if held is None else int((held[1] < 2).sum())  # labels 2/3 are box corners
 
     def add_objects(self, objects: Sequence[ObjectPromptSpec], frame_stamp_ns: int | None = None,
                     refine: bool = False) -> list[int]:
@@ -513,73 +300,17 @@ class TrackerSession:
         Raises:
             InvalidPromptError: with the reason; nothing is queued.
         """
-        if not objects:
-            raise InvalidPromptError("no objects given")
-        # Before any per-object work: a request can never hold more than max_objects objects.
-        if len(objects) > self.config.max_objects:
-            raise InvalidPromptError(f"{len(objects)} objects in one request, at most "
-                                     f"max_objects {self.config.max_objects} allowed")
+        # Before any per-object work, and without waiting for a frame in flight.
+        check_add_request(objects, self.config.max_objects)
         with self._lock:
-            frame_idx = self._frame_for_stamp(frame_stamp_ns)
-            known = self._projected_ids()
-            ids: list[int] = []
-            next_id = max([self._next_id, *[i + 1 for i in known]])
-            for i, spec in enumerate(objects):
-                what = f"object {i} (id {spec.object_id})"
-                object_id = self._check_id(spec.object_id, what)
-                self._check_object(spec, what)
-                if refine:
-                    if object_id not in known:
-                        raise InvalidPromptError(f"{what}: unknown id (tracked: {sorted(known)})")
-                    if frame_idx is not None and object_id in self._starting_next_frame():
-                        raise InvalidPromptError(
-                            f"{what}: the object starts on the next frame; it cannot be refined "
-                            "on an earlier held frame")
-                    ids.append(object_id)
-                    continue
-                if object_id == -1:
-                    object_id = self._free_id(known | set(ids), next_id)
-                    next_id = object_id + 1
-                elif object_id in known or object_id in ids:
-                    raise InvalidPromptError(f"{what}: id already in use")
-                else:
-                    next_id = max(next_id, object_id + 1)
-                ids.append(object_id)
-            if not refine and len(known) + len(ids) > self.config.max_objects:
-                raise InvalidPromptError(
-                    f"{len(known)} object(s) tracked, {len(ids)} more would exceed max_objects "
-                    f"{self.config.max_objects}")
-            limit = self.config.max_points_per_object
-            for oid in dict.fromkeys(ids):
-                total = (self._points_on(oid, frame_idx) if refine else 0) + sum(
-                    len(s.points) for s, i in zip(objects, ids, strict=True) if i == oid)
-                if total > limit:
-                    raise InvalidPromptError(
-                        f"object {oid} would have {total} points on that frame, at most "
-                        f"{limit} allowed (max_points_per_object)")
-            resolved = [ObjectPromptSpec(oid, s.label, tuple(tuple(p) for p in s.points),
-                                         None if s.box is None else tuple(s.box))
-                        for oid, s in zip(ids, objects, strict=True)]
-            self._pending.append(_Request("refine" if refine else "add", resolved,
-                                          frame_idx=frame_idx))
-            self._next_id = max(self._next_id, next_id)
-        return ids
+            return self._table.queue_add(objects, frame_stamp_ns, refine, self.config.max_objects,
+                                         self.config.max_points_per_object, self._held_points)
 
     def remove_objects(self, object_ids: Sequence[int]) -> None:
         """Stop tracking objects (from the next frame). Unknown ids fail the whole request."""
-        if not object_ids:
-            raise InvalidPromptError("no object ids given")
-        if len(object_ids) > self.config.max_objects:
-            raise InvalidPromptError(f"{len(object_ids)} ids in one request, at most "
-                                     f"max_objects {self.config.max_objects} allowed")
-        checked = [self._check_id(oid, f"id {i}") for i, oid in enumerate(object_ids)]
+        checked = check_remove_request(object_ids, self.config.max_objects)
         with self._lock:
-            known = self._projected_ids()
-            unknown = sorted(set(checked) - known)
-            if unknown:
-                raise InvalidPromptError(f"unknown object id(s) {unknown} (tracked: "
-                                         f"{sorted(known)})")
-            self._pending.append(_Request("remove", ids=checked))
+            self._table.queue_remove(checked)
 
     # ----------------------------------------------------------------------------- frames
     def note_camera_stamp(self, stamp_ns: int, gap_may_be_ours: bool = False) -> None:
@@ -637,22 +368,18 @@ class TrackerSession:
         if pixel_values is None:
             pixel_values = self._segmenter.preprocess(rgb)
         with self._lock:
-            reason = None
-            epoch = self._camera_stamps.take(int(stamp_ns), self.config.max_time_gap_s)
-            if self._processed_epoch is not None and epoch != self._processed_epoch:
-                reason = (self._camera_stamps.reason(epoch) if epoch > self._processed_epoch
-                          else "the frame was received before an earlier time jump")
-            self._processed_epoch = epoch
-            if self._image_size_hw not in (None, (height, width)):
-                reason = f"the image size changed from {self._image_size_hw} to {(height, width)}"
+            table = self._table
+            reason = self._camera_stamps.jump_before(int(stamp_ns), self.config.max_time_gap_s)
+            if table.image_size_hw not in (None, (height, width)):
+                reason = f"the image size changed from {table.image_size_hw} to {(height, width)}"
             if reason is not None:
                 # Old objects, prompts in pixels and the memory bank no longer apply.
                 # Queued points/boxes were checked against the old image size.
-                same_size = self._image_size_hw in (None, (height, width))
+                same_size = table.image_size_hw in (None, (height, width))
                 self._reset_locked(keep_next_frame_adds=same_size)
                 self.last_reset_reason = reason
                 self.reset_count += 1
-            self._image_size_hw = (height, width)
+            table.image_size_hw = (height, width)
             self._frame_idx += 1
             frame_idx = self._frame_idx
             session = self._session
@@ -667,7 +394,7 @@ class TrackerSession:
                 new_inputs = self._apply_requests(frame_idx)
                 session.cache.cache_vision_features(
                     frame_idx, {"vision_feats": feats, "vision_pos_embeds": pos})
-                self._frames.append((frame_idx, stamp_ns))
+                table.hold_frame(frame_idx, stamp_ns)
                 new_inputs += self._detect_new_objects(rgb, vision, frame_idx, height, width)
                 session.obj_with_new_inputs = new_inputs
                 detections = self._track(pixel_values, frame_idx, height, width)
@@ -728,22 +455,16 @@ class TrackerSession:
         import torch
 
         session = self._session
-        height, width = self._image_size_hw
+        height, width = self._table.image_size_hw
         staged: dict[int, tuple[Any, Any]] = {}  # this frame's points per object, in order
-        while self._pending:
-            request = self._pending.popleft()
+        while (request := self._table.pop_request()) is not None:
             if request.kind == "remove":
                 self._remove(request.ids)
                 for oid in request.ids:
                     staged.pop(oid, None)
                 continue
             for spec in request.objects:
-                if request.kind == "add":
-                    target = frame_idx if request.frame_idx is None else request.frame_idx
-                    self._objects[spec.object_id] = _TrackedObject(
-                        spec.object_id, spec.label, -1, target)
-                elif spec.label:
-                    self._objects[spec.object_id].label = spec.label
+                self._table.enter(request, spec, frame_idx)
                 coords, labels = self._to_model_points(spec, height, width)
                 if request.frame_idx is None:
                     if request.kind == "refine" and spec.object_id in staged:
@@ -773,8 +494,7 @@ class TrackerSession:
 
     def _remove(self, object_ids: Sequence[int]) -> None:
         session_state.remove_objects(self._session, object_ids)
-        for oid in object_ids:
-            self._objects.pop(oid, None)
+        self._table.drop(object_ids)
 
     def _detect_new_objects(self, rgb: np.ndarray, vision: Any, frame_idx: int, height: int,
                             width: int) -> list[int]:
@@ -793,7 +513,7 @@ class TrackerSession:
             return []
         tracked = self._previous_masks(height, width)
         new_ids: list[int] = []
-        free = self.config.max_objects - len(self._objects)
+        free = self.config.max_objects - len(self._table.objects)
         size = int(self.tracker_model.config.image_size)
         for i in range(len(detections)):
             if free <= 0:
@@ -804,11 +524,8 @@ class TrackerSession:
                 union = (tracked | mask).sum(axis=(1, 2))
                 if (inter / np.maximum(union, 1)).max() > self.config.new_object_iou:
                     continue
-            object_id = self._free_id(set(self._objects))
-            self._next_id = object_id + 1
-            class_id = int(detections.class_ids[i])
-            self._objects[object_id] = _TrackedObject(object_id, detections.labels[i], class_id,
-                                                      frame_idx)
+            object_id = self._table.add_detected(detections.labels[i],
+                                                 int(detections.class_ids[i]), frame_idx)
             obj_idx = self._session.obj_id_to_idx(object_id)
             mask_t = torch.from_numpy(mask).to(self.loaded.device)[None, None].float()
             mask_t = torch.nn.functional.interpolate(mask_t, size=(size, size), mode="bilinear",
@@ -855,13 +572,8 @@ class TrackerSession:
         occluded = ~visible | ~rows.any(axis=1)
         masks[occluded] = False
         boxes[occluded] = 0.0
-        objects = [self._objects[oid] for oid in ids]
-        lost = []
-        for obj, is_occluded in zip(objects, occluded, strict=True):
-            obj.lost_frames = obj.lost_frames + 1 if is_occluded else 0
-            if (obj.class_id >= 0 and self.config.max_lost_frames
-                    and obj.lost_frames > self.config.max_lost_frames):
-                lost.append(obj.object_id)
+        objects = [self._table.objects[oid] for oid in ids]
+        lost = self._table.count_lost(ids, occluded.tolist(), self.config.max_lost_frames)
         if lost:
             # Reported occluded on this frame, gone from the next one.
             self._remove(lost)
@@ -878,5 +590,6 @@ class TrackerSession:
         """Drop model state no later call reads (bounded memory, unchanged results)."""
         session_state.prune(
             self._session, self.tracker_model.config, frame_idx,
-            first_query_frame=self._frames[0][0], frames_read_back=self.memory_window - 1,
+            first_query_frame=self._table.oldest_held_frame,
+            frames_read_back=self.memory_window - 1,
             max_prompt_frames=self.config.max_prompt_frames)

@@ -74,6 +74,28 @@ def set_frames_in_stream(session: Any, count: int) -> None:
     session.frames_in_stream = count
 
 
+def held_sizes(session: Any) -> dict[str, int]:
+    """Sizes of the session's tables that could grow with the stream (`memory_stats`).
+
+    Returns:
+        frames_held (processed frames), outputs_held (per-object memory-bank entries, all
+        objects), max_outputs_per_object, inputs_held (point/mask prompts), tracked_entries
+        and vision_features_held (frames in the session's vision-feature cache).
+    """
+    outputs = [len(d["cond_frame_outputs"]) + len(d["non_cond_frame_outputs"])
+               for d in session.output_dict_per_obj.values()]
+    return {
+        "frames_held": len(session.processed_frames or {}),
+        "outputs_held": sum(outputs),
+        "max_outputs_per_object": max(outputs, default=0),
+        "inputs_held": sum(len(d) for d in session.point_inputs_per_obj.values())
+        + sum(len(d) for d in session.mask_inputs_per_obj.values()),
+        "tracked_entries": sum(len(d) for d in session.frames_tracked_per_obj.values()),
+        # The cache has no size API.
+        "vision_features_held": len(session.cache._vision_features),
+    }
+
+
 def remove_objects(session: Any, object_ids: Sequence[int]) -> None:
     """Remove objects from the session (transformers has no API for it).
 
