@@ -30,7 +30,9 @@ def _actions(context: LaunchContext) -> list:
     common = {
         "package": "sam3_ros",
         "executable": launch_plan.executable,
-        "namespace": launch_plan.namespace,
+        # None, not '': launch_ros turns '' into `__ns:=/`, which would override the
+        # namespace of every node of the process (the cameras' included).
+        "namespace": launch_plan.namespace or None,
         "parameters": launch_plan.parameters,
         "remappings": launch_plan.remappings,
         "ros_arguments": launch_plan.ros_arguments,
