@@ -25,6 +25,7 @@ from sam3_ros.core.objects3d import (
 )
 from sam3_ros.core.render import mask_crops
 from sam3_ros.ros.depth_conversions import (
+    MessagePool,
     camera_info_key,
     camera_model_from_info,
     cloud_to_msg,
@@ -130,3 +131,25 @@ def test_markers_message_types_and_deletes():
     text = next(m for m in msg.markers if m.ns == "labels" and m.id == 5)
     assert text.text == "mug #5 0.80 m" and text.header.frame_id == "cam"
     assert shown == {5, 7}
+
+
+def test_message_pool_equals_fresh_messages_frame_after_frame():
+    # Frames with more, fewer and other objects: every reused Detection3D / Marker must equal
+    # a freshly built one (an ADD marker reused as a DELETE keeps no pose, colour or text).
+    dets, objs = _frame()
+    pool = MessagePool()
+    shown: frozenset[int] = frozenset()
+    frames = [(dets, objs), (dets.select(np.array([1])), None),
+              (dets.select(np.array([2, 0])), None), (dets, objs)]
+    for sec, (d, o) in enumerate(frames):
+        if o is None:
+            o = objects_3d(mask_crops(d), (48, 64), np.full((48, 64), 500 + sec, np.uint16),
+                           0.001, ray_grid(camera_model_from_info(_info(), False)),
+                           Depth3DConfig(erode_px=0, min_points=3))
+        header = Header(frame_id="cam")
+        header.stamp.sec = sec
+        plan, shown = marker_plan(o if sec != 1 else None, d, shown)
+        assert pool.objects_to_msg(o, d, header) == objects_to_msg(o, d, header)
+        assert pool.markers_to_msg(plan, header) == markers_to_msg(plan, header)
+    with pytest.raises(ValueError):
+        pool.objects_to_msg(objs, dets.select(np.array([0])), Header())
