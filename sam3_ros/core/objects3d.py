@@ -261,43 +261,33 @@ def _valid_depth(window: np.ndarray, scale_m: float, cfg: Depth3DConfig) -> np.n
 _RANK_SAMPLES = 512
 
 
-def _strided_samples(starts: np.ndarray, counts: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _strided_samples(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """At most _RANK_SAMPLES evenly strided samples of each of K segments of a flat array
-    (segment k: starts[k] + [0, counts[k]), counts >= 1): the samples of segment k are at
-    starts[k] + j * ceil(counts[k] / _RANK_SAMPLES), j = 0, 1, ...
+    (segment k: starts[k] + [0, counts[k]), counts >= 1): sample j of segment k is at
+    starts[k] + j * ceil(counts[k] / _RANK_SAMPLES).
 
     Returns:
-        (position, row, column, per_row): flat position of each sample, its segment and its
-        rank j in the segment, and the sample count of each segment.
+        (position, padding): (K, width) flat positions of the samples, row k holding segment
+        k's in order; where `padding` is true the row has no more samples (the position
+        repeats its last one).
     """
     strides = -(-counts // _RANK_SAMPLES)
     per_row = -(-counts // strides)
-    first = np.cumsum(per_row) - per_row
-    row = np.repeat(np.arange(len(counts)), per_row)
-    column = np.arange(int(per_row.sum())) - first[row]
-    return starts[row] + column * strides[row], row, column, per_row
-
-
-def _padded(values: np.ndarray, row: np.ndarray, column: np.ndarray, n_rows: int,
-            width: int, fill: float) -> np.ndarray:
-    """(n_rows, *values.shape[:-1], width) float32: values[..., s] at [row[s], ..., column[s]],
-    `fill` elsewhere."""
-    out = np.full((*values.shape[:-1], n_rows * width), fill, np.float32)
-    out[..., row * width + column] = values
-    return np.moveaxis(out.reshape(*values.shape[:-1], n_rows, width), -2, 0)
+    column = np.arange(int(per_row.max()))
+    position = starts[:, None] + np.minimum(column, (per_row - 1)[:, None]) * strides[:, None]
+    return position, column >= per_row[:, None]
 
 
 def _lower_median_mad(z: np.ndarray, starts: np.ndarray, counts: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per segment of z: the lower median of its strided samples and the lower median of their
     absolute deviations from it (float32 each): two sorts of a (K, <= _RANK_SAMPLES) array
-    instead of two partitions per object, same values."""
-    position, row, column, per_row = _strided_samples(starts, counts)
-    rows = np.arange(len(counts))
-    mid = (per_row - 1) // 2
-    # +inf padding: sorted, each row holds its own samples first, in order.
-    samples = _padded(z[position], row, column, len(counts), int(per_row.max()), np.inf)
+    (+inf padded) instead of two partitions per object, same values."""
+    position, padding = _strided_samples(starts, counts)
+    n = padding.shape[1] - np.count_nonzero(padding, axis=1)
+    mid, rows = (n - 1) // 2, np.arange(len(n))
+    samples = z[position]
+    np.copyto(samples, np.float32(np.inf), where=padding)
     samples.sort(axis=1)
     median = samples[rows, mid]
     deviation = np.abs(samples - median[:, None])  # the padding stays +inf, last
@@ -311,7 +301,7 @@ def _bounds(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, axes: np
     camera axes, rows 3-5 along the segment's box axes (columns of axes[k]). min/max over all
     points for box_percentile 0, else the box_percentile and 100 - box_percentile percentiles
     (nearest rank) of at most _RANK_SAMPLES evenly strided points, all segments from one
-    batched product and one sort of a padded array."""
+    batched product and one sort of a +inf padded array."""
     frames = np.concatenate([np.broadcast_to(np.eye(3), axes.shape), axes.transpose(0, 2, 1)],
                             axis=1).astype(np.float32)
     if cfg.box_percentile == 0.0:
@@ -320,19 +310,16 @@ def _bounds(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, axes: np
             projected = frames[k] @ values[:, a:a + n]
             out[k, 0], out[k, 1] = projected.min(axis=1), projected.max(axis=1)
         return out
-    position, row, column, per_row = _strided_samples(starts, counts)
-    width = int(per_row.max())
-    # (K, 3, width), zero-padded; projected onto the frames in one batched product; then
-    # the padding becomes +inf so that it sorts last.
-    sampled = _padded(values[:, position], row, column, len(counts), width, 0.0)
+    position, padding = _strided_samples(starts, counts)
+    # (K, 6, width): the samples along the camera axes and the box axes, one batched product.
+    sampled = np.ascontiguousarray(np.take(values, position, axis=1).transpose(1, 0, 2))
     projected = np.matmul(frames, sampled)
-    np.copyto(projected, np.float32(np.inf),
-              where=(np.arange(width) >= per_row[:, None])[:, None, :])
+    np.copyto(projected, np.float32(np.inf), where=padding[:, None, :])
     projected.sort(axis=2)
-    k_lo = np.round(cfg.box_percentile / 100.0 * (per_row - 1)).astype(np.intp)
-    k_hi = per_row - 1 - k_lo
-    rows = np.arange(len(counts))
-    return np.stack([projected[rows, :, k_lo], projected[rows, :, k_hi]], axis=1)
+    n = padding.shape[1] - np.count_nonzero(padding, axis=1)
+    k_lo = np.round(cfg.box_percentile / 100.0 * (n - 1)).astype(np.intp)
+    rows = np.arange(len(n))
+    return np.stack([projected[rows, :, k_lo], projected[rows, :, n - 1 - k_lo]], axis=1)
 
 
 def sample_stride(area_px: int, colour_hw: tuple[int, int], depth_hw: tuple[int, int],
