@@ -159,9 +159,10 @@ class Objects3D:
         """Grid step (depth pixels) object i was sampled with (1: every pixel)."""
         return int(self.sample_steps[i])
 
-    @property
+    @functools.cached_property
     def obb_quaternion_xyzw(self) -> np.ndarray:
-        """(N, 4) float64 orientation of each oriented box (x, y, z, w)."""
+        """(N, 4) float64 orientation of each oriented box (x, y, z, w); computed once (the
+        message conversions and the marker plan all need it)."""
         return rotation_to_quaternion_xyzw(self.obb_rotation)
 
 
@@ -613,6 +614,12 @@ _TEXT_HEIGHT_M = 0.04
 _MIN_BOX_EDGE_M = 0.005  # a flat surface has a zero-thickness box; RViz shows nothing at 0
 
 
+@functools.lru_cache(maxsize=4096)
+def _marker_rgb(object_id: int) -> tuple[float, float, float]:
+    r, g, b = (c / 255.0 for c in color_for(object_id))
+    return r, g, b
+
+
 def marker_plan(objects: Objects3D | None, detections: Detections,
                 previous_ids: frozenset[int]) -> tuple[list[MarkerSpec], frozenset[int]]:
     """Markers of one frame and the ids they show, given the ids shown by the previous frame.
@@ -646,7 +653,7 @@ def marker_plan(objects: Objects3D | None, detections: Detections,
             if object_id in shown:
                 continue  # duplicate ids would overwrite each other; the first (best) wins
             shown.add(object_id)
-            r, g, b = (c / 255.0 for c in color_for(object_id))
+            r, g, b = _marker_rgb(object_id)
             markers.append(MarkerSpec(
                 "boxes", object_id, "add", tuple(centres[k]), tuple(quats[k]),
                 tuple(sizes[k]), (r, g, b, 0.4)))
