@@ -153,3 +153,14 @@ def test_message_pool_equals_fresh_messages_frame_after_frame():
         assert pool.markers_to_msg(plan, header) == markers_to_msg(plan, header)
     with pytest.raises(ValueError):
         pool.objects_to_msg(objs, dets.select(np.array([0])), Header())
+
+
+def test_depth_benchmark_runs_every_stage(capsys):
+    from sam3_ros.tools.depth_benchmark import run
+
+    results = run(3, 96, 64, distortion=True, repeats=2)
+    assert {"objects_3d", "core total", "Detection3DArray (pooled)", "PointCloud2",
+            "MarkerArray (pooled)", "all 3D outputs (core + messages)",
+            "all 3D outputs, messages not pooled"} <= set(results)
+    assert all(t["cpu_median"] >= 0.0 for t in results.values())
+    assert "the node skips outputs without subscribers" in capsys.readouterr().out
