@@ -594,8 +594,8 @@ class MarkerSpec:
         marker_id: The object id: stable across frames, so RViz replaces it in place.
         action: "add" or "delete".
         position_m / orientation_xyzw / scale_m: Pose and size (camera optical frame); for a
-            text marker scale_m[2] is the text height.
-        rgba: Colour, components in [0, 1].
+            text marker scale_m[2] is the text height. Python floats (as message fields).
+        rgba: Colour, components in [0, 1] (Python floats).
         text: Label text (text markers).
     """
 

@@ -91,12 +91,16 @@ def _fill_detections(items: list[Detection3D], objects: Objects3D,
     for i, d in enumerate(items):
         d.object_id, d.class_id, d.label, d.score = ids[i], classes[i], labels[i], scores[i]
         d.valid, d.num_points = valid[i], counts[i]
-        _set_xyz(d.centroid, centroid[i])
-        _set_xyz(d.bbox_center, aabb_c[i])
-        _set_xyz(d.bbox_size, aabb_s[i])
-        _set_xyz(d.obb_pose.position, obb_c[i])
-        _set_xyzw(d.obb_pose.orientation, quats[i])
-        _set_xyz(d.obb_size, obb_s[i])
+        # (Unrolled _set_xyz: six calls per detection add up.)
+        p, c, s = d.centroid, d.bbox_center, d.bbox_size
+        p.x, p.y, p.z = centroid[i]
+        c.x, c.y, c.z = aabb_c[i]
+        s.x, s.y, s.z = aabb_s[i]
+        pose, s = d.obb_pose, d.obb_size
+        p, q = pose.position, pose.orientation
+        p.x, p.y, p.z = obb_c[i]
+        q.x, q.y, q.z, q.w = quats[i]
+        s.x, s.y, s.z = obb_s[i]
 
 
 def _detection_array(items: list[Detection3D], header: Header,
@@ -180,22 +184,28 @@ def cloud_to_msg(points: np.ndarray, header: Header) -> PointCloud2:
                        row_step=CLOUD_DTYPE.itemsize * len(points), data=data, is_dense=True)
 
 
+# Message constants are metaclass properties: looked up once.
+_MARKER_TYPE = {"boxes": Marker.CUBE, "labels": Marker.TEXT_VIEW_FACING}
+_MARKER_ADD, _MARKER_DELETE = Marker.ADD, Marker.DELETE
+
+
 def _fill_marker(m: Marker, spec: MarkerSpec, header: Header) -> None:
-    """Set every field a MarkerSpec decides (the others keep their defaults)."""
+    """Set every field a MarkerSpec decides (the others keep their defaults). Its numbers
+    must be Python floats (as `marker_plan` makes them) or float subclasses."""
     m.header = header
     m.ns = spec.namespace
     m.id = int(spec.marker_id)
     if spec.action == "delete":
-        m.action, m.type = Marker.DELETE, 0
+        m.action, m.type = _MARKER_DELETE, 0
     else:
-        m.action = Marker.ADD
-        m.type = Marker.CUBE if spec.namespace == "boxes" else Marker.TEXT_VIEW_FACING
+        m.action, m.type = _MARKER_ADD, _MARKER_TYPE.get(spec.namespace,
+                                                         Marker.TEXT_VIEW_FACING)
     pose = m.pose
-    _set_xyz(pose.position, [float(v) for v in spec.position_m])
-    _set_xyzw(pose.orientation, [float(v) for v in spec.orientation_xyzw])
-    _set_xyz(m.scale, [float(v) for v in spec.scale_m])
-    color = m.color
-    color.r, color.g, color.b, color.a = (float(v) for v in spec.rgba)
+    position, orientation, scale, color = pose.position, pose.orientation, m.scale, m.color
+    position.x, position.y, position.z = spec.position_m
+    orientation.x, orientation.y, orientation.z, orientation.w = spec.orientation_xyzw
+    scale.x, scale.y, scale.z = spec.scale_m
+    color.r, color.g, color.b, color.a = spec.rgba
     m.text = spec.text
 
 
