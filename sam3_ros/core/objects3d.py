@@ -507,11 +507,10 @@ def objects_3d(crops: Sequence[MaskCrop], colour_hw: tuple[int, int], depth: np.
         axes = vectors[:, :, ::-1]  # largest spread first
         # Deterministic signs: each axis points along +z (the view direction) when it has a
         # z component, else +x / +y; the third axis makes the frame right-handed.
-        for k in (0, 1):
-            col = axes[:, :, k]
-            pivot = np.where(np.abs(col[:, 2]) > 1e-6, col[:, 2],
-                             np.where(np.abs(col[:, 0]) > 1e-6, col[:, 0], col[:, 1]))
-            col *= np.where(pivot < 0, -1.0, 1.0)[:, None]
+        first_two = axes[:, :, :2]  # (K, 3, 2): both columns at once
+        x, y, z = first_two[:, 0], first_two[:, 1], first_two[:, 2]
+        pivot = np.where(np.abs(z) > 1e-6, z, np.where(np.abs(x) > 1e-6, x, y))
+        first_two *= np.where(pivot < 0, -1.0, 1.0)[:, None, :]
         (a0, a1, a2), (b0, b1, b2) = axes[:, :, 0].T, axes[:, :, 1].T
         axes[:, :, 2] = np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], 1)
         centroid[objects] = c
