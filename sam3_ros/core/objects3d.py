@@ -333,9 +333,10 @@ def sample_stride(area_px: int, colour_hw: tuple[int, int], depth_hw: tuple[int,
 
 @dataclass
 class _Windows:
-    """The sampled windows of a frame's objects, concatenated (steps 1-3 of the module doc
-    before the depth range): per window the object, (x0, y0, step, width, start) and the
-    eroded 0/1 mask, depth and rays, flattened."""
+    """The sampled windows of a frame's objects (steps 1 and 3 of the module doc): per window
+    the object's index, its grid (x0, y0, step, width, start = its offset in the flat
+    concatenation of all windows), its eroded 0/1 mask and its depth and ray windows (views,
+    concatenated flat by `objects_3d`)."""
 
     objects: list[int] = field(default_factory=list)
     grids: list[tuple[int, int, int, int, int]] = field(default_factory=list)
