@@ -25,6 +25,7 @@ from sam3_ros.core.objects3d import (
 )
 from sam3_ros.core.render import mask_crops
 from sam3_ros.ros.depth_conversions import (
+    MessagePool,
     camera_info_key,
     camera_model_from_info,
     cloud_to_msg,
@@ -130,3 +131,84 @@ def test_markers_message_types_and_deletes():
     text = next(m for m in msg.markers if m.ns == "labels" and m.id == 5)
     assert text.text == "mug #5 0.80 m" and text.header.frame_id == "cam"
     assert shown == {5, 7}
+
+
+def test_message_pool_equals_fresh_messages_frame_after_frame():
+    # Frames with more, fewer and other objects: every reused Detection3D / Marker must equal
+    # a freshly built one (an ADD marker reused as a DELETE keeps no pose, colour or text).
+    dets, objs = _frame()
+    pool = MessagePool()
+    shown: frozenset[int] = frozenset()
+    frames = [(dets, objs), (dets.select(np.array([1])), None),
+              (dets.select(np.array([2, 0])), None), (dets, objs)]
+    for sec, (d, o) in enumerate(frames):
+        if o is None:
+            o = objects_3d(mask_crops(d), (48, 64), np.full((48, 64), 500 + sec, np.uint16),
+                           0.001, ray_grid(camera_model_from_info(_info(), False)),
+                           Depth3DConfig(erode_px=0, min_points=3))
+        header = Header(frame_id="cam")
+        header.stamp.sec = sec
+        plan, shown = marker_plan(o if sec != 1 else None, d, shown)
+        assert pool.objects_to_msg(o, d, header) == objects_to_msg(o, d, header)
+        assert pool.markers_to_msg(plan, header) == markers_to_msg(plan, header)
+    with pytest.raises(ValueError):
+        pool.objects_to_msg(objs, dets.select(np.array([0])), Header())
+
+
+def test_depth_benchmark_runs_every_stage(capsys):
+    from sam3_ros.tools.depth_benchmark import run
+
+    results = run(3, 96, 64, distortion=True, repeats=2)
+    assert {"objects_3d", "core total", "Detection3DArray (pooled)", "PointCloud2",
+            "MarkerArray (pooled)", "all 3D outputs (core + messages)",
+            "all 3D outputs, messages not pooled"} <= set(results)
+    assert all(t["cpu_median"] >= 0.0 for t in results.values())
+    assert "the node skips outputs without subscribers" in capsys.readouterr().out
+
+
+def test_depth_outputs_build_only_what_has_subscribers():
+    from sam3_ros.ros.depth_outputs import DepthOutputs
+
+    class FakePublisher:
+        def __init__(self, subscribers: int):
+            self.subscribers, self.sent = subscribers, []
+
+        def get_subscription_count(self) -> int:
+            return self.subscribers
+
+        def publish(self, msg) -> None:
+            self.sent.append(msg)
+
+    class FakeNode:
+        def param(self, name):
+            return {"publish_vision_msgs": True, "publish_points": True, "points_stride": 1,
+                    "publish_markers": True}[name]
+
+    dets, objs = _frame()
+    outputs = DepthOutputs(FakeNode())
+    pubs = {"detections_3d": FakePublisher(1), "points": FakePublisher(0),
+            "markers": FakePublisher(1)}
+    outputs._pubs = pubs
+    outputs._send(objs, dets, Header(frame_id="cam"), None)
+    assert [len(p.sent) for p in pubs.values()] == [1, 0, 1]
+    assert [d.object_id for d in pubs["detections_3d"].sent[0].detections] == [5, 6, 7]
+    assert outputs._marker_ids == {5, 7}
+    # Nobody listens to the markers now: none are planned, the shown ids stay, so the objects
+    # gone meanwhile get their DELETE when someone subscribes again.
+    pubs["markers"].subscribers, pubs["points"].subscribers = 0, 1
+    gone = dets.select(np.array([1]))
+    outputs._send(objects_3d(mask_crops(gone), (48, 64), np.full((48, 64), 0, np.uint16),
+                             0.001, ray_grid(camera_model_from_info(_info(), False)),
+                             Depth3DConfig()), gone, Header(frame_id="cam"), None)
+    assert [len(p.sent) for p in pubs.values()] == [2, 1, 1]
+    assert outputs._marker_ids == {5, 7}
+    pubs["markers"].subscribers = 1
+    first = dets.select(np.array([0]))
+    outputs._send(objects_3d(mask_crops(first), (48, 64), np.full((48, 64), 800, np.uint16),
+                             0.001, ray_grid(camera_model_from_info(_info(), False)),
+                             Depth3DConfig(erode_px=0)), first, Header(frame_id="cam"), None)
+    markers = pubs["markers"].sent[-1].markers
+    assert sorted((m.ns, m.id, m.action) for m in markers) == [
+        ("boxes", 5, Marker.ADD), ("boxes", 7, Marker.DELETE), ("labels", 5, Marker.ADD),
+        ("labels", 7, Marker.DELETE)]
+    assert outputs._marker_ids == {5}

@@ -349,3 +349,148 @@ def test_demo_disparity_to_depth():
     assert depth[0, 0] == pytest.approx(994.978 * 0.193001 / 41.086, rel=1e-6)
     assert np.isnan(depth[0, 1]) and np.isnan(depth[0, 2])
     assert depth[0, 3] == pytest.approx(994.978 * 0.193001 / 31.086, rel=1e-6)
+
+
+# ------------------------------------------- batched objects_3d vs a per-object reference
+def _reference_object(crop, colour_hw, depth, scale, rays, cfg):
+    """The module doc's steps for one object, written plainly (per-pixel numpy, no OpenCV,
+    float64 statistics): None, or (num_points, points, u, v, centroid, aabb lo/hi, rotation,
+    obb lo/hi) when valid; the inlier count when not."""
+    hd, wd = depth.shape
+    hc, wc = colour_hw
+    if crop.area_px == 0:
+        return 0
+    step = sample_stride(crop.area_px, colour_hw, (hd, wd), cfg.max_object_points)
+    # Depth pixels on the image-fixed grid whose centre lies in the crop's colour pixels.
+    x_c = lambda d, s: np.floor((d + 0.5) / s).astype(int)  # noqa: E731
+    us = np.arange(0, wd, step)
+    vs = np.arange(0, hd, step)
+    cu, cv = x_c(us, wd / wc), x_c(vs, hd / hc)
+    us, cu = us[(cu >= crop.x_offset) & (cu < crop.x_offset + crop.width)], cu[
+        (cu >= crop.x_offset) & (cu < crop.x_offset + crop.width)]
+    vs, cv = vs[(cv >= crop.y_offset) & (cv < crop.y_offset + crop.height)], cv[
+        (cv >= crop.y_offset) & (cv < crop.y_offset + crop.height)]
+    if len(us) == 0 or len(vs) == 0:
+        return 0
+    grid = crop.mask[np.ix_(cv - crop.y_offset, cu - crop.x_offset)]
+    r = -(-cfg.erode_px // step)
+    if r:
+        # Outside the grid: background, except beyond an image edge (edge pixels repeat).
+        edges = (us[0] < step, vs[0] < step, us[-1] + step >= wd, vs[-1] + step >= hd)
+        padded = np.pad(grid, r, mode="edge")
+        if not edges[0]:
+            padded[:, :r] = False
+        if not edges[1]:
+            padded[:r] = False
+        if not edges[2]:
+            padded[:, -r:] = False
+        if not edges[3]:
+            padded[-r:] = False
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * r + 1, 2 * r + 1))
+        grid = windows.all(axis=(2, 3))
+    d = depth[np.ix_(vs, us)]
+    z_m = d.astype(np.float64) * scale
+    keep = grid & (z_m >= cfg.min_depth_m) & (z_m <= cfg.max_depth_m)
+    vv, uu = np.nonzero(keep)
+    u, v = us[uu], vs[vv]
+    z = depth[v, u].astype(np.float32) * np.float32(scale)
+    if len(z) < cfg.min_points:
+        return len(z)
+    if cfg.outlier_mad_k > 0:
+        sample = np.sort(z[::-(-len(z) // 512)])
+        median = sample[(len(sample) - 1) // 2]
+        mad = np.sort(np.abs(sample - median))[(len(sample) - 1) // 2]
+        limit = cfg.outlier_mad_k * max(1.4826 * float(mad), 0.01)
+        inliers = np.abs(z - median) <= np.float32(limit)
+        u, v, z = u[inliers], v[inliers], z[inliers]
+        if len(z) < cfg.min_points:
+            return len(z)
+    points = np.stack([rays.ray_x[v, u] * z, rays.ray_y[v, u] * z, z])
+    p64 = points.astype(np.float64)
+    centroid = p64.mean(axis=1)
+    centered = p64 - centroid[:, None]
+    _, vectors = np.linalg.eigh(centered @ centered.T)
+    axes = vectors[:, ::-1].copy()
+    for k in (0, 1):
+        col = axes[:, k]
+        pivot = next((c for c in (col[2], col[0], col[1]) if abs(c) > 1e-6), col[1])
+        axes[:, k] *= -1.0 if pivot < 0 else 1.0
+    axes[:, 2] = np.cross(axes[:, 0], axes[:, 1])
+    frame = np.concatenate([centered, axes.T @ centered])
+    if cfg.box_percentile == 0:
+        lo, hi = frame.min(axis=1), frame.max(axis=1)
+    else:
+        sample = np.sort(frame[:, ::-(-frame.shape[1] // 512)], axis=1)
+        k_lo = round(cfg.box_percentile / 100 * (sample.shape[1] - 1))
+        lo, hi = sample[:, k_lo], sample[:, sample.shape[1] - 1 - k_lo]
+    return len(z), points, u, v, centroid, lo, hi, axes
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_batched_objects_match_a_per_object_reference(case):
+    # Random elliptic masks (some at image edges, some tiny or empty), a wall behind objects
+    # at random distances, noise, holes, flying pixels; every option switched across cases.
+    rng = np.random.default_rng(case)
+    half = case in (3, 6)
+    distorted = case in (2, 6)
+    cfg = Depth3DConfig(
+        erode_px=[2, 0, 1, 3][case % 4], outlier_mad_k=[3.0, 0.0][case % 2 if case < 6 else 0],
+        box_percentile=[1.0, 0.0, 5.0][case % 3], min_points=[20, 1, 50][case % 3],
+        max_object_points=[2000, 10**7, 300][case % 3])
+    masks = []
+    for k in range(12):
+        mask = np.zeros((H, W), bool)
+        if k == 11:
+            masks.append(mask)  # empty mask
+            continue
+        rx, ry = rng.integers(1, 90, 2) if k else (3, 2)
+        cx, cy = rng.integers(-20, W + 20), rng.integers(-20, H + 20)
+        yy, xx = np.ogrid[:H, :W]
+        mask[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0] = True
+        masks.append(mask)
+    depth_m = np.full((H, W), 4.0)
+    for mask in masks:
+        depth_m[mask] = rng.uniform(0.3, 3.0)
+    depth_m += rng.normal(0.0, 0.004, depth_m.shape)
+    depth_m[rng.random(depth_m.shape) < 0.05] = 0.0
+    depth_m[rng.random(depth_m.shape) < 0.01] = 9.0  # flying pixels
+    if half:
+        depth_m = depth_m[::2, ::2]
+    uint16 = case % 2 == 0
+    depth = (np.round(depth_m * 1000).astype(np.uint16) if uint16
+             else depth_m.astype(np.float32))
+    scale = 0.001 if uint16 else 1.0
+    camera = (camera_model_from_fields(W, H, [FX, 0, CX, 0, FY, CY, 0, 0, 1],
+                                       [-0.2, 0.05, 0.001, -0.001, 0.0], "plumb_bob")
+              if distorted else CAMERA)
+    rays = ray_grid(camera.scaled_to(depth.shape[1], depth.shape[0]))
+    dets = _detections(masks)
+    crops = mask_crops(dets)
+    objs = objects_3d(crops, (H, W), depth, scale, rays, cfg)
+    assert objs.points.shape[1] == objs.point_offsets[-1]
+    for i, crop in enumerate(crops):
+        ref = _reference_object(crop, (H, W), depth, scale, rays, cfg)
+        if isinstance(ref, int):
+            assert not objs.valid[i] and objs.num_points[i] == ref
+            assert objs.points_m[i].shape == (3, 0)
+            continue
+        n, points, u, v, centroid, lo, hi, axes = ref
+        assert objs.valid[i] and objs.num_points[i] == n
+        np.testing.assert_array_equal(objs.points_m[i], points)
+        pu, pv = objs.pixels(i)
+        np.testing.assert_array_equal(pu, u)
+        np.testing.assert_array_equal(pv, v)
+        np.testing.assert_allclose(objs.centroid_m[i], centroid, atol=1e-9)
+        np.testing.assert_allclose(objs.aabb_center_m[i], centroid + (lo[:3] + hi[:3]) / 2,
+                                   atol=1e-6)
+        np.testing.assert_allclose(objs.aabb_size_m[i], hi[:3] - lo[:3], atol=1e-6)
+        # The box axes are only defined up to the spread's degeneracy: compare the boxes.
+        np.testing.assert_allclose(objs.obb_rotation[i], axes, atol=1e-4)
+        np.testing.assert_allclose(objs.obb_size_m[i], hi[3:] - lo[3:], atol=1e-5)
+        np.testing.assert_allclose(objs.obb_center_m[i], centroid + axes @ (lo[3:] + hi[3:]) / 2,
+                                   atol=1e-5)
+    # The cloud is the valid objects' points in order, with their ids.
+    cloud = cloud_points(objs, dets, stride=1)
+    np.testing.assert_array_equal(np.stack([cloud["x"], cloud["y"], cloud["z"]]), objs.points)
+    np.testing.assert_array_equal(
+        cloud["instance"], np.repeat(dets.object_ids, np.diff(objs.point_offsets)))

@@ -18,13 +18,16 @@ Per object, from the depth pixels under its mask:
    100 - `box_percentile` percentiles (0: min/max over all inliers, exact); oriented box along
    the principal axes of the inliers (PCA), between the same percentiles.
 
-Work per object is bounded by its mask crop (`render.mask_crops`), never the full frame.
+Work per object is bounded by its mask crop (`render.mask_crops`), never the full frame:
+per object only the crop's windows are sliced and its mask eroded; steps 2 and 4-6 then run
+once over the concatenated pixels of all objects (segment sums, one sort per statistic).
 An object is `valid` when at least `min_points` inliers remain.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,21 +101,6 @@ class Depth3DConfig:
 
 
 @dataclass(frozen=True)
-class _Grid:
-    """Where an object's sampled depth pixels lie: flat index k of its sampled window is depth
-    pixel (x0 + (k % width) * step, y0 + (k // width) * step)."""
-
-    x0: int
-    y0: int
-    step: int
-    width: int
-
-    def pixels(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        row = index // self.width
-        return (index - row * self.width) * self.step + self.x0, row * self.step + self.y0
-
-
-@dataclass(frozen=True)
 class Objects3D:
     """3D geometry of N objects (the detections of one frame, same order), camera optical
     frame, metres. Fields of invalid objects are zero.
@@ -126,8 +114,12 @@ class Objects3D:
             its own axes (largest spread first).
         obb_rotation: (N, 3, 3) float64 rotation whose columns are the box axes in the camera
             frame (right-handed); identity for invalid objects.
-        points_m: N float32 (3, n_i) inlier points, rows x, y, z (empty for invalid objects);
-            `pixels(i)` gives their depth-image pixels, `sample_step(i)` the sampling step.
+        points: (3, M) float32 inlier points of all valid objects, rows x, y, z, object after
+            object: object i has columns point_offsets[i]:point_offsets[i + 1] (`points_m`
+            splits them; `pixels(i)` gives their depth-image pixels).
+        point_offsets: (N + 1,) int64 (invalid objects have no columns).
+        sample_steps: (N,) int64 grid step (depth pixels) each object was sampled with (1:
+            every pixel; 1 for objects without pixels).
     """
 
     valid: np.ndarray
@@ -138,24 +130,39 @@ class Objects3D:
     obb_center_m: np.ndarray
     obb_size_m: np.ndarray
     obb_rotation: np.ndarray
-    points_m: list[np.ndarray] = field(default_factory=list)
-    _indices: list[np.ndarray] = field(default_factory=list, repr=False)
-    _grids: list[_Grid] = field(default_factory=list, repr=False)
+    points: np.ndarray
+    point_offsets: np.ndarray
+    sample_steps: np.ndarray
+    # Flat index of each point in the concatenated sampled windows, and per object the
+    # window's (x0, y0, step, width, start): enough to give pixels on demand.
+    _window_index: np.ndarray = field(repr=False)
+    _windows: np.ndarray = field(repr=False)
 
     def __len__(self) -> int:
         return int(self.valid.shape[0])
 
+    @property
+    def points_m(self) -> list[np.ndarray]:
+        """N float32 (3, n_i) views of `points`, one per object (empty for invalid ones)."""
+        offsets = self.point_offsets.tolist()
+        return [self.points[:, a:b] for a, b in itertools.pairwise(offsets)]
+
     def pixels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(u, v) int arrays: the depth-image pixel of each point of object i."""
-        return self._grids[i].pixels(self._indices[i])
+        a, b = int(self.point_offsets[i]), int(self.point_offsets[i + 1])
+        x0, y0, step, width, start = self._windows[i].tolist()
+        index = self._window_index[a:b] - start
+        row = index // width
+        return (index - row * width) * step + x0, row * step + y0
 
     def sample_step(self, i: int) -> int:
         """Grid step (depth pixels) object i was sampled with (1: every pixel)."""
-        return self._grids[i].step
+        return int(self.sample_steps[i])
 
-    @property
+    @functools.cached_property
     def obb_quaternion_xyzw(self) -> np.ndarray:
-        """(N, 4) float64 orientation of each oriented box (x, y, z, w)."""
+        """(N, 4) float64 orientation of each oriented box (x, y, z, w); computed once (the
+        message conversions and the marker plan all need it)."""
         return rotation_to_quaternion_xyzw(self.obb_rotation)
 
 
@@ -255,31 +262,65 @@ def _valid_depth(window: np.ndarray, scale_m: float, cfg: Depth3DConfig) -> np.n
 _RANK_SAMPLES = 512
 
 
-def _bounds(values: Sequence[np.ndarray], cfg: Depth3DConfig) -> np.ndarray:
-    """(k, 2, rows) lo and hi of each row of k (rows, n_i) value arrays: min/max over all
-    values for box_percentile 0, else the box_percentile and 100 - box_percentile percentiles
-    (nearest rank) of at most _RANK_SAMPLES evenly strided columns.
+def _strided_samples(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most _RANK_SAMPLES evenly strided samples of each of K segments of a flat array
+    (segment k: starts[k] + [0, counts[k]), counts >= 1): sample j of segment k is at
+    starts[k] + j * ceil(counts[k] / _RANK_SAMPLES).
 
-    The percentiles of all objects come from one sort: every object's samples padded with
-    +inf to the longest, so the ranks below each object's own count are its own values (the
-    same values a partition per object gives, at a fraction of the calls)."""
+    Returns:
+        (position, padding): (K, width) flat positions of the samples, row k holding segment
+        k's in order; where `padding` is true the row has no more samples (the position
+        repeats its last one).
+    """
+    strides = -(-counts // _RANK_SAMPLES)
+    per_row = -(-counts // strides)
+    column = np.arange(int(per_row.max()))
+    position = starts[:, None] + np.minimum(column, (per_row - 1)[:, None]) * strides[:, None]
+    return position, column >= per_row[:, None]
+
+
+def _lower_median_mad(z: np.ndarray, starts: np.ndarray, counts: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per segment of z: the lower median of its strided samples and the lower median of their
+    absolute deviations from it (float32 each): two sorts of a (K, <= _RANK_SAMPLES) array
+    (+inf padded) instead of two partitions per object, same values."""
+    position, padding = _strided_samples(starts, counts)
+    n = padding.shape[1] - np.count_nonzero(padding, axis=1)
+    mid, rows = (n - 1) // 2, np.arange(len(n))
+    samples = z[position]
+    np.copyto(samples, np.float32(np.inf), where=padding)
+    samples.sort(axis=1)
+    median = samples[rows, mid]
+    deviation = np.abs(samples - median[:, None])  # the padding stays +inf, last
+    deviation.sort(axis=1)
+    return median, deviation[rows, mid]
+
+
+def _bounds(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, axes: np.ndarray,
+            cfg: Depth3DConfig) -> np.ndarray:
+    """(K, 2, 6) lo and hi of each segment of the (3, M) centred points: rows 0-2 along the
+    camera axes, rows 3-5 along the segment's box axes (columns of axes[k]). min/max over all
+    points for box_percentile 0, else the box_percentile and 100 - box_percentile percentiles
+    (nearest rank) of at most _RANK_SAMPLES evenly strided points, all segments from one
+    batched product and one sort of a +inf padded array."""
+    frames = np.concatenate([np.broadcast_to(np.eye(3), axes.shape), axes.transpose(0, 2, 1)],
+                            axis=1).astype(np.float32)
     if cfg.box_percentile == 0.0:
-        return np.array([np.stack([v.min(axis=1), v.max(axis=1)]) for v in values])
-    samples = [v[:, ::max(1, math.ceil(v.shape[1] / _RANK_SAMPLES))] for v in values]
-    counts = [sample.shape[1] for sample in samples]
-    padded = np.full((len(samples), values[0].shape[0], max(counts)), np.inf, np.float32)
-    for slot, sample in zip(padded, samples, strict=True):
-        slot[:, :sample.shape[1]] = sample
-    padded.sort(axis=2)
-    k_lo = np.array([round(cfg.box_percentile / 100.0 * (n - 1)) for n in counts])
-    k_hi = np.array(counts) - 1 - k_lo
-    rows = np.arange(len(samples))
-    return np.stack([padded[rows, :, k_lo], padded[rows, :, k_hi]], axis=1)
-
-
-def _lower_median(values: np.ndarray) -> float:
-    mid = (len(values) - 1) // 2
-    return float(np.partition(values, mid)[mid])
+        out = np.empty((len(counts), 2, 6))
+        for k, (a, n) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
+            projected = frames[k] @ values[:, a:a + n]
+            out[k, 0], out[k, 1] = projected.min(axis=1), projected.max(axis=1)
+        return out
+    position, padding = _strided_samples(starts, counts)
+    # (K, 6, width): the samples along the camera axes and the box axes, one batched product.
+    sampled = np.ascontiguousarray(np.take(values, position, axis=1).transpose(1, 0, 2))
+    projected = np.matmul(frames, sampled)
+    np.copyto(projected, np.float32(np.inf), where=padding[:, None, :])
+    projected.sort(axis=2)
+    n = padding.shape[1] - np.count_nonzero(padding, axis=1)
+    k_lo = np.round(cfg.box_percentile / 100.0 * (n - 1)).astype(np.intp)
+    rows = np.arange(len(n))
+    return np.stack([projected[rows, :, k_lo], projected[rows, :, n - 1 - k_lo]], axis=1)
 
 
 def sample_stride(area_px: int, colour_hw: tuple[int, int], depth_hw: tuple[int, int],
@@ -290,74 +331,87 @@ def sample_stride(area_px: int, colour_hw: tuple[int, int], depth_hw: tuple[int,
     return max(1, math.ceil(math.sqrt(depth_px / max_points)))
 
 
-def _object_points(crop: MaskCrop, colour_hw: tuple[int, int], depth: np.ndarray,
-                   scale_m: float, rays: RayGrid, cfg: Depth3DConfig
-                   ) -> tuple[np.ndarray, np.ndarray, _Grid] | int:
-    """Inlier points (3, n) float32 (rows x, y, z), their flat indices in the object's sampled
-    window and that window's grid; or the inlier count when fewer than min_points remain."""
-    if crop.area_px == 0:
-        return 0
+@dataclass
+class _Windows:
+    """The sampled windows of a frame's objects (steps 1 and 3 of the module doc): per window
+    the object's index, its grid (x0, y0, step, width, start = its offset in the flat
+    concatenation of all windows), its eroded 0/1 mask and its depth and ray windows (views,
+    concatenated flat by `objects_3d`)."""
+
+    objects: list[int] = field(default_factory=list)
+    grids: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    depth: list[np.ndarray] = field(default_factory=list)
+    ray_x: list[np.ndarray] = field(default_factory=list)
+    ray_y: list[np.ndarray] = field(default_factory=list)
+    size: int = 0
+
+
+def _sampled_windows(crops: Sequence[MaskCrop], colour_hw: tuple[int, int],
+                     depth: np.ndarray, rays: RayGrid, cfg: Depth3DConfig) -> _Windows:
+    """Per object, only views and one erosion: everything per pixel is done once for the
+    concatenation of all objects."""
     hd, wd = depth.shape
-    x0, y0, mask = _depth_window(crop, colour_hw, (hd, wd))
-    h, w = mask.shape
-    if h == 0 or w == 0:
-        return 0
-    # Large objects are sampled on a grid fixed to the image (u % step == 0, v % step == 0),
-    # so their points do not shimmer between frames and the work per object is bounded.
-    step = sample_stride(crop.area_px, colour_hw, (hd, wd), cfg.max_object_points)
-    ox, oy = (-x0) % step, (-y0) % step
-    gx0, gy0 = x0 + ox, y0 + oy
-    mask_u8 = mask.view(np.uint8)[oy::step, ox::step]
-    gh, gw = mask_u8.shape
-    if gh == 0 or gw == 0:
-        return 0
-    if cfg.erode_px:
-        # On the sampled grid the erosion is rounded up to whole steps (exact for step 1).
-        mask_u8 = _erode(np.ascontiguousarray(mask_u8), -(-cfg.erode_px // step), (
-            gx0 < step, gy0 < step, gx0 + gw * step >= wd, gy0 + gh * step >= hd))
-    window = np.ascontiguousarray(depth[gy0:y0 + h:step, gx0:x0 + w:step])
-    # valid is 0/255 and the mask 0/1, so keep is a 0/1 array: a valid bool view.
-    keep = cv2.bitwise_and(_valid_depth(window, scale_m, cfg), mask_u8).view(bool)
-    index = np.flatnonzero(keep)
-    if len(index) < cfg.min_points:
-        return len(index)
-    points = np.empty((3, len(index)), np.float32)
-    z = points[2]
-    if scale_m != 1.0:
-        # One pass: the raw depth (exact in float32) times the scale, as a cast then *=.
-        np.multiply(window.ravel()[index], np.float32(scale_m), out=z)
-    else:
-        z[:] = window.ravel()[index]
-    if cfg.outlier_mad_k > 0.0:
-        sample = z[::max(1, math.ceil(len(z) / _RANK_SAMPLES))]
-        median = _lower_median(sample)
-        mad = _lower_median(np.abs(sample - np.float32(median)))
-        limit = cfg.outlier_mad_k * max(1.4826 * mad, MAD_FLOOR_M)
-        deviation = np.subtract(z, np.float32(median))
-        inliers = np.abs(deviation, out=deviation) <= np.float32(limit)
-        if not inliers.all():
-            points, index = points[:, inliers], index[inliers]
-            z = points[2]
-            if len(z) < cfg.min_points:
-                return len(z)
-    grid = _Grid(gx0, gy0, step, gw)
-    ray_x, ray_y = rays.ray_x, rays.ray_y
-    if ray_x.strides[0] == 0 and ray_y.strides[1] == 0:
-        # Separable rays (no distortion): one ray per sampled column / row.
-        row = index // gw
-        np.multiply(ray_x[0, gx0::step][index - row * gw], z, out=points[0])
-        np.multiply(ray_y[gy0::step, 0][row], z, out=points[1])
-    else:
-        rx = np.ascontiguousarray(ray_x[gy0:gy0 + gh * step:step, gx0:gx0 + gw * step:step])
-        ry = np.ascontiguousarray(ray_y[gy0:gy0 + gh * step:step, gx0:gx0 + gw * step:step])
-        np.multiply(rx.ravel()[index], z, out=points[0])
-        np.multiply(ry.ravel()[index], z, out=points[1])
-    return points, index, grid
+    # sample_stride's arithmetic, its constant part hoisted out of the loop (same floats).
+    depth_px, colour_px = hd * wd, colour_hw[0] * colour_hw[1]
+    same_grid = colour_hw == (hd, wd)
+    max_points = cfg.max_object_points
+    out = _Windows()
+    for i, crop in enumerate(crops):
+        area = crop.area_px
+        if area == 0:
+            continue
+        if same_grid:
+            x0, y0, mask = crop.x_offset, crop.y_offset, crop.mask
+        else:
+            x0, y0, mask = _depth_window(crop, colour_hw, (hd, wd))
+        h, w = mask.shape
+        if h == 0 or w == 0:
+            continue
+        # Large objects are sampled on a grid fixed to the image (u % step == 0, v % step ==
+        # 0), so their points do not shimmer between frames and the work per object is
+        # bounded.
+        step = max(1, math.ceil(math.sqrt(area * depth_px / colour_px / max_points)))
+        ox, oy = (-x0) % step, (-y0) % step
+        gx0, gy0 = x0 + ox, y0 + oy
+        mask_u8 = mask.view(np.uint8)[oy::step, ox::step]
+        gh, gw = mask_u8.shape
+        if gh == 0 or gw == 0:
+            continue
+        if cfg.erode_px:
+            # On the sampled grid the erosion is rounded up to whole steps (exact for step 1).
+            mask_u8 = _erode(np.ascontiguousarray(mask_u8), -(-cfg.erode_px // step), (
+                gx0 < step, gy0 < step, gx0 + gw * step >= wd, gy0 + gh * step >= hd))
+        rows, cols = slice(gy0, gy0 + gh * step, step), slice(gx0, gx0 + gw * step, step)
+        out.objects.append(i)
+        out.grids.append((gx0, gy0, step, gw, out.size))
+        out.masks.append(mask_u8)
+        out.depth.append(depth[rows, cols])
+        # Rays without distortion are broadcast views (stride 0): so are these windows.
+        out.ray_x.append(rays.ray_x[rows, cols])
+        out.ray_y.append(rays.ray_y[rows, cols])
+        out.size += gh * gw
+    return out
+
+
+def _drop_small(counts: np.ndarray, min_points: int, keep_objects: np.ndarray,
+                *per_point: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Drop the segments with fewer than min_points points: (counts, objects, per-point arrays)
+    of the others."""
+    enough = counts >= min_points
+    if enough.all():
+        return counts, keep_objects, list(per_point)
+    keep = np.repeat(enough, counts)
+    return counts[enough], keep_objects[enough], [a[..., keep] for a in per_point]
 
 
 def objects_3d(crops: Sequence[MaskCrop], colour_hw: tuple[int, int], depth: np.ndarray,
                scale_m: float, rays: RayGrid, cfg: Depth3DConfig) -> Objects3D:
     """3D geometry of every object of one frame.
+
+    Per object only the crop's windows are sliced and eroded; the depth range, outlier
+    rejection, back-projection, centroids, covariances and box percentiles run once over the
+    concatenated points of all objects (segment reductions and one sort per statistic).
 
     Args:
         crops: Mask crops of the frame's detections (`render.mask_crops`), in colour pixels.
@@ -387,63 +441,94 @@ def objects_3d(crops: Sequence[MaskCrop], colour_hw: tuple[int, int], depth: np.
     check_registration(colour_hw, depth.shape)
     n = len(crops)
     num_points = np.zeros(n, np.int64)
-    empty_points, empty_index = np.zeros((3, 0), np.float32), np.zeros(0, np.intp)
-    points_m = [empty_points] * n
-    indices = [empty_index] * n
-    grids = [_Grid(0, 0, 1, 1)] * n
-    kept: list[int] = []
-    centroids: list[np.ndarray] = []
-    centered_all: list[np.ndarray] = []
-    scatter: list[np.ndarray] = []
-    for i, crop in enumerate(crops):
-        result = _object_points(crop, colour_hw, depth, scale_m, rays, cfg)
-        if isinstance(result, int):
-            num_points[i] = result
-            continue
-        points, indices[i], grids[i] = result
-        points_m[i] = points
-        num_points[i] = count = points.shape[1]
-        c = points.sum(axis=1, dtype=np.float64) / count
-        centered = points - c.astype(np.float32)[:, None]
-        kept.append(i)
-        centroids.append(c)
-        centered_all.append(centered)
-        scatter.append(np.einsum("in,jn->ij", centered, centered))
+    steps = np.ones(n, np.int64)
+    windows = np.zeros((n, 5), np.int64)
+    windows[:, 2:4] = 1
+    win = _sampled_windows(crops, colour_hw, depth, rays, cfg)
+    objects = np.array(win.objects, np.intp)
+    points = np.zeros((3, 0), np.float32)
+    index = np.zeros(0, np.intp)
+    counts = np.zeros(0, np.int64)
+    if len(objects):
+        grids = np.array(win.grids, np.int64)
+        steps[objects] = grids[:, 2]
+        windows[objects] = grids
+        depth_all = np.concatenate(win.depth, axis=None)
+        # Step 2 for all objects at once: valid depth (0/255) AND the eroded mask (0/1).
+        # (OpenCV takes them as one-column images.)
+        keep = cv2.bitwise_and(_valid_depth(depth_all[:, None], scale_m, cfg),
+                               np.concatenate(win.masks, axis=None)[:, None])
+        index = np.flatnonzero(keep.view(bool))
+        counts = np.diff(np.searchsorted(index, np.append(grids[:, 4], win.size)))
+        num_points[objects] = counts
+        counts, objects, (index,) = _drop_small(counts, cfg.min_points, objects, index)
+    if len(objects):
+        z = depth_all[index]
+        z = (np.multiply(z, np.float32(scale_m)) if scale_m != 1.0
+             else z.astype(np.float32, copy=False))
+        if cfg.outlier_mad_k > 0.0:
+            # Step 4: |Z - median| <= k * max(1.4826 MAD, floor), per object.
+            starts = np.cumsum(counts) - counts
+            median, mad = _lower_median_mad(z, starts, counts)
+            limit = cfg.outlier_mad_k * np.maximum(1.4826 * mad.astype(np.float64),
+                                                   MAD_FLOOR_M)
+            deviation = np.subtract(z, np.repeat(median, counts))
+            inliers = np.abs(deviation, out=deviation) <= np.repeat(
+                limit.astype(np.float32), counts)
+            if not inliers.all():
+                index, z = index[inliers], z[inliers]
+                counts = np.add.reduceat(inliers, starts, dtype=np.int64)
+                num_points[objects] = counts
+                counts, objects, (index, z) = _drop_small(counts, cfg.min_points, objects,
+                                                          index, z)
+    if len(objects):
+        # Step 5: each point's ray, from the windows' rays concatenated like their depth.
+        points = np.empty((3, len(z)), np.float32)
+        np.multiply(np.concatenate(win.ray_x, axis=None)[index], z, out=points[0])
+        np.multiply(np.concatenate(win.ray_y, axis=None)[index], z, out=points[1])
+        points[2] = z
     valid = np.zeros(n, bool)
-    valid[kept] = True
+    valid[objects] = True
     centroid = np.zeros((n, 3))
-    rotation = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+    rotation = np.zeros((n, 3, 3))
+    rotation[:, [0, 1, 2], [0, 1, 2]] = 1.0
     bounds = np.zeros((n, 2, 6))  # lo/hi of x, y, z (centred) and along the 3 box axes
-    if kept:
-        # One batched 3x3 eigen-decomposition for all objects (ascending eigenvalues; the
+    if len(objects):
+        starts = np.cumsum(counts) - counts
+        c = (np.add.reduceat(points, starts, axis=1, dtype=np.float64) / counts).T
+        centered = points - np.repeat(c.astype(np.float32).T, counts, axis=1)
+        # Scatter matrices of all objects: per entry one product and one segment sum (float64
+        # accumulation); one batched 3x3 eigen-decomposition (ascending eigenvalues; the
         # scatter matrix has the covariance's eigenvectors).
-        _, vectors = np.linalg.eigh(np.array(scatter, np.float64))
+        scatter = np.empty((len(counts), 3, 3))
+        for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)):
+            scatter[:, i, j] = scatter[:, j, i] = np.add.reduceat(
+                centered[i] * centered[j], starts, dtype=np.float64)
+        _, vectors = np.linalg.eigh(scatter)
         axes = vectors[:, :, ::-1]  # largest spread first
         # Deterministic signs: each axis points along +z (the view direction) when it has a
         # z component, else +x / +y; the third axis makes the frame right-handed.
-        for k in (0, 1):
-            col = axes[:, :, k]
-            pivot = np.where(np.abs(col[:, 2]) > 1e-6, col[:, 2],
-                             np.where(np.abs(col[:, 0]) > 1e-6, col[:, 0], col[:, 1]))
-            col *= np.where(pivot < 0, -1.0, 1.0)[:, None]
-        axes[:, :, 2] = np.cross(axes[:, :, 0], axes[:, :, 1])
-        centroid[kept] = centroids
-        rotation[kept] = axes
-        # Rows 0-2 keep the camera axes, rows 3-5 project onto the box axes: both boxes from
-        # one product and one partition per object.
-        frames = np.concatenate([np.broadcast_to(np.eye(3), axes.shape),
-                                 axes.transpose(0, 2, 1)], axis=1).astype(np.float32)
-        bounds[kept] = _bounds([frame @ centered for frame, centered
-                                in zip(frames, centered_all, strict=True)], cfg)
+        first_two = axes[:, :, :2]  # (K, 3, 2): both columns at once
+        x, y, z = first_two[:, 0], first_two[:, 1], first_two[:, 2]
+        pivot = np.where(np.abs(z) > 1e-6, z, np.where(np.abs(x) > 1e-6, x, y))
+        first_two *= np.where(pivot < 0, -1.0, 1.0)[:, None, :]
+        (a0, a1, a2), (b0, b1, b2) = axes[:, :, 0].T, axes[:, :, 1].T
+        axes[:, :, 2] = np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], 1)
+        centroid[objects] = c
+        rotation[objects] = axes
+        bounds[objects] = _bounds(centered, starts, counts, axes, cfg)
     lo, hi = bounds[:, 0], bounds[:, 1]
     obb_mid = np.einsum("nij,nj->ni", rotation, (lo[:, 3:] + hi[:, 3:]) / 2.0)
+    offsets = np.zeros(n + 1, np.int64)
+    offsets[1:] = np.cumsum(np.where(valid, num_points, 0))
     return Objects3D(
         valid=valid, num_points=num_points, centroid_m=centroid,
         aabb_center_m=np.where(valid[:, None], centroid + (lo[:, :3] + hi[:, :3]) / 2.0, 0.0),
         aabb_size_m=hi[:, :3] - lo[:, :3],
         obb_center_m=np.where(valid[:, None], centroid + obb_mid, 0.0),
         obb_size_m=hi[:, 3:] - lo[:, 3:], obb_rotation=rotation,
-        points_m=points_m, _indices=indices, _grids=grids)
+        points=points, point_offsets=offsets, sample_steps=steps,
+        _window_index=index, _windows=windows)
 
 
 def rotation_to_quaternion_xyzw(rotation: np.ndarray) -> np.ndarray:
@@ -478,25 +563,25 @@ def cloud_points(objects: Objects3D, detections: Detections, stride: int = 1) ->
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
-    parts = []
-    for i in np.flatnonzero(objects.valid):
-        pts = objects.points_m[i]
-        step = objects.sample_step(i)
-        spacing = step * max(1, stride // step)
-        if spacing > step:
+    points, offsets = objects.points, objects.point_offsets
+    counts = np.diff(offsets)
+    # Only objects sampled finer than half the spacing are thinned (the others keep every
+    # point of their own grid, which is fixed to the image like the spacing's).
+    thin = np.flatnonzero((stride // objects.sample_steps >= 2) & (counts > 0)).tolist()
+    if thin:
+        keep = np.ones(points.shape[1], bool)
+        for i in thin:
+            step = int(objects.sample_steps[i])
+            spacing = step * (stride // step)
             u, v = objects.pixels(i)
             on_grid = ((u % spacing) == 0) & ((v % spacing) == 0)
-            pts = pts[:, on_grid]
-        parts.append((i, pts))
-    out = np.empty(sum(p.shape[1] for _, p in parts), CLOUD_DTYPE)
-    start = 0
-    for i, pts in parts:
-        end = start + pts.shape[1]
-        block = out[start:end]
-        block["x"], block["y"], block["z"] = pts
-        block["instance"] = detections.object_ids[i]
-        block["class_id"] = detections.class_ids[i]
-        start = end
+            keep[offsets[i]:offsets[i + 1]] = on_grid
+            counts[i] = np.count_nonzero(on_grid)
+        points = points[:, keep]
+    out = np.empty(points.shape[1], CLOUD_DTYPE)
+    out["x"], out["y"], out["z"] = points
+    out["instance"] = np.repeat(detections.object_ids, counts)
+    out["class_id"] = np.repeat(detections.class_ids, counts)
     return out
 
 
@@ -509,8 +594,8 @@ class MarkerSpec:
         marker_id: The object id: stable across frames, so RViz replaces it in place.
         action: "add" or "delete".
         position_m / orientation_xyzw / scale_m: Pose and size (camera optical frame); for a
-            text marker scale_m[2] is the text height.
-        rgba: Colour, components in [0, 1].
+            text marker scale_m[2] is the text height. Python floats (as message fields).
+        rgba: Colour, components in [0, 1] (Python floats).
         text: Label text (text markers).
     """
 
@@ -527,6 +612,12 @@ class MarkerSpec:
 MARKER_NAMESPACES = ("boxes", "labels")
 _TEXT_HEIGHT_M = 0.04
 _MIN_BOX_EDGE_M = 0.005  # a flat surface has a zero-thickness box; RViz shows nothing at 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _marker_rgb(object_id: int) -> tuple[float, float, float]:
+    r, g, b = (c / 255.0 for c in color_for(object_id))
+    return r, g, b
 
 
 def marker_plan(objects: Objects3D | None, detections: Detections,
@@ -562,7 +653,7 @@ def marker_plan(objects: Objects3D | None, detections: Detections,
             if object_id in shown:
                 continue  # duplicate ids would overwrite each other; the first (best) wins
             shown.add(object_id)
-            r, g, b = (c / 255.0 for c in color_for(object_id))
+            r, g, b = _marker_rgb(object_id)
             markers.append(MarkerSpec(
                 "boxes", object_id, "add", tuple(centres[k]), tuple(quats[k]),
                 tuple(sizes[k]), (r, g, b, 0.4)))

@@ -15,7 +15,7 @@ Publications (private names):
 The colour path never waits for depth: when a frame's detections are out, the depth image
 nearest in stamp (within `depth_max_dt`) is taken from a small buffer. A frame without a usable
 depth or camera info gets no 3D outputs, and diagnostics say why (WARN); errors never reach
-the 2D path.
+the 2D path. An output without subscribers is not built (the objects' geometry always is).
 """
 
 from __future__ import annotations
@@ -46,12 +46,11 @@ from sam3_ros.core.render import MaskCrop, mask_crops
 from sam3_ros.core.stamp_pairing import StampBuffer
 from sam3_ros.msg import Detection3DArray
 from sam3_ros.ros.depth_conversions import (
+    MessagePool,
     camera_info_key,
     camera_model_from_info,
     cloud_to_msg,
     depth_msg_to_numpy,
-    markers_to_msg,
-    objects_to_msg,
     objects_to_vision_msgs,
 )
 from sam3_ros.ros.detection_conversions import _vision_msgs
@@ -88,6 +87,8 @@ class DepthOutputs:
         self._camera: tuple[tuple, CameraModel] | None = None
         self._rays: RayGrid | None = None
         self._marker_ids: frozenset[int] = frozenset()
+        # Detection3D / Marker objects reused frame after frame (worker thread only).
+        self._messages = MessagePool()
         self._lock = threading.Lock()
         self._frames_3d = 0
         self._frames_without_3d = 0
@@ -234,21 +235,33 @@ class DepthOutputs:
             self._rays = ray_grid(scaled)
         return self._rays
 
+    def _listened(self, name: str) -> bool:
+        """Whether the output has subscribers: an output nobody subscribes to is not built
+        (a subscriber that matches later gets the next frame, as it would anyway)."""
+        return self._pubs[name].get_subscription_count() > 0
+
     def _send(self, objects: Objects3D, detections: Detections, header: Header,
               depth_stamp: Any) -> None:
         param, pubs = self._node.param, self._pubs
-        pubs["detections_3d"].publish(objects_to_msg(objects, detections, header, depth_stamp))
-        if "vision_detections_3d" in pubs and param("publish_vision_msgs"):
+        if self._listened("detections_3d"):
+            pubs["detections_3d"].publish(self._messages.objects_to_msg(
+                objects, detections, header, depth_stamp))
+        if ("vision_detections_3d" in pubs and param("publish_vision_msgs")
+                and self._listened("vision_detections_3d")):
             vision = objects_to_vision_msgs(objects, detections, header)
             if vision is not None:
                 pubs["vision_detections_3d"].publish(vision)
-        if param("publish_points"):
+        if param("publish_points") and self._listened("points"):
             pubs["points"].publish(cloud_to_msg(
                 cloud_points(objects, detections, param("points_stride")), header))
         if param("publish_markers"):
-            markers, self._marker_ids = marker_plan(objects, detections, self._marker_ids)
-            if markers:
-                pubs["markers"].publish(markers_to_msg(markers, header))
+            # Without subscribers the shown ids stay: objects gone meanwhile get their
+            # DELETE once someone listens again.
+            if self._listened("markers"):
+                markers, self._marker_ids = marker_plan(objects, detections,
+                                                        self._marker_ids)
+                if markers:
+                    pubs["markers"].publish(self._messages.markers_to_msg(markers, header))
         elif self._marker_ids:
             self._clear_markers(header)
 
@@ -258,7 +271,7 @@ class DepthOutputs:
             return
         markers, self._marker_ids = marker_plan(None, Detections.empty(1, 1), self._marker_ids)
         frame_id = self._info.header.frame_id if self._info is not None else ""
-        self._pubs["markers"].publish(markers_to_msg(
+        self._pubs["markers"].publish(self._messages.markers_to_msg(
             markers, Header(stamp=header.stamp, frame_id=frame_id or header.frame_id)))
 
     # ------------------------------------------------------------------------- diagnostics

@@ -10,6 +10,13 @@ occluding the earlier ones (so masks see mixed depth and the outlier rejection w
 crops are computed before timing: the node already has them from the 2D outputs. Wall-clock
 and thread CPU times are reported (the CPU time is less sensitive to other processes sharing
 the machine); the load average is printed with them.
+
+Stages: `objects_3d`, the cloud points (stride 2) and the marker plan (the pure core), each
+message on its own (Detection3DArray and MarkerArray from a `MessagePool` as in the node, the
+vision_msgs Detection3DArray when vision_msgs is installed, PointCloud2), then everything of
+one frame together ("all 3D outputs"), and the same with freshly constructed messages. The
+single-stage rows reuse one frame's objects (their box quaternions are computed once, as in a
+frame); "all 3D outputs" computes everything anew each repeat.
 """
 
 from __future__ import annotations
@@ -82,28 +89,64 @@ def run(n_objects: int, width: int, height: int, distortion: bool, repeats: int,
         marker_plan(objs, detections, frozenset())
 
     results["core total"] = _timed(core_all, repeats)
+    notes = []
     try:
         from std_msgs.msg import Header
 
-        from sam3_ros.ros.depth_conversions import cloud_to_msg, markers_to_msg, objects_to_msg
+        from sam3_ros.ros.depth_conversions import (
+            MessagePool,
+            cloud_to_msg,
+            markers_to_msg,
+            objects_to_msg,
+            objects_to_vision_msgs,
+        )
+        from sam3_ros.ros.detection_conversions import _vision_msgs
     except ImportError:  # without ROS: the core figures only
-        pass
+        notes.append("no ROS messages importable: core stages only")
     else:
         header = Header(frame_id="camera")
+        pool = MessagePool()
+        vision = _vision_msgs() is not None
+        cloud = cloud_points(objects, detections, 2)
+        plan = marker_plan(objects, detections, frozenset())[0]
+        results["Detection3DArray (pooled)"] = _timed(
+            lambda: pool.objects_to_msg(objects, detections, header), repeats)
+        if vision:
+            results["vision_msgs Detection3DArray"] = _timed(
+                lambda: objects_to_vision_msgs(objects, detections, header), repeats)
+        results["PointCloud2"] = _timed(lambda: cloud_to_msg(cloud, header), repeats)
+        results["MarkerArray (pooled)"] = _timed(
+            lambda: pool.markers_to_msg(plan, header), repeats)
 
-        def with_messages() -> None:
-            objs = objects_3d(crops, hw, depth, 0.001, rays, cfg)
-            objects_to_msg(objs, detections, header)
-            cloud_to_msg(cloud_points(objs, detections, 2), header)
-            markers_to_msg(marker_plan(objs, detections, frozenset())[0], header)
+        def all_outputs(to_objects: Callable, to_markers: Callable) -> Callable[[], None]:
+            def frame() -> None:
+                objs = objects_3d(crops, hw, depth, 0.001, rays, cfg)
+                to_objects(objs, detections, header)
+                if vision:
+                    objects_to_vision_msgs(objs, detections, header)
+                cloud_to_msg(cloud_points(objs, detections, 2), header)
+                to_markers(marker_plan(objs, detections, frozenset())[0], header)
+            return frame
 
-        results["core + messages"] = _timed(with_messages, repeats)
+        results["all 3D outputs (core + messages)"] = _timed(
+            all_outputs(pool.objects_to_msg, pool.markers_to_msg), repeats)
+        results["all 3D outputs, messages not pooled"] = _timed(
+            all_outputs(objects_to_msg, markers_to_msg), repeats)
+        notes.append(
+            "messages: sam3_ros Detection3DArray, "
+            + ("vision_msgs Detection3DArray, " if vision else
+               "(vision_msgs not installed: not built), ")
+            + "PointCloud2, MarkerArray; 'pooled' = Detection3D / Marker objects of the "
+            "previous frame refilled (depth_conversions.MessagePool, as the node does). "
+            "Every output is built here; the node skips outputs without subscribers.")
     valid = int(objects.valid.sum())
     print(f"{n_objects} objects ({valid} valid, {int(objects.num_points.sum())} points, "
           f"{sum(c.area_px for c in crops)} mask pixels) at {width}x{height}, 16UC1 depth, "
           f"{'plumb_bob distortion' if distortion else 'no distortion'}, max_object_points "
           f"{max_object_points}; {repeats} repeats; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    for note in notes:
+        print(note)
     return results
 
 
