@@ -99,12 +99,24 @@ class StreamStats:
     errors: int = 0
     last_latency_ms: float = float("nan")
     latency_sum_ms: float = 0.0
+    waiting_sum_ms: float = 0.0
+    """Submit to the start of its cycle: waiting for the compute thread."""
+    prepare_sum_ms: float = 0.0
+    """Decoding (the stream's `prepare`)."""
+    process_sum_ms: float = 0.0
+    """The session's heads (`process`), after the cycle's shared encoding."""
 
     def as_dict(self) -> dict[str, float]:
-        mean = self.latency_sum_ms / self.processed if self.processed else float("nan")
+        def mean(total: float) -> float:
+            return total / self.processed if self.processed else float("nan")
+
         return {"received": self.received, "dropped": self.dropped,
                 "processed": self.processed, "errors": self.errors,
-                "last_latency_ms": self.last_latency_ms, "mean_latency_ms": mean}
+                "last_latency_ms": self.last_latency_ms,
+                "mean_latency_ms": mean(self.latency_sum_ms),
+                "mean_waiting_ms": mean(self.waiting_sum_ms),
+                "mean_decode_ms": mean(self.prepare_sum_ms),
+                "mean_heads_ms": mean(self.process_sum_ms)}
 
 
 class Stream:
@@ -147,6 +159,8 @@ class RuntimeStats:
     frames_processed: int = 0
     calls: int = 0
     largest_batch: int = 0
+    encode_s: float = 0.0
+    """Preprocessing and backbone passes of all cycles."""
     busy_s: float = 0.0
     started_s: float = field(default_factory=time.monotonic)
 
@@ -156,7 +170,9 @@ class RuntimeStats:
         return {"cycles": self.cycles, "backbone_passes": self.backbone_passes,
                 "frames_encoded": self.frames_encoded, "mean_batch": mean_batch,
                 "largest_batch": self.largest_batch, "frames_processed": self.frames_processed,
-                "calls": self.calls, "busy_fraction": self.busy_s / elapsed}
+                "calls": self.calls, "busy_fraction": self.busy_s / elapsed,
+                "mean_encode_ms": (self.encode_s / self.cycles * 1e3 if self.cycles
+                                   else float("nan"))}
 
 
 class _Call:
@@ -322,30 +338,41 @@ class Runtime:
 
     def _cycle(self, taken: list[tuple[Stream, Any, float]]) -> None:
         self.stats.cycles += 1
+        cycle_start = time.perf_counter()
         prepared: list[tuple[Stream, PreparedFrame, float]] = []
+        decode_s: dict[Stream, float] = {}
         for stream, item, submitted_s in taken:
+            started = time.perf_counter()
             try:
                 frame = stream.handler.prepare(item)
             except Exception as err:
                 self._fail(stream, err)
                 continue
+            decode_s[stream] = time.perf_counter() - started
             if frame is not None:
                 prepared.append((stream, frame, submitted_s))
+        started = time.perf_counter()
         self._encode(prepared)
+        self.stats.encode_s += time.perf_counter() - started
         for stream, frame, submitted_s in prepared:
             if stream.closed:
                 continue
+            started = time.perf_counter()
             try:
                 result = stream.handler.process(frame)
             except Exception as err:
                 self._fail(stream, err)
                 continue
-            latency_s = time.perf_counter() - submitted_s
+            ended = time.perf_counter()
+            latency_s = ended - submitted_s
             with self._cond:
                 stats = stream.stats
                 stats.processed += 1
                 stats.last_latency_ms = latency_s * 1e3
                 stats.latency_sum_ms += latency_s * 1e3
+                stats.waiting_sum_ms += (cycle_start - submitted_s) * 1e3
+                stats.prepare_sum_ms += decode_s.get(stream, 0.0) * 1e3
+                stats.process_sum_ms += (ended - started) * 1e3
             self.stats.frames_processed += 1
             if stream.closed:
                 continue

@@ -156,6 +156,8 @@ class Sam3LifecycleNode(LifecycleNode):
         self._outputs: OutputBuffer[tuple] = OutputBuffer(capacity=4)
         self._output_thread: threading.Thread | None = None
         self._render_skipped = 0
+        self._published = 0
+        self._publish_sum_ms = 0.0
         self._running = False
         self._subscription = None
         self._output_pubs: dict[str, Any] = {}
@@ -547,10 +549,15 @@ class Sam3LifecycleNode(LifecycleNode):
             item = self._outputs.take()
             if item is None:
                 return
+            started = time.perf_counter()
             try:
                 self._publish(*item)
             except Exception as err:
                 self._report_frame_error(f"publishing: {type(err).__name__}: {err}")
+                continue
+            with self._stats_lock:
+                self._published += 1
+                self._publish_sum_ms += (time.perf_counter() - started) * 1e3
 
     def _publish(self, detections: Detections, generation: int, header: Any,
                  rgb: np.ndarray) -> None:
@@ -597,6 +604,8 @@ class Sam3LifecycleNode(LifecycleNode):
         with self._stats_lock:
             self._errors = 0
             self._render_skipped = 0
+            self._published = 0
+            self._publish_sum_ms = 0.0
             self._last_error = ""
             self._last_error_at_s = -float("inf")
 
@@ -613,7 +622,9 @@ class Sam3LifecycleNode(LifecycleNode):
             # Errors outside the runtime (decoding is inside) are counted by the node.
             stats = dict(stream_stats, errors=self._errors,
                          outputs_discarded=self._outputs.discarded,
-                         drawing_skipped=self._render_skipped)
+                         drawing_skipped=self._render_skipped,
+                         mean_publish_ms=(self._publish_sum_ms / self._published
+                                          if self._published else float("nan")))
         stats.update({f"runtime_{k}": v for k, v in self._runtime.stats.as_dict().items()})
         if self._model is not None:
             stats["backbone_calls"] = self._model.feature_cache.backbone_calls
