@@ -18,6 +18,7 @@ full-size random checkpoint gives the full-size figures.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -201,6 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     import rclpy
+
+    from sam3_ros.ros.fastdds import use_large_frames_profile
+
+    # Before rclpy.init: this process and the nodes it starts use the package's profile, so
+    # full frames arrive intact over the default (best-effort) image QoS, as with the launch
+    # files.
+    use_large_frames_profile()
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     model, label = args.model, args.model
     if not model:
