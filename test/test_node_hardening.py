@@ -394,45 +394,62 @@ def test_ctrl_c_while_frames_flow_is_quiet(tiny_checkpoint):
         assert word not in tail, tail[-3000:]
 
 
+_COMPONENT_CHECK = """
+import sys, time
+from importlib.metadata import entry_points
+
+import rclpy
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rclpy.executors import SingleThreadedExecutor
+
+checkpoint = sys.argv[1]
+found = {ep.name: ep for ep in entry_points(group="rclpy_components")}
+assert {"sam3_ros::SegmenterNode", "sam3_ros::TrackerNode"} <= set(found), sorted(found)
+context = rclpy.Context()
+rclpy.init(context=context)
+executor = SingleThreadedExecutor(context=context)
+try:
+    cls = found["sam3_ros::SegmenterNode"].load()
+
+    def param(name, **value):
+        return Parameter(name=name, value=ParameterValue(**value))
+
+    node = cls("front_segmenter", context=context, namespace="front", parameter_overrides=[
+        param("model", type=ParameterType.PARAMETER_STRING, string_value=checkpoint),
+        param("device", type=ParameterType.PARAMETER_STRING, string_value="cpu"),
+        param("autostart", type=ParameterType.PARAMETER_BOOL, bool_value=True),
+    ], cli_args=["--ros-args", "-r", "image:=/front/color/image_raw"])
+    executor.add_node(node)
+    deadline = time.monotonic() + 240
+    while node._subscription is None and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.1)
+    assert node.get_fully_qualified_name() == "/front/front_segmenter"
+    assert node._subscription is not None, "autostart did not activate the node"
+    assert node._subscription.topic_name == "/front/color/image_raw"
+    topics = {name for name, _ in node.get_publisher_names_and_types_by_node(
+        "front_segmenter", "/front")}
+    assert "/front/front_segmenter/detections" in topics, topics
+    node.stop_streaming()
+    node.destroy_node()
+finally:
+    executor.shutdown()
+    rclpy.shutdown(context=context)
+print("COMPONENT_OK")
+"""
+
+
 def test_components_load_through_entry_points(tiny_checkpoint):
     """What an rclpy component container does: find the class by entry point, construct it
     with the node name, parameter messages, namespace and remapping cli_args, add it to an
-    executor; autostart then configures and activates it."""
-    from importlib.metadata import entry_points
+    executor; autostart then configures and activates it. In a child process, as in a
+    container, so that a crash there fails this test instead of ending the test run."""
+    import subprocess
+    import sys
 
-    from rclpy.executors import SingleThreadedExecutor
-
-    found = {ep.name: ep for ep in entry_points(group="rclpy_components")}
-    assert {"sam3_ros::SegmenterNode", "sam3_ros::TrackerNode"} <= set(found)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    executor = SingleThreadedExecutor(context=context)
-    try:
-        cls = found["sam3_ros::SegmenterNode"].load()
-
-        def param(name, **value):
-            return Parameter(name=name, value=ParameterValue(**value))
-
-        node = cls("front_segmenter", context=context, namespace="front", parameter_overrides=[
-            param("model", type=ParameterType.PARAMETER_STRING, string_value=str(
-                tiny_checkpoint)),
-            param("device", type=ParameterType.PARAMETER_STRING, string_value="cpu"),
-            param("autostart", type=ParameterType.PARAMETER_BOOL, bool_value=True),
-        ], cli_args=["--ros-args", "-r", "image:=/front/color/image_raw"])
-        executor.add_node(node)
-        deadline = time.monotonic() + 120
-        while node._subscription is None and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-        assert node.get_fully_qualified_name() == "/front/front_segmenter"
-        assert node._subscription.topic_name == "/front/color/image_raw"
-        topics = {name for name, _ in node.get_publisher_names_and_types_by_node(
-            "front_segmenter", "/front")}
-        assert "/front/front_segmenter/detections" in topics
-        node.stop_streaming()
-        node.destroy_node()
-    finally:
-        executor.shutdown()
-        rclpy.shutdown(context=context)
+    result = subprocess.run([sys.executable, "-c", _COMPONENT_CHECK, str(tiny_checkpoint)],
+                            capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "COMPONENT_OK" in result.stdout, output[-4000:]
 
 
 def test_tracker_slower_than_the_camera_keeps_its_objects(tiny_checkpoint):
