@@ -49,10 +49,13 @@ class ModelHub:
 
     Args:
         with_tracker: Always load the video model (detector + tracker), even for a segmenter.
+        feature_capacity: Frames whose backbone features each model keeps (at least the
+            runtime's `max_batch`, so one batched pass serves every camera of a cycle).
     """
 
-    def __init__(self, with_tracker: bool = False):
+    def __init__(self, with_tracker: bool = False, feature_capacity: int = 4):
         self._with_tracker = with_tracker
+        self._feature_capacity = feature_capacity
         self._lock = threading.Lock()
         self._models: dict[ModelKey, tuple[SharedModel, int]] = {}
         self.loads = 0
@@ -79,7 +82,7 @@ class ModelHub:
                                quantization=key.quantization)
             self.loads += 1
             try:
-                shared = SharedModel(key, loaded)
+                shared = SharedModel(key, loaded, self._feature_capacity)
             except BaseException:
                 loaded.release()
                 raise

@@ -103,5 +103,6 @@ def main(args: list[str] | None = None) -> int:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2
     Runtime.default().set_max_batch(options.max_batch)
-    hub = ModelHub(with_tracker="tracker" in options.kinds)
+    hub = ModelHub(with_tracker="tracker" in options.kinds,
+                   feature_capacity=max(4, options.max_batch))
     return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub), args)
