@@ -25,6 +25,7 @@ bus (through a reused pinned buffer, asynchronously) and the float work runs on 
 from __future__ import annotations
 
 import platform
+import threading
 from typing import Any
 
 import numpy as np
@@ -152,6 +153,8 @@ class DevicePreprocessor:
             self._std = std.view(1, 3, 1, 1).to(self.device)
         elif do_rescale:
             self._scale = float(setting("rescale_factor"))
+        self._lock = threading.Lock()
+        """The reused buffers belong to one call at a time."""
         self._host: Any = None
         self._host_event: Any = None
         self._frame: Any = None
@@ -175,44 +178,53 @@ class DevicePreprocessor:
         host.numpy()[...] = rgb
         if self._frame is None or self._frame.shape != shape:
             self._frame = torch.empty(shape, dtype=torch.uint8, device=self.device)
-        self._frame.copy_(host, non_blocking=True)
-        self._host_event.record()
+        # Both on the model's device's current stream (that device need not be the current
+        # one): the copy, and the event that says when the pinned buffer may be reused.
+        stream = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(stream):
+            self._frame.copy_(host, non_blocking=True)
+        self._host_event.record(stream)
         return self._frame
 
     def __call__(self, rgb: np.ndarray) -> Any:
-        import torch
-        from torch.nn.functional import interpolate
-
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise InvalidImageError(
                 f"model input must be (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
         if not rgb.flags.c_contiguous:
             rgb = np.ascontiguousarray(rgb)
+        with self._lock:
+            return self._preprocess(rgb)
+
+    def _preprocess(self, rgb: np.ndarray) -> Any:
+        import torch
+        from torch.nn.functional import interpolate
+
         # (1, 3, H, W) view of the HWC bytes: channels-last, the layout torch's uint8 kernel
         # works in (no repacking).
         frame = self._upload(rgb).permute(2, 0, 1).unsqueeze(0)
         height, width = int(rgb.shape[0]), int(rgb.shape[1])
-        with torch.inference_mode():
-            if (height, width) == self.size:
-                x = frame.to(torch.float32, memory_format=torch.contiguous_format)
-            elif self.native_uint8:
-                x = interpolate(frame, size=self.size, mode="bilinear", align_corners=False,
-                                  antialias=True)
-                x = x.to(torch.float32, memory_format=torch.contiguous_format)
-            else:
-                # torchvision's path for uint8 on a GPU: float32, interpolate, round, uint8.
-                if self._float_frame is None or self._float_frame.shape != frame.shape:
-                    self._float_frame = torch.empty(frame.shape, dtype=torch.float32,
-                                                    device=self.device)
-                self._float_frame.copy_(frame)
-                x = interpolate(self._float_frame, size=self.size, mode="bilinear",
-                                  align_corners=False, antialias=True)
-                x = x.round_().clamp_(0, 255)
-            if self._mean is not None:
-                x = x.sub_(self._mean).div_(self._std)
-            elif self._scale is not None:
-                x = x.mul_(self._scale)
-            return x.to(self.dtype)
+        # No inference_mode: the result is an ordinary tensor like the processor's (nothing
+        # here requires grad, so no graph is recorded either way).
+        if (height, width) == self.size:
+            x = frame.to(torch.float32, memory_format=torch.contiguous_format)
+        elif self.native_uint8:
+            x = interpolate(frame, size=self.size, mode="bilinear", align_corners=False,
+                            antialias=True)
+            x = x.to(torch.float32, memory_format=torch.contiguous_format)
+        else:
+            # torchvision's path for uint8 on a GPU: float32, interpolate, round, uint8.
+            if self._float_frame is None or self._float_frame.shape != frame.shape:
+                self._float_frame = torch.empty(frame.shape, dtype=torch.float32,
+                                                device=self.device)
+            self._float_frame.copy_(frame)
+            x = interpolate(self._float_frame, size=self.size, mode="bilinear",
+                            align_corners=False, antialias=True)
+            x = x.round_().clamp_(0, 255)
+        if self._mean is not None:
+            x = x.sub_(self._mean).div_(self._std)
+        elif self._scale is not None:
+            x = x.mul_(self._scale)
+        return x.to(self.dtype)
 
 
 def make_device_preprocessor(mode: str, image_processor: Any, device: Any,
