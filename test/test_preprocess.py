@@ -162,6 +162,15 @@ def test_unsupported_processor_settings_are_refused(settings, message):
         make_device_preprocessor("device", processor, "cpu", torch.float32)
 
 
+def test_a_processor_of_another_backend_is_refused():
+    class PilSam3ImageProcessor(Sam3ImageProcessor):
+        backend = "pil"
+
+    processor = PilSam3ImageProcessor(size={"height": 112, "width": 112})
+    with pytest.raises(ConfigError, match="backend 'pil'"):
+        DevicePreprocessor(processor, "cpu", torch.float32)
+
+
 @pytest.mark.parametrize("settings", [
     {"do_rescale": False},
     {"do_normalize": False},

@@ -92,9 +92,9 @@ class DevicePreprocessor:
             the CPU runs the GPU's arithmetic there (tests).
 
     Raises:
-        ConfigError: a processor setting this class does not reproduce (a resample other
-            than bilinear, no resize or an aspect-preserving one, centre crop, padding,
-            channels-last output, a processor pinned to another device).
+        ConfigError: a processor setting this class does not reproduce (a backend other than
+            torchvision, a resample other than bilinear, no resize or an aspect-preserving one,
+            centre crop, padding, channels-last output, a processor pinned to a device).
 
     Per frame: on a GPU the frame is copied into a pinned host buffer (reused while the frame
     size stays the same and its previous upload has finished, checked without waiting) and
@@ -111,6 +111,11 @@ class DevicePreprocessor:
         def setting(name: str) -> Any:
             return getattr(p, name, None)
 
+        backend = setting("backend")
+        if backend != "torchvision":
+            raise ConfigError(f"image processor backend {backend!r} is not reproduced on the "
+                              "device (only transformers' torchvision backend, whose "
+                              "arithmetic this class follows)")
         resample = setting("resample")
         if resample != _BILINEAR and getattr(resample, "value", None) != "bilinear":
             raise ConfigError(f"image processor resample {setting('resample')!r} is not "
