@@ -15,9 +15,10 @@ bus (through a reused pinned buffer, asynchronously) and the float work runs on 
 
 * On the CPU it uses the same native uint8 kernel as torchvision: bit-exact with the processor.
 * On a GPU (and on CPUs without the native kernel) it interpolates in float32 and rounds to
-  uint8 exactly as torchvision does there, which is the processor's own arithmetic on that
-  device. Against the processor run on an AVX2 CPU (the default path) a value then differs by at
-  most one uint8 level (`PARITY_MAX_LEVELS`): the CPU kernel uses fixed-point weights and rounds
+  uint8 with the same operations as torchvision there, i.e. the processor's own arithmetic on
+  that device (bit-exact with it on such a CPU, tested; not run on a GPU here). Against the
+  processor run on an AVX2 CPU (the default path) a value then differs by at most one uint8
+  level (`PARITY_MAX_LEVELS`): the CPU kernel uses fixed-point weights and rounds
   its horizontal pass to uint8 before the vertical one, the float kernel rounds once at the end.
   One level is rescale_factor / std in normalised units (2/255 = 0.0078 for SAM3's std 0.5).
 """
