@@ -20,6 +20,7 @@ import numpy as np
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidImageError, InvalidPromptError
 from sam3_ros.core.model_loading import LoadedSam3
+from sam3_ros.core.preprocess import make_device_preprocessor
 from sam3_ros.core.prompts import PromptSpec, exemplar_arrays, validate_prompts
 from sam3_ros.core.vision_features import VisionFeatureCache
 
@@ -129,11 +130,21 @@ class Sam3Segmenter:
         loaded: The loaded checkpoint (detector + processor), possibly shared with a tracker.
         feature_cache: Shares vision features with other users of the same frame; None runs the
             backbone directly.
+        preprocessing: "auto", "device" or "processor" (`preprocess.PREPROCESS_MODES`): resize
+            and normalise with `DevicePreprocessor` on the model's device, or with transformers'
+            processor on the CPU; the attribute `preprocessing` then says which one runs.
+
+    Raises:
+        ConfigError: an unknown preprocessing, or "device" with a processor setting that
+            `DevicePreprocessor` does not reproduce.
     """
 
-    def __init__(self, loaded: LoadedSam3, feature_cache: VisionFeatureCache | None = None):
+    def __init__(self, loaded: LoadedSam3, feature_cache: VisionFeatureCache | None = None,
+                 preprocessing: str = "auto"):
         self.loaded = loaded
         self.feature_cache = feature_cache or VisionFeatureCache(loaded.detector, capacity=1)
+        self._device_preprocessor, self.preprocessing = make_device_preprocessor(
+            preprocessing, loaded.processor.image_processor, loaded.device, loaded.dtype)
 
     @property
     def model_image_size(self) -> int:
@@ -168,6 +179,8 @@ class Sam3Segmenter:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise InvalidImageError(
                 f"model input must be (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
+        if self._device_preprocessor is not None:
+            return self._device_preprocessor(rgb)
         inputs = self.loaded.processor.image_processor(images=rgb, return_tensors="pt")
         return inputs["pixel_values"].to(self.loaded.device, self.loaded.dtype)
 

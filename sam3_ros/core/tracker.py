@@ -158,10 +158,12 @@ class TrackerSession:
         loaded: A checkpoint loaded with the video model (`load_sam3(..., with_tracker=True)`).
         config: Stream settings.
         feature_cache: The process's shared vision-feature cache (pipeline); None makes one.
+        preprocessing: "auto", "device" or "processor", as for `Sam3Segmenter`.
     """
 
     def __init__(self, loaded: LoadedSam3, config: TrackerConfig,
-                 feature_cache: VisionFeatureCache | None = None):
+                 feature_cache: VisionFeatureCache | None = None,
+                 preprocessing: str = "auto"):
         if loaded.video_model is None:
             raise ModelLoadError("the tracker needs the SAM3 video model (load_sam3(..., "
                                  "with_tracker=True)); this checkpoint was loaded as a detector")
@@ -170,7 +172,9 @@ class TrackerSession:
         self.video_model = loaded.video_model
         self.tracker_model = loaded.video_model.tracker_model
         self.feature_cache = feature_cache or VisionFeatureCache(loaded.detector, capacity=1)
-        self._segmenter = Sam3Segmenter(loaded, self.feature_cache)
+        self._segmenter = Sam3Segmenter(loaded, self.feature_cache, preprocessing)
+        self.preprocessing = self._segmenter.preprocessing
+        """Which preprocessing runs (`Sam3Segmenter.preprocessing`)."""
         self._lock = threading.Lock()
         self._text_prompts: tuple[PromptSpec, ...] = ()
         self._encoded_prompts = None

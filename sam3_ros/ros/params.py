@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sam3_ros.core.backbone import BACKENDS
+from sam3_ros.core.preprocess import PREPROCESS_MODES
 
 MAX_STRING_CHARS = 4096
 """Longest string parameter (and string-array item) accepted."""
@@ -101,6 +102,11 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
               reload=True, choices=BACKENDS),
     ParamSpec("warmup", True, "Run one inference during configure so the first frame is fast",
               reload=True),
+    ParamSpec("preprocessing", "auto",
+              "Resize + normalise: device = torch ops on the model's device from the uint8 frame "
+              "(only the bytes are uploaded to a GPU); processor = transformers' processor on "
+              "the CPU; auto = device unless the processor has a setting it does not reproduce",
+              reload=True, choices=PREPROCESS_MODES),
 )
 
 IO_PARAMS: tuple[ParamSpec, ...] = (

@@ -114,7 +114,9 @@ class TrackerNode(Sam3LifecycleNode):
 
     def _create_session(self, model: SharedModel) -> None:
         self._session = TrackerSession(model.loaded, self._tracker_config(),
-                                       feature_cache=model.feature_cache)
+                                       feature_cache=model.feature_cache,
+                                       preprocessing=self.param("preprocessing"))
+        self.get_logger().info(f"preprocessing: {self._session.preprocessing}")
         texts = _texts(self.param("prompts"))
         if texts:
             self._session.set_text_prompts(texts)
@@ -132,7 +134,8 @@ class TrackerNode(Sam3LifecycleNode):
 
     def _warm_up(self) -> None:
         # A throwaway session: the warm-up frame must not enter the stream's memory bank.
-        session = TrackerSession(self._model.loaded, self._tracker_config())
+        session = TrackerSession(self._model.loaded, self._tracker_config(),
+                                 preprocessing=self.param("preprocessing"))
         session.add_objects([ObjectPromptSpec(object_id=0, points=((320.0, 240.0, True),))])
         session.process_frame(np.zeros((480, 640, 3), np.uint8), stamp_ns=0)
 
