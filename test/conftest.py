@@ -31,6 +31,7 @@ TEST_TIERS = {
     "test_model_loading.py": "core",
     "test_render.py": "core",
     "test_segmenter_core.py": "core",
+    "test_text_cache.py": "core",
     "test_tracker_core.py": "core",
     "test_tracker_streaming.py": "core",
     "test_tracker_objects.py": "core",

@@ -52,6 +52,7 @@ from sam3_ros.core.errors import ConfigError, ModelLoadError
 from sam3_ros.core.model_loading import LoadedSam3
 from sam3_ros.core.prompts import PromptSpec, validate_prompts
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig
+from sam3_ros.core.text_cache import TextEmbeddingCache
 from sam3_ros.core.tracker_objects import (
     CAMERA_STAMPS_PENDING,
     FRAMES_HELD_FOR_PROMPTS,
@@ -158,10 +159,13 @@ class TrackerSession:
         loaded: A checkpoint loaded with the video model (`load_sam3(..., with_tracker=True)`).
         config: Stream settings.
         feature_cache: The process's shared vision-feature cache (pipeline); None makes one.
+        text_cache: On-disk text embeddings of the prompts (shared with the segmenter when
+            both use one folder); None encodes every prompt set.
     """
 
     def __init__(self, loaded: LoadedSam3, config: TrackerConfig,
-                 feature_cache: VisionFeatureCache | None = None):
+                 feature_cache: VisionFeatureCache | None = None,
+                 text_cache: TextEmbeddingCache | None = None):
         if loaded.video_model is None:
             raise ModelLoadError("the tracker needs the SAM3 video model (load_sam3(..., "
                                  "with_tracker=True)); this checkpoint was loaded as a detector")
@@ -170,7 +174,7 @@ class TrackerSession:
         self.video_model = loaded.video_model
         self.tracker_model = loaded.video_model.tracker_model
         self.feature_cache = feature_cache or VisionFeatureCache(loaded.detector, capacity=1)
-        self._segmenter = Sam3Segmenter(loaded, self.feature_cache)
+        self._segmenter = Sam3Segmenter(loaded, self.feature_cache, text_cache)
         self._lock = threading.Lock()
         self._text_prompts: tuple[PromptSpec, ...] = ()
         self._encoded_prompts = None
