@@ -101,6 +101,9 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
               reload=True, choices=BACKENDS),
     ParamSpec("warmup", True, "Run one inference during configure so the first frame is fast",
               reload=True),
+    ParamSpec("text_cache_dir", "",
+              "Folder caching prompt text embeddings across restarts and prompt switches "
+              "(e.g. ~/.cache/sam3_ros/text_embeddings); '' = off", reload=True),
 )
 
 IO_PARAMS: tuple[ParamSpec, ...] = (

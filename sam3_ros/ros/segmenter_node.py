@@ -122,7 +122,7 @@ class SegmenterNode(Sam3LifecycleNode):
             max_lost_frames=values["track_max_lost_frames"]))
 
     def _create_session(self, model: SharedModel) -> None:
-        segmenter = Sam3Segmenter(model.loaded, model.feature_cache)
+        segmenter = Sam3Segmenter(model.loaded, model.feature_cache, self._text_cache())
         prompts = parse_prompt_boxes(self.param("prompts"), self.param("prompt_boxes"))
         self._session = SegmenterSession(segmenter, self._segmenter_config(), prompts,
                                          tracker=self._bytetracker())

@@ -114,7 +114,8 @@ class TrackerNode(Sam3LifecycleNode):
 
     def _create_session(self, model: SharedModel) -> None:
         self._session = TrackerSession(model.loaded, self._tracker_config(),
-                                       feature_cache=model.feature_cache)
+                                       feature_cache=model.feature_cache,
+                                       text_cache=self._text_cache())
         texts = _texts(self.param("prompts"))
         if texts:
             self._session.set_text_prompts(texts)
