@@ -113,3 +113,13 @@ def test_missing_lite_text_in_transformers_is_a_model_load_error(tmp_path, monke
     with pytest.raises(ModelLoadError) as info:
         load_sam3(str(tmp_path))
     assert "has no Sam3LiteTextModel" in str(info.value)
+
+
+@needs_lite_text
+def test_cli_writes_a_lite_text_checkpoint(tmp_path):
+    import json
+
+    from sam3_ros.tools.make_tiny_checkpoint import main
+
+    assert main([str(tmp_path), "--variant", "lite_text"]) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "sam3_lite_text"

@@ -235,3 +235,9 @@ def test_unwritable_folder_only_warns(loaded, tmp_path, caplog):
     assert "text cache" in caplog.text
     assert torch.equal(session.prompts.text_features,
                        _session(loaded, ["mug"]).prompts.text_features)
+
+
+def test_folder_expands_the_home_directory():
+    from pathlib import Path
+
+    assert TextEmbeddingCache("~/sam3_text").directory == Path.home() / "sam3_text"

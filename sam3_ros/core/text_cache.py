@@ -39,6 +39,7 @@ _METADATA_KEY = "sam3_ros_text_cache_key"
 _FINGERPRINT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model")
 """Files of a checkpoint folder that make up its fingerprint: configs, tokenizer, weights."""
 _STALE_TMP_S = 3600.0
+_MAX_REMEMBERED_DIGESTS = 256
 
 _log = logging.getLogger(__name__)
 
@@ -88,7 +89,10 @@ class _FileDigests:
         sha = _file_sha256(real)
         with self._lock:
             memo = self._load()
+            memo.pop(str(real), None)
             memo[str(real)] = {"stat": stamp, "sha256": sha}
+            while len(memo) > _MAX_REMEMBERED_DIGESTS:  # oldest first (insertion order)
+                memo.pop(next(iter(memo)))
             if self._memo_path is not None:
                 _atomic_write_text(self._memo_path, json.dumps(memo))
         return sha
