@@ -241,3 +241,34 @@ def test_folder_expands_the_home_directory():
     from pathlib import Path
 
     assert TextEmbeddingCache("~/sam3_text").directory == Path.home() / "sam3_text"
+
+
+def test_hub_snapshot_weights_are_identified_by_their_blob_name(tiny_checkpoint, tmp_path,
+                                                                monkeypatch):
+    """A hub id's files sit in the Hugging Face cache as snapshot links to blobs named by their
+    sha256: the weights are not re-hashed, and the snapshot is what transformers resolved."""
+    import hashlib
+    import shutil
+
+    import transformers.utils
+
+    from sam3_ros.core import text_cache
+    from sam3_ros.core.model_loading import resolved_checkpoint_dir
+
+    repo = tmp_path / "models--someone--tiny"
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for item in tiny_checkpoint.iterdir():
+        data = item.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        shutil.copy(item, blob)
+        (snapshot / item.name).symlink_to(blob)
+    monkeypatch.setattr(transformers.utils, "cached_file",
+                        lambda repo_id, name, **kw: str(snapshot / name))
+    assert resolved_checkpoint_dir("someone/tiny") == snapshot
+    hashed = []
+    original = text_cache._file_sha256
+    monkeypatch.setattr(text_cache, "_file_sha256", lambda p: hashed.append(p) or original(p))
+    assert checkpoint_fingerprint(snapshot) == checkpoint_fingerprint(tiny_checkpoint)
+    assert hashed and not [p for p in hashed if p.parent.name == "blobs"]  # only the copy
