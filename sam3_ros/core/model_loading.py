@@ -70,6 +70,12 @@ class LoadedSam3:
         video_model: `Sam3VideoModel` (detector + memory tracker) or None when only the image
             model was loaded.
         device / dtype: where the weights live.
+        quantization: The torchao mode applied (`QUANTIZATIONS`).
+        checkpoint_dir: The local folder the weights were read from (a hub id's snapshot in
+            the Hugging Face cache); None when it could not be resolved. Identifies the
+            checkpoint's files for the text-embedding cache.
+        model_type: The checkpoint's config model_type ("sam3", "sam3_video",
+            "sam3_lite_text").
     """
 
     source: str
@@ -78,6 +84,9 @@ class LoadedSam3:
     video_model: Any
     device: Any
     dtype: Any
+    quantization: str = "none"
+    checkpoint_dir: Path | None = None
+    model_type: str = "sam3"
 
     def release(self) -> None:
         """Drop the weights and free cached GPU memory (lifecycle cleanup)."""
@@ -92,8 +101,9 @@ class LoadedSam3:
             torch.cuda.empty_cache()
 
 
-DETECTOR_MODEL_TYPES = ("sam3", "sam3_video")
-"""Checkpoint model types holding the SAM3 detector (`Sam3Model`)."""
+DETECTOR_MODEL_TYPES = ("sam3", "sam3_video", "sam3_lite_text")
+"""Checkpoint model types holding a SAM3 detector: `Sam3Model`, or `Sam3LiteTextModel` (SAM3
+with the smaller MobileCLIP-style text encoder of EfficientSAM3 LiteText; image model only)."""
 TRACKER_MODEL_TYPES = ("sam3_video",)
 """Checkpoint model types holding detector and memory tracker (`Sam3VideoModel`)."""
 
@@ -104,7 +114,9 @@ _WHAT_IT_IS = {
                     "tracker, no text detector)",
     "sam3_tracker_video": "a 'sam3_tracker_video' model (memory tracker only, no text "
                           "detector)",
-    "sam3_lite_text": "a 'sam3_lite_text' model (a different text encoder than Sam3Model)",
+    "sam3_lite_text": "a 'sam3_lite_text' image model (Sam3LiteTextModel: detector with the "
+                      "LiteText text encoder; transformers has no LiteText video model, so "
+                      "there is no memory tracker for it)",
 }
 
 
@@ -178,8 +190,8 @@ def check_checkpoint_kind(config: dict[str, Any], source: str, with_tracker: boo
                   "architectures ['Sam3VideoModel'], e.g. facebook/sam3), which holds the "
                   "detector and the memory tracker")
     else:
-        needed = ("the detector needs a SAM3 checkpoint with model_type 'sam3' or "
-                  "'sam3_video' (e.g. facebook/sam3)")
+        needed = ("the detector needs a SAM3 checkpoint with model_type 'sam3', 'sam3_video' "
+                  "(e.g. facebook/sam3) or 'sam3_lite_text'")
     raise ModelLoadError(f"checkpoint '{source}' is {what}; {needed}")
 
 
@@ -259,7 +271,10 @@ def load_sam3(source: str, device: str = "cpu", dtype: str = "float32",
     torch_dtype = resolve_dtype(dtype, torch_device)
     # Before anything is built: a wrong checkpoint kind would otherwise build a randomly
     # initialised model (seconds, gigabytes) and fail later on a tensor shape.
-    check_checkpoint_kind(checkpoint_config(source), source, with_tracker)
+    config = checkpoint_config(source)
+    check_checkpoint_kind(config, source, with_tracker)
+    model_type = str(config.get("model_type"))
+    detector_cls = _lite_text_model_class() if model_type == "sam3_lite_text" else Sam3Model
     processor = _from_pretrained(Sam3Processor, source)
     video_model = None
     if with_tracker:
@@ -267,8 +282,40 @@ def load_sam3(source: str, device: str = "cpu", dtype: str = "float32",
         video_model = video_model.to(torch_device).eval()
         detector = video_model.detector_model
     else:
-        detector = _from_pretrained(Sam3Model, source, dtype=torch_dtype)
+        detector = _from_pretrained(detector_cls, source, dtype=torch_dtype)
         detector = detector.to(torch_device).eval()
     apply_quantization(video_model if video_model is not None else detector, quantization,
                        torch_device)
-    return LoadedSam3(source, detector, processor, video_model, torch_device, torch_dtype)
+    return LoadedSam3(source, detector, processor, video_model, torch_device, torch_dtype,
+                      quantization=quantization, checkpoint_dir=resolved_checkpoint_dir(source),
+                      model_type=model_type)
+
+
+def _lite_text_model_class() -> Any:
+    """transformers' `Sam3LiteTextModel`, or a ModelLoadError naming what is missing."""
+    try:
+        from transformers.models.sam3_lite_text import Sam3LiteTextModel
+    except ImportError as err:
+        import transformers
+
+        raise ModelLoadError(
+            "this is a SAM3-LiteText checkpoint (model_type 'sam3_lite_text'); transformers "
+            f"{transformers.__version__} has no Sam3LiteTextModel ({err}); install a "
+            "transformers release that includes models/sam3_lite_text") from None
+    return Sam3LiteTextModel
+
+
+def resolved_checkpoint_dir(source: str) -> Path | None:
+    """The local folder holding the checkpoint's files: the folder itself, or for a hub id
+    the snapshot transformers resolved in the Hugging Face cache (None when not found)."""
+    local = _local_folder(source)
+    if local is not None:
+        return local.resolve()
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+    except (OSError, ValueError, TypeError):
+        return None
+    return Path(path).parent if path else None

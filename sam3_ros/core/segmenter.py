@@ -10,6 +10,7 @@ Split as in transformers' SAM3 (processor / session / model):
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sam3_ros.core.errors import ConfigError, InvalidImageError, InvalidPromptEr
 from sam3_ros.core.model_loading import LoadedSam3
 from sam3_ros.core.preprocess import make_device_preprocessor
 from sam3_ros.core.prompts import PromptSpec, exemplar_arrays, validate_prompts
+from sam3_ros.core.text_cache import TextEmbeddingCache
 from sam3_ros.core.vision_features import VisionFeatureCache
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 
 TEXT_MAX_TOKENS = 32
 """SAM3's text encoder context length (the processor pads every prompt to it)."""
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,27 +141,84 @@ class Sam3Segmenter:
     Raises:
         ConfigError: an unknown preprocessing, or "device" with a processor setting that
             `DevicePreprocessor` does not reproduce.
+        text_cache: On-disk text embeddings (`TextEmbeddingCache`): a prompt text encoded
+            once for this checkpoint, dtype and device is read back instead of re-encoded;
+            None encodes every prompt set.
     """
 
     def __init__(self, loaded: LoadedSam3, feature_cache: VisionFeatureCache | None = None,
-                 preprocessing: str = "auto"):
+                 preprocessing: str = "auto", text_cache: TextEmbeddingCache | None = None):
         self.loaded = loaded
         self.feature_cache = feature_cache or VisionFeatureCache(loaded.detector, capacity=1)
         self._device_preprocessor, self.preprocessing = make_device_preprocessor(
             preprocessing, loaded.processor.image_processor, loaded.device, loaded.dtype)
+        self.text_cache = text_cache
+        self._text_key: dict[str, Any] | None = None
+        self.text_encoder_runs = 0
+        """Text-encoder batches run so far (prompt texts not found in the text cache)."""
+
+    def text_cache_key(self) -> dict[str, Any] | None:
+        """What a cached embedding of this model must have been computed with (None: the
+        checkpoint's files are unknown, so nothing is cached)."""
+        if self.text_cache is None:
+            return None
+        if self._text_key is None:
+            import torch
+            import transformers
+
+            loaded = self.loaded
+            if loaded.checkpoint_dir is None:
+                _log.warning("text cache off: the files of checkpoint '%s' were not found "
+                             "locally", loaded.source)
+                self.text_cache = None
+                return None
+            device = loaded.device.type
+            if device == "cuda":
+                device += ":" + torch.cuda.get_device_name(loaded.device)
+            try:
+                fingerprint = self.text_cache.fingerprint(loaded.checkpoint_dir)
+            except OSError as err:
+                _log.warning("text cache off: cannot hash checkpoint '%s': %s",
+                             loaded.checkpoint_dir, err)
+                self.text_cache = None
+                return None
+            tokenizer = loaded.processor.tokenizer
+            self._text_key = {
+                "checkpoint_sha256": fingerprint,
+                "model_class": type(loaded.detector).__name__,
+                "dtype": str(loaded.dtype).removeprefix("torch."),
+                "device": device,
+                "quantization": loaded.quantization,
+                "text_max_tokens": TEXT_MAX_TOKENS,
+                "tokenizer_max_length": int(tokenizer.model_max_length),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            }
+        return self._text_key
+
+    def _encode_texts(self, texts: Sequence[str]) -> tuple[Any, Any]:
+        import torch
+
+        tokens = self.loaded.processor(text=list(texts), return_tensors="pt")
+        input_ids = tokens["input_ids"].to(self.loaded.device)
+        attention_mask = tokens["attention_mask"].to(self.loaded.device)
+        with torch.inference_mode():
+            text_out = self.loaded.detector.get_text_features(
+                input_ids=input_ids, attention_mask=attention_mask)
+        self.text_encoder_runs += 1
+        return text_out.pooler_output, attention_mask
 
     @property
     def model_image_size(self) -> int:
         return int(self.loaded.processor.image_processor.size["height"])
 
     def encode_prompts(self, specs: Sequence[PromptSpec], generation: int = 0) -> EncodedPrompts:
-        """Tokenise and encode the prompts' texts once.
+        """Tokenise and encode the prompts' texts once (texts found in the text cache are read
+        back instead; new ones are encoded in one batch and stored).
 
         Raises:
             InvalidPromptError: a text is longer than the encoder's 32 tokens.
         """
-        import torch
-
         tokenizer = self.loaded.processor.tokenizer
         texts = [spec.model_text for spec in specs]
         for i, text in enumerate(texts):
@@ -166,13 +227,33 @@ class Sam3Segmenter:
                 raise InvalidPromptError(
                     f"prompt {i} ('{text[:40]}...') has {n_tokens} tokens, the text encoder reads "
                     f"at most {TEXT_MAX_TOKENS}")
-        tokens = self.loaded.processor(text=texts, return_tensors="pt")
-        input_ids = tokens["input_ids"].to(self.loaded.device)
-        attention_mask = tokens["attention_mask"].to(self.loaded.device)
-        with torch.inference_mode():
-            text_out = self.loaded.detector.get_text_features(
-                input_ids=input_ids, attention_mask=attention_mask)
-        return EncodedPrompts(tuple(specs), text_out.pooler_output, attention_mask, generation)
+        key = self.text_cache_key()
+        if key is None or not texts:
+            features, attention_mask = self._encode_texts(texts)
+        else:
+            features, attention_mask = self._encode_cached(texts, key)
+        return EncodedPrompts(tuple(specs), features, attention_mask, generation)
+
+    def _encode_cached(self, texts: Sequence[str], key: dict[str, Any]) -> tuple[Any, Any]:
+        import torch
+
+        cache = self.text_cache
+        device, dtype = self.loaded.device, self.loaded.dtype
+        found: dict[str, tuple[Any, Any]] = {}
+        unique = list(dict.fromkeys(texts))
+        for text in unique:
+            entry = cache.load(key, text)
+            if entry is not None and entry[0].dtype == dtype:
+                found[text] = entry
+        missing = [text for text in unique if text not in found]
+        if missing:
+            features, mask = self._encode_texts(missing)
+            for i, text in enumerate(missing):
+                found[text] = (features[i], mask[i])
+                cache.store(key, text, features[i], mask[i])
+        features = torch.stack([found[text][0].to(device) for text in texts])
+        mask = torch.stack([found[text][1].to(device) for text in texts])
+        return features, mask
 
     def preprocess(self, rgb: np.ndarray) -> Any:
         """(H, W, 3) uint8 RGB -> (1, 3, S, S) pixel values on the model's device and dtype."""
@@ -297,7 +378,8 @@ class SegmenterSession:
     ByteTrack ids with the stamp of the last tracked frame.
 
     Prompt changes (services, parameters) and frames may come from different threads: a new
-    prompt set is validated and encoded first and then swapped in atomically, so a frame in
+    prompt set is validated and encoded first (or read from the segmenter's text cache) and
+    then swapped in atomically, so a frame in
     flight finishes with the set it started with. Track state is only touched on the compute
     thread (frames, `set_prompts`, `reset`, `set_tracker` all run there).
 

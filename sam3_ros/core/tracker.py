@@ -52,6 +52,7 @@ from sam3_ros.core.errors import ConfigError, ModelLoadError
 from sam3_ros.core.model_loading import LoadedSam3
 from sam3_ros.core.prompts import PromptSpec, validate_prompts
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig
+from sam3_ros.core.text_cache import TextEmbeddingCache
 from sam3_ros.core.tracker_objects import (
     CAMERA_STAMPS_PENDING,
     FRAMES_HELD_FOR_PROMPTS,
@@ -159,11 +160,14 @@ class TrackerSession:
         config: Stream settings.
         feature_cache: The process's shared vision-feature cache (pipeline); None makes one.
         preprocessing: "auto", "device" or "processor", as for `Sam3Segmenter`.
+        text_cache: On-disk text embeddings of the prompts (shared with the segmenter when
+            both use one folder); None encodes every prompt set.
     """
 
     def __init__(self, loaded: LoadedSam3, config: TrackerConfig,
                  feature_cache: VisionFeatureCache | None = None,
-                 preprocessing: str = "auto"):
+                 preprocessing: str = "auto",
+                 text_cache: TextEmbeddingCache | None = None):
         if loaded.video_model is None:
             raise ModelLoadError("the tracker needs the SAM3 video model (load_sam3(..., "
                                  "with_tracker=True)); this checkpoint was loaded as a detector")
@@ -172,7 +176,8 @@ class TrackerSession:
         self.video_model = loaded.video_model
         self.tracker_model = loaded.video_model.tracker_model
         self.feature_cache = feature_cache or VisionFeatureCache(loaded.detector, capacity=1)
-        self._segmenter = Sam3Segmenter(loaded, self.feature_cache, preprocessing)
+        self._segmenter = Sam3Segmenter(loaded, self.feature_cache, preprocessing=preprocessing,
+                                        text_cache=text_cache)
         self.preprocessing = self._segmenter.preprocessing
         """Which preprocessing runs (`Sam3Segmenter.preprocessing`)."""
         self._lock = threading.Lock()

@@ -65,6 +65,7 @@ from sam3_ros.core.latest_frame import OutputBuffer
 from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
 from sam3_ros.core.render import draw_overlay, label_image, mask_crops
 from sam3_ros.core.runtime import PreparedFrame, Runtime, Stream
+from sam3_ros.core.text_cache import TextEmbeddingCache
 from sam3_ros.msg import DetectionArray, LabelInfo
 from sam3_ros.ros.depth_outputs import DepthOutputs
 from sam3_ros.ros.detection_conversions import (
@@ -320,6 +321,11 @@ class Sam3LifecycleNode(LifecycleNode):
             f"({str(self._model.loaded.dtype).replace('torch.', '')}); "
             f"{self._hub.loads} model load(s) in this process")
         return TransitionCallbackReturn.SUCCESS
+
+    def _text_cache(self) -> TextEmbeddingCache | None:
+        """The prompt text-embedding cache the `text_cache_dir` parameter names (None: off)."""
+        folder = self.param("text_cache_dir").strip()
+        return TextEmbeddingCache(folder) if folder else None
 
     def _load_and_warm_up(self) -> None:
         # On the compute thread: the thread that loads and warms the model runs every frame.

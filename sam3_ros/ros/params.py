@@ -107,6 +107,9 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
               "(only the bytes are uploaded to a GPU); processor = transformers' processor on "
               "the CPU; auto = device unless the processor has a setting it does not reproduce",
               reload=True, choices=PREPROCESS_MODES),
+    ParamSpec("text_cache_dir", "",
+              "Folder caching prompt text embeddings across restarts and prompt switches "
+              "(e.g. ~/.cache/sam3_ros/text_embeddings); '' = off", reload=True),
 )
 
 IO_PARAMS: tuple[ParamSpec, ...] = (

@@ -123,7 +123,8 @@ class SegmenterNode(Sam3LifecycleNode):
 
     def _create_session(self, model: SharedModel) -> None:
         segmenter = Sam3Segmenter(model.loaded, model.feature_cache,
-                                  self.param("preprocessing"))
+                                  preprocessing=self.param("preprocessing"),
+                                  text_cache=self._text_cache())
         self.get_logger().info(f"preprocessing: {segmenter.preprocessing}")
         prompts = parse_prompt_boxes(self.param("prompts"), self.param("prompt_boxes"))
         self._session = SegmenterSession(segmenter, self._segmenter_config(), prompts,

@@ -115,7 +115,8 @@ class TrackerNode(Sam3LifecycleNode):
     def _create_session(self, model: SharedModel) -> None:
         self._session = TrackerSession(model.loaded, self._tracker_config(),
                                        feature_cache=model.feature_cache,
-                                       preprocessing=self.param("preprocessing"))
+                                       preprocessing=self.param("preprocessing"),
+                                       text_cache=self._text_cache())
         self.get_logger().info(f"preprocessing: {self._session.preprocessing}")
         texts = _texts(self.param("prompts"))
         if texts:

@@ -6,7 +6,11 @@ configuration. It loads through exactly the code path a real checkpoint uses
 (`from_pretrained(folder)`), so the package's real model code runs in tests and in the demo.
 Its weights are random: its masks and scores mean nothing.
 
-    python -m sam3_ros.tools.make_tiny_checkpoint OUTPUT_DIR [--seed 0]
+    python -m sam3_ros.tools.make_tiny_checkpoint OUTPUT_DIR [--seed 0] [--variant lite_text]
+
+Variants: `sam3_video` (default; like facebook/sam3: detector + memory tracker) and `lite_text`
+(a `Sam3LiteTextModel` image checkpoint: the SAM3 detector with the MobileCLIP-style LiteText
+text encoder; transformers has no LiteText video model).
 """
 
 from __future__ import annotations
@@ -65,9 +69,26 @@ def tiny_sam3_config(bos_token_id: int, eos_token_id: int):
     """A `Sam3Config` with 32-wide layers and 112 px input (the real model's structure)."""
     from transformers import Sam3Config
 
+    vision_config = _tiny_vision_config()
+    text_config = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "projection_dim": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 32,
+        "vocab_size": 1024,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": eos_token_id,
+    }
+    return Sam3Config(vision_config=vision_config, text_config=text_config, **_tiny_heads())
+
+
+def _tiny_vision_config() -> dict:
     feature_sizes = [[TINY_IMAGE_SIZE_PX // 14 * 4] * 2, [TINY_IMAGE_SIZE_PX // 14 * 2] * 2,
                      [TINY_IMAGE_SIZE_PX // 14] * 2]
-    vision_config = {
+    return {
         "model_type": "sam3_vision_model",
         "backbone_config": {
             "model_type": "sam3_vit_model",
@@ -84,30 +105,34 @@ def tiny_sam3_config(bos_token_id: int, eos_token_id: int):
         "fpn_hidden_size": FPN_WIDTH,
         "backbone_feature_sizes": feature_sizes,
     }
-    text_config = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "projection_dim": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "max_position_embeddings": 32,
-        "vocab_size": 1024,
-        "bos_token_id": bos_token_id,
-        "eos_token_id": eos_token_id,
-        "pad_token_id": eos_token_id,
+
+
+def _tiny_heads() -> dict:
+    return {
+        "geometry_encoder_config": {"hidden_size": FPN_WIDTH, "num_layers": 1,
+                                    "num_attention_heads": 2, "intermediate_size": 64},
+        "detr_encoder_config": {"hidden_size": FPN_WIDTH, "num_layers": 1,
+                                "num_attention_heads": 2, "intermediate_size": 64},
+        "detr_decoder_config": {"hidden_size": FPN_WIDTH, "num_layers": 1,
+                                "num_attention_heads": 2, "intermediate_size": 64,
+                                "num_queries": 20},
+        "mask_decoder_config": {"hidden_size": FPN_WIDTH, "num_upsampling_stages": 3,
+                                "num_attention_heads": 2},
     }
-    return Sam3Config(
-        vision_config=vision_config,
-        text_config=text_config,
-        geometry_encoder_config={"hidden_size": FPN_WIDTH, "num_layers": 1,
-                                 "num_attention_heads": 2, "intermediate_size": 64},
-        detr_encoder_config={"hidden_size": FPN_WIDTH, "num_layers": 1, "num_attention_heads": 2,
-                             "intermediate_size": 64},
-        detr_decoder_config={"hidden_size": FPN_WIDTH, "num_layers": 1, "num_attention_heads": 2,
-                             "intermediate_size": 64, "num_queries": 20},
-        mask_decoder_config={"hidden_size": FPN_WIDTH, "num_upsampling_stages": 3,
-                             "num_attention_heads": 2},
-    )
+
+
+def tiny_sam3_lite_text_config():
+    """A `Sam3LiteTextConfig`: the tiny detector of `tiny_sam3_config` with a tiny LiteText
+    (MobileCLIP-style, RepMixer first and last layer) text encoder."""
+    from transformers.models.sam3_lite_text import Sam3LiteTextConfig
+
+    # Its pooling takes the highest token id as end of text, as CLIP's vocabulary has it
+    # (<|endoftext|> is this tokenizer's last id too).
+    text_config = {"hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
+                   "num_hidden_layers": 3, "num_attention_heads": 2,
+                   "max_position_embeddings": 32, "vocab_size": 1024, "repmixer_kernel_size": 3}
+    return Sam3LiteTextConfig(vision_config=_tiny_vision_config(), text_config=text_config,
+                              **_tiny_heads())
 
 
 def tiny_sam3_video_config(detector_config):
@@ -140,7 +165,11 @@ def tiny_sam3_video_config(detector_config):
                            tracker_config=tracker_config, fill_hole_area=0, hotstart_delay=0)
 
 
-def make_tiny_checkpoint(output_dir: str | Path, seed: int = 0) -> Path:
+VARIANTS = ("sam3_video", "lite_text")
+
+
+def make_tiny_checkpoint(output_dir: str | Path, seed: int = 0,
+                         variant: str = "sam3_video") -> Path:
     """Create (or overwrite) a tiny SAM3 video checkpoint folder (takes ~0.3 s after imports).
 
     Like a download of facebook/sam3 it holds a `Sam3VideoModel` (detector + tracker sharing one
@@ -150,9 +179,13 @@ def make_tiny_checkpoint(output_dir: str | Path, seed: int = 0) -> Path:
     (the tracker part, backbone renamed by transformers), `Sam3Processor`,
     `Sam3VideoProcessor` and `Sam3TrackerVideoProcessor`.
 
+    With variant="lite_text" it holds a `Sam3LiteTextModel` image checkpoint (model_type
+    'sam3_lite_text') with the same processor and tokenizer instead.
+
     Args:
         output_dir: Folder to write; created if missing.
         seed: Seed of the random initialisation (same seed, same weights).
+        variant: One of `VARIANTS`.
 
     Returns:
         The folder, ready for `.from_pretrained` of the classes above.
@@ -166,16 +199,23 @@ def make_tiny_checkpoint(output_dir: str | Path, seed: int = 0) -> Path:
         Sam3VideoModel,
     )
 
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = _tokenizer_vocab_and_merges()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=32)
     torch.manual_seed(seed)
-    config = tiny_sam3_video_config(
-        tiny_sam3_config(vocab["<|startoftext|>"], vocab["<|endoftext|>"]))
-    # A video checkpoint, like facebook/sam3: Sam3Model loads its detector part,
-    # Sam3VideoModel the detector and the tracker sharing one vision backbone.
-    model = Sam3VideoModel(config).eval()
+    if variant == "lite_text":
+        from transformers.models.sam3_lite_text import Sam3LiteTextModel
+
+        model = Sam3LiteTextModel(tiny_sam3_lite_text_config()).eval()
+    else:
+        config = tiny_sam3_video_config(
+            tiny_sam3_config(vocab["<|startoftext|>"], vocab["<|endoftext|>"]))
+        # A video checkpoint, like facebook/sam3: Sam3Model loads its detector part,
+        # Sam3VideoModel the detector and the tracker sharing one vision backbone.
+        model = Sam3VideoModel(config).eval()
     model.save_pretrained(folder)
     image_processor = Sam3ImageProcessor(
         size={"height": TINY_IMAGE_SIZE_PX, "width": TINY_IMAGE_SIZE_PX},
@@ -197,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", choices=VARIANTS, default="sam3_video",
+                        help="sam3_video (detector + tracker) or lite_text (Sam3LiteTextModel)")
     args = parser.parse_args(argv)
-    folder = make_tiny_checkpoint(args.output_dir, seed=args.seed)
+    folder = make_tiny_checkpoint(args.output_dir, seed=args.seed, variant=args.variant)
     print(folder)
     return 0
 

@@ -1,0 +1,274 @@
+"""On-disk text-embedding cache: hits skip the text encoder, keys are validated, results equal."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from sam3_ros.core.model_loading import load_sam3
+from sam3_ros.core.prompts import BoxExemplar, PromptSpec
+from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
+from sam3_ros.core.text_cache import TextEmbeddingCache, checkpoint_fingerprint
+
+TEXTS = ["mug", "red cup", "person"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    return load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+
+
+class EncoderCalls:
+    """Counts text-encoder runs of a detector (wraps get_text_features on the instance)."""
+
+    def __init__(self, detector, monkeypatch):
+        self.count = 0
+        original = detector.get_text_features
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(detector, "get_text_features", counted)
+
+
+def _session(loaded, texts, cache=None) -> SegmenterSession:
+    segmenter = Sam3Segmenter(loaded, text_cache=cache)
+    specs = [t if isinstance(t, PromptSpec) else PromptSpec(t) for t in texts]
+    return SegmenterSession(segmenter, SegmenterConfig(score_threshold=0.0, max_detections=50),
+                            specs)
+
+
+def _assert_same(a, b):
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.xyxy, b.xyxy)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    np.testing.assert_array_equal(a.class_ids, b.class_ids)
+
+
+def test_restart_and_switch_back_run_no_text_encoder(loaded, tmp_path, monkeypatch):
+    calls = EncoderCalls(loaded.detector, monkeypatch)
+    session = _session(loaded, TEXTS, TextEmbeddingCache(tmp_path))
+    assert calls.count == 1 and len(list(tmp_path.glob("*.safetensors"))) == 3
+    session.set_prompts([PromptSpec("bottle")])
+    assert calls.count == 2
+    session.set_prompts([PromptSpec(t) for t in TEXTS[::-1]])  # switch back, other order
+    assert calls.count == 2
+    # A restart: a new process builds a new cache object on the same folder.
+    restarted = _session(loaded, [*TEXTS, "bottle"], TextEmbeddingCache(tmp_path))
+    assert calls.count == 2
+    assert restarted.segmenter.text_cache.hits == 4
+    # Only the new text of a set is encoded.
+    restarted.set_prompts([PromptSpec("mug"), PromptSpec("chair")])
+    assert calls.count == 3 and restarted.segmenter.text_encoder_runs == 1
+
+
+def test_results_with_the_cache_equal_results_without_it(loaded, tmp_path, image):
+    plain = _session(loaded, TEXTS)
+    cold = _session(loaded, TEXTS, TextEmbeddingCache(tmp_path))
+    warm = _session(loaded, TEXTS, TextEmbeddingCache(tmp_path))
+    assert warm.segmenter.text_encoder_runs == 0
+    for session in (cold, warm):
+        assert torch.equal(session.prompts.text_features, plain.prompts.text_features)
+        assert torch.equal(session.prompts.attention_mask, plain.prompts.attention_mask)
+    reference, _ = plain.process(image)
+    assert len(reference) > 0
+    for session in (cold, warm):
+        _assert_same(session.process(image)[0], reference)
+    # A subset read back from entries written with a larger batch.
+    subset = _session(loaded, ["person", "mug"], TextEmbeddingCache(tmp_path))
+    assert subset.segmenter.text_encoder_runs == 0
+    _assert_same(subset.process(image)[0], _session(loaded, ["person", "mug"]).process(image)[0])
+    # Box-only prompts share one model text ("visual"): encoded once, results equal.
+    boxes = [PromptSpec("", (BoxExemplar(10, 12, 70, 60, True),)), PromptSpec("mug"),
+             PromptSpec("", (BoxExemplar(5, 5, 40, 30, True),))]
+    cached = _session(loaded, boxes, TextEmbeddingCache(tmp_path))
+    _assert_same(cached.process(image)[0], _session(loaded, boxes).process(image)[0])
+
+
+def test_other_checkpoint_rebuilds(loaded, tmp_path, tmp_path_factory, monkeypatch):
+    from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+    _session(loaded, TEXTS, TextEmbeddingCache(tmp_path))
+    other = load_sam3(str(make_tiny_checkpoint(tmp_path_factory.mktemp("other"), seed=1)))
+    calls = EncoderCalls(other.detector, monkeypatch)
+    session = _session(other, TEXTS, TextEmbeddingCache(tmp_path))
+    assert calls.count == 1
+    assert torch.equal(session.prompts.text_features, _session(other, TEXTS).prompts.text_features)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 6
+
+
+def test_other_dtype_rebuilds(tiny_checkpoint, loaded, tmp_path, monkeypatch):
+    _session(loaded, TEXTS, TextEmbeddingCache(tmp_path))
+    bf16 = load_sam3(str(tiny_checkpoint), dtype="bfloat16")
+    calls = EncoderCalls(bf16.detector, monkeypatch)
+    session = _session(bf16, TEXTS, TextEmbeddingCache(tmp_path))
+    assert calls.count == 1 and session.prompts.text_features.dtype == torch.bfloat16
+    # And the float32 entries are still there and used.
+    assert _session(loaded, TEXTS, TextEmbeddingCache(tmp_path)).segmenter.text_encoder_runs == 0
+
+
+def test_edited_key_is_not_loaded(loaded, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cache = TextEmbeddingCache(tmp_path)
+    reference = _session(loaded, ["mug"], cache).prompts.text_features
+    key = Sam3Segmenter(loaded, text_cache=cache).text_cache_key()
+    path = cache.entry_path(key, "mug")
+    # Same file name, but the embedded key says another text, and the tensors are wrong.
+    tensors = load_file(str(path))
+    tensors["text_features"] = torch.zeros_like(tensors["text_features"])
+    save_file(tensors, str(path),
+              metadata={"sam3_ros_text_cache_key": cache.entry_key(key, "bottle")})
+    fresh = TextEmbeddingCache(tmp_path)
+    session = _session(loaded, ["mug"], fresh)
+    assert session.segmenter.text_encoder_runs == 1 and fresh.rejected == 1
+    assert torch.equal(session.prompts.text_features, reference)
+    # Rebuilt: the entry is valid again.
+    assert _session(loaded, ["mug"], TextEmbeddingCache(tmp_path)).segmenter.text_encoder_runs == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "wrong_tensors"])
+def test_corrupt_entry_is_ignored_with_a_warning(loaded, tmp_path, caplog, damage):
+    from safetensors.torch import save_file
+
+    cache = TextEmbeddingCache(tmp_path)
+    reference = _session(loaded, ["mug"], cache).prompts.text_features
+    key = Sam3Segmenter(loaded, text_cache=cache).text_cache_key()
+    path = cache.entry_path(key, "mug")
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(len(data)))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        save_file({"text_features": torch.zeros(3)}, str(path),
+                  metadata={"sam3_ros_text_cache_key": cache.entry_key(key, "mug")})
+    with caplog.at_level(logging.WARNING, logger="sam3_ros.core.text_cache"):
+        session = _session(loaded, ["mug"], TextEmbeddingCache(tmp_path))
+    assert session.segmenter.text_encoder_runs == 1
+    assert "ignoring unreadable entry" in caplog.text
+    assert torch.equal(session.prompts.text_features, reference)
+    assert _session(loaded, ["mug"], TextEmbeddingCache(tmp_path)).segmenter.text_encoder_runs == 0
+
+
+def test_directory_is_bounded_oldest_evicted_first(tmp_path):
+    key = {"checkpoint_sha256": "x"}
+    cache = TextEmbeddingCache(tmp_path, max_entries=3)
+    features, mask = torch.ones(32, 8), torch.ones(32, dtype=torch.int64)
+    for i, text in enumerate("abcde"):
+        cache.store(key, text, features, mask)
+        os.utime(cache.entry_path(key, text), (1000 + i, 1000 + i))
+    assert len(cache.entries()) == 3
+    assert cache.load(key, "a") is None and cache.load(key, "b") is None
+    assert cache.load(key, "c") is not None  # a hit marks it recently used
+    cache.store(key, "f", features, mask)
+    assert {p.name for p in cache.entries()} == {
+        cache.entry_path(key, t).name for t in ("c", "e", "f")}
+    # The byte bound.
+    size = cache.entry_path(key, "f").stat().st_size
+    small = TextEmbeddingCache(tmp_path, max_bytes=2 * size)
+    small.evict()
+    assert len(small.entries()) == 2
+    # Writes leave no temporary files behind.
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_fingerprint_covers_weights_and_is_hashed_once(tiny_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from sam3_ros.core import text_cache
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    hashed = []
+    original = text_cache._file_sha256
+    monkeypatch.setattr(text_cache, "_file_sha256", lambda p: hashed.append(p) or original(p))
+    first = TextEmbeddingCache(tmp_path / "cache").fingerprint(folder)
+    assert first == checkpoint_fingerprint(folder)
+    n_files = len(hashed)
+    assert any(p.name == "model.safetensors" for p in hashed)
+    # A restart (new cache object) re-hashes nothing: file digests are remembered by stat.
+    hashed.clear()
+    assert TextEmbeddingCache(tmp_path / "cache").fingerprint(folder) == first
+    assert hashed == []
+    # Changed weights change the fingerprint.
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert TextEmbeddingCache(tmp_path / "cache").fingerprint(folder) != first
+    assert n_files >= 3
+
+
+def test_tracker_prompts_go_through_the_same_cache(tiny_checkpoint, loaded, tmp_path,
+                                                   monkeypatch):
+    from sam3_ros.core.tracker import TrackerConfig, TrackerSession
+
+    _session(loaded, TEXTS, TextEmbeddingCache(tmp_path))
+    video = load_sam3(str(tiny_checkpoint), with_tracker=True)
+    calls = EncoderCalls(video.detector, monkeypatch)
+    session = TrackerSession(video, TrackerConfig(), text_cache=TextEmbeddingCache(tmp_path))
+    session.set_text_prompts(["person", "mug"])
+    assert calls.count == 0
+    session.set_text_prompts(["chair"])
+    assert calls.count == 1
+
+
+def test_unwritable_folder_only_warns(loaded, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        session = _session(loaded, ["mug"], TextEmbeddingCache(blocker / "cache"))
+    assert session.segmenter.text_encoder_runs == 1
+    assert "text cache" in caplog.text
+    assert torch.equal(session.prompts.text_features,
+                       _session(loaded, ["mug"]).prompts.text_features)
+
+
+def test_folder_expands_the_home_directory():
+    from pathlib import Path
+
+    assert TextEmbeddingCache("~/sam3_text").directory == Path.home() / "sam3_text"
+
+
+def test_hub_snapshot_weights_are_identified_by_their_blob_name(tiny_checkpoint, tmp_path,
+                                                                monkeypatch):
+    """A hub id's files sit in the Hugging Face cache as snapshot links to blobs named by their
+    sha256: the weights are not re-hashed, and the snapshot is what transformers resolved."""
+    import hashlib
+    import shutil
+
+    import transformers.utils
+
+    from sam3_ros.core import text_cache
+    from sam3_ros.core.model_loading import resolved_checkpoint_dir
+
+    repo = tmp_path / "models--someone--tiny"
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for item in tiny_checkpoint.iterdir():
+        data = item.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        shutil.copy(item, blob)
+        (snapshot / item.name).symlink_to(blob)
+    monkeypatch.setattr(transformers.utils, "cached_file",
+                        lambda repo_id, name, **kw: str(snapshot / name))
+    assert resolved_checkpoint_dir("someone/tiny") == snapshot
+    hashed = []
+    original = text_cache._file_sha256
+    monkeypatch.setattr(text_cache, "_file_sha256", lambda p: hashed.append(p) or original(p))
+    assert checkpoint_fingerprint(snapshot) == checkpoint_fingerprint(tiny_checkpoint)
+    assert hashed and not [p for p in hashed if p.parent.name == "blobs"]  # only the copy
