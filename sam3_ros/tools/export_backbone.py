@@ -220,20 +220,20 @@ class _BackboneGraph:
         return Backbone(vision_encoder).eval()
 
 
-def output_names(detector: Any) -> list[str]:
-    return ["last_hidden_state"] + [f"fpn_{i}"
-                                    for i in range(len(detector.vision_encoder.neck.fpn_layers))]
+def output_names(vision_encoder: Any) -> list[str]:
+    """Graph outputs of a `Sam3VisionModel`: last_hidden_state, fpn_0..fpn_{L-1}."""
+    return ["last_hidden_state"] + [f"fpn_{i}" for i in range(len(vision_encoder.neck.fpn_layers))]
 
 
-def export_fp32_onnx(detector: Any, path: Path, image_size: int,
+def export_fp32_onnx(vision_encoder: Any, path: Path, image_size: int,
                      log: Callable[[str], None] = _log) -> None:
-    """`torch.onnx.export` (dynamo, opset 23, dynamic batch) of the ViT + FPN to `path`."""
+    """`torch.onnx.export` (dynamo, opset 23, dynamic batch) of a `Sam3VisionModel` to `path`."""
     import torch
 
-    module = _BackboneGraph.module(detector.vision_encoder)
+    module = _BackboneGraph.module(vision_encoder)
     # A batch of 2 as the example: a batch of 1 would specialise the batch dimension.
     example = torch.zeros(2, 3, image_size, image_size)
-    names = output_names(detector)
+    names = output_names(vision_encoder)
     batch = torch.export.Dim("batch", min=1, max=64)
     log(f"torch.onnx.export (dynamo, opset {OPSET}) at {image_size} px: minutes at full size")
     start = time.monotonic()
@@ -422,7 +422,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
              f"this {size} px artifact only for a model run at {size} px")
     _log("hashing the checkpoint's weights and config")
     key = current_key(model, size, precision)
-    names = output_names(loaded.detector)
+    names = output_names(loaded.detector.vision_encoder)
     frames = load_frames(frames_dir, check_frames, seed=0)
 
     def preprocess(rgb: np.ndarray) -> Any:
@@ -448,7 +448,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
             _log(f"quantising the existing fp32 artifact {reuse.onnx_path.name}")
             fp32_path = reuse.onnx_path
         else:
-            export_fp32_onnx(loaded.detector, fp32_path, size)
+            export_fp32_onnx(loaded.detector.vision_encoder, fp32_path, size)
         stem = artifact_stem(precision, size)
         path = staging / f"{stem}.onnx"
         if precision != "fp32":
