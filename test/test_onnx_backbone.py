@@ -265,3 +265,13 @@ def test_model_key_and_hub_with_onnxruntime(tiny_checkpoint, artifacts):
         assert shared.backbone.name == "onnxruntime"
     finally:
         hub.release(shared)
+
+
+def test_int8_without_an_fp32_artifact_keeps_only_the_checked_int8(tiny_checkpoint, tmp_path):
+    report = export_backbone(str(tiny_checkpoint), str(tmp_path), "int8-dynamic",
+                             check_frames=1, prompts=[])
+    assert report["passed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sam3_backbone_112px_int8-dynamic.json", "sam3_backbone_112px_int8-dynamic.onnx",
+        "sam3_backbone_112px_int8-dynamic.onnx.data",
+        "sam3_backbone_112px_int8-dynamic.report.json"]

@@ -6,7 +6,9 @@
 
 Writes into DIR `sam3_backbone_<S>px_<precision>.onnx` (+ `.onnx.data`, the weights), its
 sidecar `.json` (the key the `onnxruntime` backend checks: checkpoint hash, image size,
-precision, onnxruntime version) and a fidelity report `.report.json` (also printed).
+precision, onnxruntime version) and a fidelity report `.report.json` (also printed). INT8 is
+quantised from DIR's fp32 artifact of the same checkpoint when there is one (export fp32
+first), else from a temporary fp32 export that is not kept.
 
 * fp32: `torch.onnx.export(dynamo=True, opset 23)`. At opset 23 the exporter writes SAM3's
   `scaled_dot_product_attention` as the ONNX `Attention` op (fused: no explicit Q.K^T MatMul /
@@ -448,6 +450,9 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
             _log(f"quantising the existing fp32 artifact {reuse.onnx_path.name}")
             fp32_path = reuse.onnx_path
         else:
+            if precision != "fp32":
+                _log("no fp32 artifact of this checkpoint in DIR: exporting one to quantise "
+                     "(not kept; export --precision fp32 first to keep a checked one)")
             export_fp32_onnx(loaded.detector.vision_encoder, fp32_path, size)
         stem = artifact_stem(precision, size)
         path = staging / f"{stem}.onnx"
@@ -496,9 +501,10 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
                 f"({precision} vs the torch backbone); nothing was written to {out_dir}")
         # Install: remove the old sidecar first (a half-replaced artifact is never keyed),
         # move graph + weights in, write the sidecar last.
+        # Only the checked artifact is installed: an fp32 graph exported on the way to int8
+        # (no fp32 artifact in DIR) was not checked itself and is dropped with the staging.
         installed = []
-        for src in ([fp32_path] if reuse is None else []) + ([path] if path != fp32_path
-                                                               else []):
+        for src in [path]:
             final = out_dir / src.name
             final.with_suffix(".json").unlink(missing_ok=True)
             for part in (src, src.with_name(src.name + ".data")):
@@ -509,8 +515,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
                 "lowest_cosine_vs_torch": lowest, "min_cosine": threshold,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         for final in installed:
-            final_precision = "fp32" if final.name.startswith(fp32_stem + ".") else precision
-            write_sidecar(final, current_key(model, size, final_precision), names, shapes, meta)
+            write_sidecar(final, key, names, shapes, meta)
         report_path = out_dir / f"{stem}.report.json"
         report_path.write_text(json.dumps(report, indent=2) + "\n")
         _log(f"wrote {', '.join(p.name for p in installed)} (+ sidecars) and "
