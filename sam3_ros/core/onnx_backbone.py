@@ -320,9 +320,13 @@ def make_session(onnx_path: Path, provider: str = "cpu", options: Mapping[str, A
     threads = int(options.get("threads") or 0)
     if threads > 0:
         session_options.intra_op_num_threads = threads
+    providers: list[Any] = [(name, provider_options)]
+    if provider == "tensorrt" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        # Nodes TensorRT does not take run on CUDA rather than on the CPU.
+        providers.append(("CUDAExecutionProvider", {"device_id": device_index}))
     try:
         session = onnxruntime.InferenceSession(
-            str(onnx_path), sess_options=session_options, providers=[(name, provider_options)])
+            str(onnx_path), sess_options=session_options, providers=providers)
     except Exception as err:  # onnxruntime's own types
         raise ModelLoadError(f"ONNX Runtime cannot load {onnx_path} on {name}: {err}") from None
     got = session.get_providers()
