@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -294,6 +295,9 @@ def quantize(fp32_path: Path, out_path: Path, precision: str,
                         per_channel=True, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, op_types_to_quantize=QUANT_OPS_STATIC,
                         use_external_data_format=True)
+        # Memory: the calibrator holds every calibration frame's intermediate tensors
+        # (CalibMaxIntermediateOutputs would fold them per frame, but in onnxruntime 1.32 it
+        # then fails with "No data is collected" once the frames are a multiple of it).
     else:
         raise ModelLoadError(f"unknown int8 precision '{precision}'")
     _log(f"quantised in {time.monotonic() - start:.0f} s: {_size_mb(out_path):.1f} MB")
@@ -549,6 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="segmenter check: detection score threshold")
     args = parser.parse_args(argv)
+    # SIGTERM (a supervisor, a memory watchdog) unwinds like Ctrl-C: the staging folder is
+    # removed and nothing half-written is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         export_backbone(args.model, args.out, args.precision, args.image_size,
                         args.calibration_frames, args.check_frames, args.frames,
