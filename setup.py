@@ -21,7 +21,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["numpy", "opencv-python-headless", "torch", "torchvision",
                       "transformers>=5.0,<6", "safetensors"],
-    extras_require={"quant": ["torchao"], "onnx": ["onnx", "onnxruntime"],
+    extras_require={"quant": ["torchao"], "onnx": ["onnx", "onnxruntime", "onnxscript"],
                     "test": ["pytest", "pytest-timeout", "ruff", "scipy", "hypothesis"]},
     entry_points={
         "console_scripts": [

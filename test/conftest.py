@@ -42,6 +42,7 @@ TEST_TIERS = {
     "test_input_limits.py": "core",
     "test_launch_plan.py": "core",
     "test_property_inputs.py": "core",
+    "test_onnx_backbone.py": "core",
     "test_detection_conversions.py": "conversion",
     "test_image_conversions.py": "conversion",
     "test_depth_conversions.py": "conversion",
@@ -53,6 +54,7 @@ TEST_TIERS = {
     "test_depth_node.py": "node",
     "test_node_hardening.py": "node",
     "test_multi_camera.py": "node",
+    "test_onnx_node.py": "node",
 }
 _TIER_HELP = {
     "core": "no rclpy (run on every Python by scripts/test.sh)",

@@ -90,10 +90,32 @@ def select_frame(features: Any, index: int) -> Any:
 # use, so a backend's libraries (onnxruntime, ...) are only needed when it is chosen.
 _FACTORIES: dict[str, str] = {
     "torch": "sam3_ros.core.backbone:_torch_factory",
+    "onnxruntime": "sam3_ros.core.onnx_backbone:_onnxruntime_factory",
 }
 
 BACKENDS = tuple(_FACTORIES)
 """Values of the `backend` parameter."""
+
+BACKEND_OPTION_PARAMS: dict[str, tuple[str, ...]] = {
+    "torch": (),
+    "onnxruntime": ("onnx_artifact_dir", "onnx_precision", "onnx_provider", "onnx_threads",
+                    "onnx_trt_cache_dir", "onnx_trt_fp16", "onnx_trt_int8"),
+}
+"""Per backend, the ROS parameters that are its options (named without the `onnx_` prefix)."""
+
+
+def backend_options(backend: str, param: Callable[[str], Any]) -> tuple[tuple[str, Any], ...]:
+    """A backend's options from the node's parameters, as `ModelKey.backend_options` wants.
+
+    Args:
+        backend: The `backend` parameter.
+        param: Reads one parameter by name.
+
+    Returns:
+        Sorted (option name, value) pairs; empty for backends without options (torch).
+    """
+    names = BACKEND_OPTION_PARAMS.get(backend, ())
+    return tuple(sorted((name.split("_", 1)[1], param(name)) for name in names))
 
 
 def _torch_factory(loaded: Any, options: Mapping[str, Any]) -> VisionBackbone:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sam3_ros.core.backbone import create_backbone
+from sam3_ros.core.backbone import backend_options, create_backbone
 from sam3_ros.core.errors import ModelLoadError
 from sam3_ros.core.model_loading import LoadedSam3, load_sam3
 from sam3_ros.core.vision_features import VisionFeatureCache
@@ -24,6 +26,14 @@ class ModelKey:
     quantization: str
     backend: str = "torch"
     backend_options: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def from_params(cls, param: Callable[[str], Any]) -> ModelKey:
+        """The key a node's parameters name (model, device, dtype, quantization, backend and
+        the backend's own parameters, e.g. onnx_* for onnxruntime)."""
+        backend = param("backend")
+        return cls(param("model"), param("device"), param("dtype"), param("quantization"),
+                   backend, backend_options(backend, param))
 
 
 class SharedModel:

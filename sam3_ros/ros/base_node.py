@@ -329,10 +329,8 @@ class Sam3LifecycleNode(LifecycleNode):
 
     def _load_and_warm_up(self) -> None:
         # On the compute thread: the thread that loads and warms the model runs every frame.
-        self._model = self._hub.acquire(ModelKey(
-            self.param("model"), self.param("device"), self.param("dtype"),
-            self.param("quantization"), self.param("backend")),
-            with_tracker=self._needs_tracker)
+        self._model = self._hub.acquire(ModelKey.from_params(self.param),
+                                        with_tracker=self._needs_tracker)
         self._create_session(self._model)
         if self.param("warmup"):
             self._warm_up()

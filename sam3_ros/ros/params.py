@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sam3_ros.core.backbone import BACKENDS
+from sam3_ros.core.onnx_backbone import PRECISIONS, PROVIDERS
 from sam3_ros.core.preprocess import PREPROCESS_MODES
 
 MAX_STRING_CHARS = 4096
@@ -100,6 +101,24 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "torch",
               "Vision backbone implementation (the text encoder and heads stay in torch)",
               reload=True, choices=BACKENDS),
+    ParamSpec("onnx_artifact_dir", "",
+              "backend onnxruntime: folder of backbones exported by "
+              "`python -m sam3_ros.tools.export_backbone`; the one keyed to the loaded "
+              "checkpoint, image size, onnx_precision and onnxruntime version is used",
+              reload=True),
+    ParamSpec("onnx_precision", "fp32", "backend onnxruntime: artifact precision",
+              reload=True, choices=PRECISIONS),
+    ParamSpec("onnx_provider", "cpu",
+              "backend onnxruntime: execution provider (an unavailable one fails configure)",
+              reload=True, choices=tuple(PROVIDERS)),
+    ParamSpec("onnx_threads", 0, "backend onnxruntime: intra-op threads (0 = ORT default)",
+              reload=True, min_value=0, max_value=1024),
+    ParamSpec("onnx_trt_cache_dir", "",
+              "onnx_provider tensorrt: engine cache folder ('' = no cache)", reload=True),
+    ParamSpec("onnx_trt_fp16", False, "onnx_provider tensorrt: allow FP16 kernels",
+              reload=True),
+    ParamSpec("onnx_trt_int8", False, "onnx_provider tensorrt: allow INT8 kernels",
+              reload=True),
     ParamSpec("warmup", True, "Run one inference during configure so the first frame is fast",
               reload=True),
     ParamSpec("preprocessing", "auto",

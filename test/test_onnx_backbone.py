@@ -1,0 +1,277 @@
+"""ONNX Runtime backbone (no ROS): export, parity with torch, INT8 report, refusals.
+
+Tolerances (fp32 artifact vs the torch backbone, tiny random checkpoint): every feature
+output's cosine >= 0.99999 and max abs error <= 1e-4; through Sam3Segmenter and TrackerSession
+the same detections (same count, class ids, object ids), scores within 1e-4, boxes within
+0.01 px, every mask's IoU with its torch twin >= 0.99 (a pixel whose probability sits at the
+mask threshold may flip).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sam3_ros.core.backbone import BACKENDS, backend_options, create_backbone
+from sam3_ros.core.errors import ModelLoadError
+from sam3_ros.core.model_hub import ModelHub, ModelKey
+from sam3_ros.core.model_loading import load_sam3
+from sam3_ros.core.onnx_backbone import current_key, read_artifact
+from sam3_ros.core.prompts import PromptSpec
+from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig
+from sam3_ros.core.tracker import TrackerConfig, TrackerSession
+from sam3_ros.core.vision_features import VisionFeatureCache
+from sam3_ros.tools.export_backbone import (
+    ExportRefusedError,
+    export_backbone,
+    main,
+)
+
+THRESHOLD = 0.25
+SCORE_TOL = 1e-4
+BOX_TOL_PX = 0.01
+MIN_MASK_IOU = 0.99
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_checkpoint, tmp_path_factory):
+    """One artifact folder: fp32, int8-dynamic and int8-static of the tiny checkpoint."""
+    out = tmp_path_factory.mktemp("onnx_artifacts")
+    reports = {}
+    for precision in ("fp32", "int8-dynamic", "int8-static"):
+        reports[precision] = export_backbone(
+            str(tiny_checkpoint), str(out), precision, check_frames=1, calibration_frames=2,
+            prompts=["mug", "bottle"], score_threshold=THRESHOLD)
+    return out, reports
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    return load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32", with_tracker=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_backbone(loaded, artifacts):
+    return create_backbone("onnxruntime", loaded, {"artifact_dir": str(artifacts[0])})
+
+
+def _cosine(a, b) -> float:
+    a, b = a.double().ravel(), b.double().ravel()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+
+
+def _assert_same_detections(ref, got) -> None:
+    assert len(ref) == len(got)
+    np.testing.assert_array_equal(ref.class_ids, got.class_ids)
+    if ref.object_ids is not None:
+        np.testing.assert_array_equal(ref.object_ids, got.object_ids)
+    np.testing.assert_allclose(got.scores, ref.scores, atol=SCORE_TOL, rtol=0)
+    np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=BOX_TOL_PX, rtol=0)
+    for a, b in zip(ref.masks, got.masks, strict=True):
+        union = np.logical_or(a, b).sum()
+        iou = np.logical_and(a, b).sum() / union if union else 1.0
+        assert iou >= MIN_MASK_IOU
+
+
+def test_export_writes_keyed_fused_attention_artifacts(artifacts, tiny_checkpoint):
+    import onnx
+
+    out, reports = artifacts
+    for precision, report in reports.items():
+        artifact = read_artifact(out / f"sam3_backbone_112px_{precision}.json")
+        assert artifact.key == current_key(str(tiny_checkpoint), 112, precision)
+        assert artifact.output_names == ("last_hidden_state", "fpn_0", "fpn_1", "fpn_2",
+                                         "fpn_3")
+        assert report["passed"] and (out / f"sam3_backbone_112px_{precision}.report.json"
+                                     ).is_file()
+    ops = {n.op_type for n in onnx.load(str(out / "sam3_backbone_112px_fp32.onnx"),
+                                        load_external_data=False).graph.node}
+    # Attention exported as the fused ONNX op, not as MatMul + Softmax.
+    assert "Attention" in ops and "Softmax" not in ops
+
+
+def test_features_match_torch(loaded, onnx_backbone):
+    assert onnx_backbone.name == "onnxruntime"
+    assert "CPUExecutionProvider" in onnx_backbone.describe()
+    pixel_values = torch.randn(2, 3, 112, 112)  # a batch: the batch dimension is dynamic
+    ref = create_backbone("torch", loaded)(pixel_values)
+    got = onnx_backbone(pixel_values)
+    pairs = [(ref.last_hidden_state, got.last_hidden_state),
+             *zip(ref.fpn_hidden_states, got.fpn_hidden_states, strict=True)]
+    for a, b in pairs:
+        assert a.shape == b.shape and b.dtype == torch.float32
+        assert _cosine(a, b) >= 0.99999
+        assert float((a - b).abs().max()) <= 1e-4
+    for a, b in zip(ref.fpn_position_encoding, got.fpn_position_encoding, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_segmenter_detections_match_torch(loaded, onnx_backbone):
+    image = _image()
+    config = SegmenterConfig(score_threshold=THRESHOLD, max_detections=1000)
+    torch_seg = Sam3Segmenter(loaded)
+    onnx_seg = Sam3Segmenter(loaded, VisionFeatureCache(onnx_backbone, capacity=1))
+    prompts = torch_seg.encode_prompts([PromptSpec("mug"), PromptSpec("bottle")])
+    ref = torch_seg.segment(image, prompts, config)
+    got = onnx_seg.segment(image, prompts, config)
+    assert len(ref) > 0
+    _assert_same_detections(ref, got)
+
+
+def test_tracker_session_matches_torch(loaded, onnx_backbone):
+    def run(cache):
+        session = TrackerSession(loaded, TrackerConfig(score_threshold=0.0, max_objects=4),
+                                 feature_cache=cache)
+        session.set_text_prompts(["mug"])
+        base = _image(3)
+        return [session.process_frame(np.roll(base, i, axis=1), i * 33_000_000)
+                for i in range(4)]
+
+    ref = run(None)
+    got = run(VisionFeatureCache(onnx_backbone, capacity=1))
+    assert any(len(d) for d in ref)
+    for a, b in zip(ref, got, strict=True):
+        _assert_same_detections(a, b)
+
+
+def test_int8_reports_are_sane(artifacts):
+    _, reports = artifacts
+    for precision in ("int8-dynamic", "int8-static"):
+        report = reports[precision]
+        assert report["file_size_mb"]["fp32"] > 0 and report["file_size_mb"]["artifact"] > 0
+        features = report["features_vs_torch_fp32"]
+        assert set(features) == {"last_hidden_state", "fpn_0", "fpn_1", "fpn_2", "fpn_3"}
+        for m in features.values():
+            assert 0.99 <= m["cosine"] <= 1.0 + 1e-6 and 0 < m["max_abs_error"] < 1.0
+        det = report["detections_vs_torch_fp32"]
+        assert det["detections_reference"] > 0 and det["matched"] > 0
+        assert 0.0 <= det["mean_mask_iou"] <= 1.0 and 0.0 <= det["pixel_agreement"] <= 1.0
+        assert det["max_box_delta_px"] >= 0 and det["max_score_delta"] >= 0
+        assert "random weights flatter INT8 fidelity" in report["caveat"]
+    # The dynamic quantiser stores int8 weights: the MatMul weights shrink 4x.
+    assert reports["int8-dynamic"]["file_size_mb"]["artifact"] < \
+        reports["int8-dynamic"]["file_size_mb"]["fp32"]
+
+
+def test_int8_backend_loads_by_precision(loaded, artifacts):
+    backbone = create_backbone("onnxruntime", loaded, {"artifact_dir": str(artifacts[0]),
+                                                       "precision": "int8-dynamic"})
+    assert "int8-dynamic" in backbone.describe()
+    out = backbone(torch.randn(1, 3, 112, 112))
+    assert out.last_hidden_state.shape == (1, 64, 32)
+
+
+def _copy_fp32(artifacts, tmp_path):
+    for path in artifacts[0].glob("sam3_backbone_112px_fp32*"):
+        shutil.copy(path, tmp_path / path.name)
+    return tmp_path / "sam3_backbone_112px_fp32.json"
+
+
+def test_foreign_and_stale_artifacts_refused(loaded, artifacts, tmp_path, tmp_path_factory):
+    from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+    # Another checkpoint (other weights, same architecture).
+    other = make_tiny_checkpoint(tmp_path_factory.mktemp("other_ckpt"), seed=1)
+    other_loaded = load_sam3(str(other))
+    with pytest.raises(ModelLoadError, match="another checkpoint") as err:
+        create_backbone("onnxruntime", other_loaded, {"artifact_dir": str(artifacts[0])})
+    assert "export_backbone --model" in str(err.value)
+
+    sidecar = _copy_fp32(artifacts, tmp_path)
+    # Another precision than the one asked for.
+    with pytest.raises(ModelLoadError, match="precision fp32, int8-dynamic asked for"):
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path),
+                                                "precision": "int8-dynamic"})
+    # Edited onnxruntime version.
+    data = json.loads(sidecar.read_text())
+    data["key"]["onnxruntime_version"] = "1.0.0"
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=r"checked with onnxruntime 1\.0\.0"):
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
+    # Weights changed after the export (size no longer the sidecar's).
+    sidecar.write_text(json.dumps({**data, "key": {**data["key"],
+                                                   "onnxruntime_version": _ort_version()}}))
+    create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})  # valid again
+    with (tmp_path / "sam3_backbone_112px_fp32.onnx.data").open("ab") as f:
+        f.write(b"\0" * 16)
+    with pytest.raises(ModelLoadError, match="changed after export"):
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
+    # No artifact folder / none given.
+    with pytest.raises(ModelLoadError, match="needs onnx_artifact_dir"):
+        create_backbone("onnxruntime", loaded, {})
+    with pytest.raises(ModelLoadError, match="holds no artifact"):
+        create_backbone("onnxruntime", loaded,
+                        {"artifact_dir": str(tmp_path_factory.mktemp("empty"))})
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+@pytest.mark.parametrize("provider, ort_name", [("cuda", "CUDAExecutionProvider"),
+                                                ("tensorrt", "TensorrtExecutionProvider")])
+def test_unavailable_provider_refused(loaded, artifacts, provider, ort_name):
+    import onnxruntime
+
+    if ort_name in onnxruntime.get_available_providers():
+        pytest.skip(f"{ort_name} is available here")
+    with pytest.raises(ModelLoadError, match=f"needs {ort_name}, which this onnxruntime") as err:
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(artifacts[0]),
+                                                "provider": provider})
+    assert "no fallback" in str(err.value)
+
+
+def test_unknown_provider_and_options_refused(loaded, artifacts):
+    with pytest.raises(ModelLoadError, match="unknown onnx_provider 'gpu'"):
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(artifacts[0]),
+                                                "provider": "gpu"})
+    with pytest.raises(ModelLoadError, match="unknown options"):
+        create_backbone("onnxruntime", loaded, {"bogus": 1})
+
+
+def test_export_refuses_below_threshold(tiny_checkpoint, tmp_path):
+    with pytest.raises(ExportRefusedError, match=r"< 1\.01"):
+        export_backbone(str(tiny_checkpoint), str(tmp_path), "fp32", check_frames=1,
+                        min_cosine=1.01, prompts=[])
+    assert list(tmp_path.iterdir()) == []  # nothing the backend could load, no staging left
+    assert main(["--model", str(tiny_checkpoint), "--out", str(tmp_path), "--min-cosine",
+                 "1.01", "--check-frames", "1", "--prompts", ""]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_key_and_hub_with_onnxruntime(tiny_checkpoint, artifacts):
+    assert "onnxruntime" in BACKENDS
+    params = {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32",
+              "quantization": "none", "backend": "onnxruntime",
+              "onnx_artifact_dir": str(artifacts[0]), "onnx_precision": "fp32",
+              "onnx_provider": "cpu", "onnx_threads": 0, "onnx_trt_cache_dir": "",
+              "onnx_trt_fp16": False, "onnx_trt_int8": False}
+    key = ModelKey.from_params(params.__getitem__)
+    assert dict(key.backend_options)["artifact_dir"] == str(artifacts[0])
+    assert backend_options("torch", params.__getitem__) == ()
+    hub = ModelHub()
+    shared = hub.acquire(key)
+    try:
+        assert shared.backbone.name == "onnxruntime"
+    finally:
+        hub.release(shared)
+
+
+def test_int8_without_an_fp32_artifact_keeps_only_the_checked_int8(tiny_checkpoint, tmp_path):
+    report = export_backbone(str(tiny_checkpoint), str(tmp_path), "int8-dynamic",
+                             check_frames=1, prompts=[])
+    assert report["passed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sam3_backbone_112px_int8-dynamic.json", "sam3_backbone_112px_int8-dynamic.onnx",
+        "sam3_backbone_112px_int8-dynamic.onnx.data",
+        "sam3_backbone_112px_int8-dynamic.report.json"]

@@ -1,0 +1,121 @@
+"""Segmenter node with `backend:=onnxruntime` over real DDS: the same detections as the node
+with `backend:=torch` on the same frame (two node processes, one exported tiny backbone), and
+an unavailable ONNX Runtime provider fails configure with the reason.
+
+Tolerance: same count, class ids and labels; scores within 1e-4, boxes within 0.01 px, every
+mask's IoU with its torch twin >= 0.99 (see test_onnx_backbone.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("sam3_ros.msg")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from sam3_ros.msg import DetectionArray  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from sam3_ros.ros.detection_conversions import msg_to_detections  # noqa: E402
+from sam3_ros.ros.image_conversions import numpy_to_image_msg  # noqa: E402
+from sam3_ros.tools.ros_runner import Client, NodeProcess, node_command, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+SCORE_THRESHOLD = 0.25
+BACKENDS = ("torch", "onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tiny_checkpoint, tmp_path_factory):
+    from sam3_ros.tools.export_backbone import export_backbone
+
+    out = tmp_path_factory.mktemp("onnx_node_artifacts")
+    export_backbone(str(tiny_checkpoint), str(out), "fp32", check_frames=1, prompts=[])
+    return out
+
+
+@pytest.fixture(scope="module")
+def nodes(tiny_checkpoint, artifact_dir):
+    client = Client("onnx_node_test_client")
+    started = {}
+    try:
+        for backend in BACKENDS:
+            ns = f"/onnx_test_{backend}"
+            params = {"model": str(tiny_checkpoint), "device": "cpu", "autostart": True,
+                      "prompts": ["mug", "bottle"], "score_threshold": SCORE_THRESHOLD,
+                      "max_detections": 1000, "backend": backend}
+            if backend == "onnxruntime":
+                params["onnx_artifact_dir"] = str(artifact_dir)
+            started[backend] = NodeProcess(node_command(
+                "segmenter", params, remaps={"__ns": ns, "image": f"{ns}/camera/image"}))
+            client.subscribe(DetectionArray, f"{ns}/segmenter/detections")
+        yield client, started
+    finally:
+        client.close()
+        for node in started.values():
+            node.stop()
+
+
+def _send_until_result(client, node, backend: str, rgb: np.ndarray, sec: int):
+    ns = f"/onnx_test_{backend}"
+    publisher = client.node.create_publisher(Image, f"{ns}/camera/image", 10)
+    msg = numpy_to_image_msg(rgb, "rgb8")
+    msg.header.stamp.sec = sec
+    msg.header.frame_id = "camera"
+
+    def got():
+        publisher.publish(msg)
+        return [d for d in client.messages(f"{ns}/segmenter/detections")
+                if d.header.stamp.sec == sec]
+
+    # Two model loads share 2 cores: allow for slow startup.
+    return wait_for(got, 300, f"detections from the {backend} node", node, poll_s=0.2)[0]
+
+
+def test_onnxruntime_node_publishes_the_torch_nodes_detections(nodes):
+    client, started = nodes
+    rgb = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    results = {b: msg_to_detections(_send_until_result(client, started[b], b, rgb, 100))
+               for b in BACKENDS}
+    ref, got = results["torch"], results["onnxruntime"]
+    assert len(ref) > 0, "the tiny model at threshold 0.25 should give instances"
+    assert len(got) == len(ref)
+    np.testing.assert_array_equal(got.class_ids, ref.class_ids)
+    assert got.labels == ref.labels
+    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=0.01, rtol=0)
+    for a, b in zip(ref.masks, got.masks, strict=True):
+        union = np.logical_or(a, b).sum()
+        assert (np.logical_and(a, b).sum() / union if union else 1.0) >= 0.99
+    assert "onnxruntime" in started["onnxruntime"].output()
+
+
+def test_unavailable_provider_fails_configure_with_the_reason(nodes):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDAExecutionProvider is available here")
+    client, started = nodes
+    node, ns = started["onnxruntime"], "/onnx_test_onnxruntime/segmenter"
+
+    def transition(transition_id: int) -> bool:
+        return client.call(ChangeState, f"{ns}/change_state", ChangeState.Request(
+            transition=Transition(id=transition_id)), timeout_s=120.0).success
+
+    assert transition(Transition.TRANSITION_DEACTIVATE)
+    assert transition(Transition.TRANSITION_CLEANUP)
+    value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="cuda")
+    result = client.call(SetParameters, f"{ns}/set_parameters", SetParameters.Request(
+        parameters=[Parameter(name="onnx_provider", value=value)])).results[0]
+    assert result.successful, result.reason
+    assert not transition(Transition.TRANSITION_CONFIGURE)
+    state = client.call(GetState, f"{ns}/get_state", GetState.Request()).current_state.label
+    assert state == "unconfigured"
+    assert "needs CUDAExecutionProvider, which this onnxruntime" in node.output()
