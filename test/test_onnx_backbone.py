@@ -39,14 +39,42 @@ MIN_MASK_IOU = 0.99
 
 @pytest.fixture(scope="module")
 def artifacts(tiny_checkpoint, tmp_path_factory):
-    """One artifact folder: fp32, int8-dynamic and int8-static of the tiny checkpoint."""
+    """One artifact folder: fp32, int8-dynamic and int8-static of the tiny checkpoint.
+
+    int8-static needs an onnxruntime with QuantizeLinear at the graph's opset 23 (1.32 here;
+    1.23, the newest for Python 3.10, has none): where it is missing the export must refuse
+    with the reason, and `STATIC_REFUSALS` keeps it for the test that checks so.
+    """
     out = tmp_path_factory.mktemp("onnx_artifacts")
     reports = {}
     for precision in ("fp32", "int8-dynamic", "int8-static"):
-        reports[precision] = export_backbone(
-            str(tiny_checkpoint), str(out), precision, check_frames=1, calibration_frames=2,
-            prompts=["mug", "bottle"], score_threshold=THRESHOLD)
+        try:
+            reports[precision] = export_backbone(
+                str(tiny_checkpoint), str(out), precision, check_frames=1,
+                calibration_frames=2, prompts=["mug", "bottle"], score_threshold=THRESHOLD)
+        except ModelLoadError as err:
+            if precision != "int8-static" or "QuantizeLinear" not in str(err):
+                raise
+            STATIC_REFUSALS.append(str(err))
     return out, reports
+
+
+STATIC_REFUSALS: list[str] = []
+
+
+def test_int8_static_exports_or_is_refused_with_the_reason(artifacts):
+    _, reports = artifacts
+    if "int8-static" in reports:
+        assert not STATIC_REFUSALS
+        return
+    import onnxruntime
+
+    # The refusal names the artifact, the provider and ONNX Runtime's own reason, and
+    # nothing loadable is left behind.
+    assert "ONNX Runtime cannot load" in STATIC_REFUSALS[0]
+    assert "QuantizeLinear" in STATIC_REFUSALS[0], STATIC_REFUSALS[0]
+    assert not list(artifacts[0].glob("sam3_backbone_112px_int8-static.json")), (
+        onnxruntime.__version__)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +173,8 @@ def test_tracker_session_matches_torch(loaded, onnx_backbone):
 def test_int8_reports_are_sane(artifacts):
     _, reports = artifacts
     for precision in ("int8-dynamic", "int8-static"):
+        if precision not in reports:
+            continue  # refused by this onnxruntime (test above)
         report = reports[precision]
         assert report["file_size_mb"]["fp32"] > 0 and report["file_size_mb"]["artifact"] > 0
         features = report["features_vs_torch_fp32"]

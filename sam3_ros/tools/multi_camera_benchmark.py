@@ -66,7 +66,7 @@ def _start(mode: str, cameras: list[str], model: str, device: str, max_batch: in
 
 def run_config(mode: str, count: int, model: str, device: str, rate_hz: float,
                seconds: float, prompts: list[str], max_batch: int,
-               warmup_timeout_s: float) -> dict[str, Any]:
+               warmup_timeout_s: float, grace_s: float = 2.0) -> dict[str, Any]:
     """Run one configuration; returns its figures (see the module docstring)."""
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
@@ -132,12 +132,13 @@ def run_config(mode: str, count: int, model: str, device: str, rate_hz: float,
             next_t += period
             time.sleep(max(0.0, next_t - time.monotonic()))
         end = time.monotonic()
-        time.sleep(min(30.0, max(2.0, 3 * period)))  # results of the last frames in flight
+        time.sleep(max(grace_s, 3 * period))  # results of the frames still in flight
         rss = [_rss_kb(p.proc.pid) for p in processes]
         diag: dict[str, str] = {}
         for msg in reversed(client.messages("/diagnostics")):
             for status in msg.status:
-                if status.name.startswith(f"/{cameras[-1]}/segmenter"):
+                if status.name.startswith(f"/{cameras[-1]}/segmenter") and any(
+                        kv.key == "runtime_cycles" for kv in status.values):
                     diag = {kv.key: kv.value for kv in status.values}
                     break
             if diag:
@@ -170,8 +171,9 @@ def format_table(results: list[dict[str, Any]], model_label: str) -> str:
     lines = [f"Model: {model_label}; {IMAGE_HW[1]}x{IMAGE_HW[0]} rgb8 per camera", "",
              "| cameras | mode | sent Hz/cam | processed Hz per camera | total Hz | "
              "rate spread | latency median/p90 ms (per camera) | RSS MB (peak) | "
-             "backbone passes / mean batch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "backbone passes / mean batch | stages ms: wait / decode / encode / heads / "
+             "publish |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         cams = r["per_camera"].values()
         rates = " / ".join(f"{c['processed_fps']:.2f}" for c in cams)
@@ -180,10 +182,14 @@ def format_table(results: list[dict[str, Any]], model_label: str) -> str:
         batching = (f"{diag.get('runtime_backbone_passes', '?')} / "
                     f"{float(diag.get('runtime_mean_batch', 'nan')):.2f}"
                     if r["mode"] == "shared" and diag else "-")
+        stages = " / ".join(
+            f"{float(diag.get(key, 'nan')):.1f}" for key in (
+                "mean_waiting_ms", "mean_decode_ms", "runtime_mean_encode_ms", "mean_heads_ms",
+                "mean_publish_ms")) if diag else "-"
         lines.append(
             f"| {r['cameras']} | {r['mode']} | {r['sent_fps_per_camera']:.1f} | {rates} | "
             f"{r['total_fps']:.2f} | {100 * r['rate_spread']:.0f} % | {lat} | "
-            f"{r['rss_mb']:.0f} ({r['peak_rss_mb']:.0f}) | {batching} |")
+            f"{r['rss_mb']:.0f} ({r['peak_rss_mb']:.0f}) | {batching} | {stages} |")
     return "\n".join(lines)
 
 
@@ -199,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", nargs="+", default=["person"])
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--warmup-timeout", type=float, default=600.0)
+    parser.add_argument("--grace", type=float, default=2.0,
+                        help="seconds to wait after the last frame for results in flight "
+                             "(raise it for models that take longer per frame)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     import rclpy
@@ -226,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 if mode == "separate" and count == 1 and "shared" in args.modes:
                     continue  # one camera: the same single process
                 result = run_config(mode, count, model, args.device, args.rate, args.seconds,
-                                    args.prompts, args.max_batch, args.warmup_timeout)
+                                    args.prompts, args.max_batch, args.warmup_timeout,
+                                    args.grace)
                 results.append(result)
                 print(format_table([result], label).splitlines()[-1], flush=True)
     finally:
