@@ -384,7 +384,8 @@ def test_ctrl_c_while_frames_flow_is_quiet(tiny_checkpoint):
         wait_for(lambda: len(client.messages("/quiet/quiet/detections")) > 5, 120, "streaming",
                  node)
         node.proc.send_signal(2)
-        assert node.proc.wait(60) == 0
+        returncode = node.proc.wait(60)
+        assert returncode == 0, node.output()[-4000:]
     finally:
         client.node.destroy_timer(timer)
         client.close()

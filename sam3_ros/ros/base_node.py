@@ -762,8 +762,13 @@ def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
     except (ImportError, TypeError):  # an rclpy without the option: its handlers stay
         rclpy.init(args=args)
 
+    stop = threading.Event()
+
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        # A flag, not an exception: an exception raised at an arbitrary point of the main
+        # thread (inside a callback holding a lock or a condition) could leave that object
+        # broken for the shutdown that follows.
+        stop.set()
 
     # Explicitly: a process started with SIGINT ignored (a background job) inherits that.
     previous_term = signal.signal(signal.SIGTERM, interrupt)
@@ -775,8 +780,8 @@ def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
         for node in nodes:
             executor.add_node(node)
         # spin_once with a timeout, not spin(): with rclpy's signal handlers off, a wait
-        # without a timeout would not return to Python to raise KeyboardInterrupt.
-        while rclpy.ok():
+        # without a timeout would not return to Python to see the flag.
+        while rclpy.ok() and not stop.is_set():
             executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
