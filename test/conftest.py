@@ -26,7 +26,7 @@ TEST_TIERS = {
     "test_runtime.py": "core",
     "test_detections.py": "core",
     "test_image_codec.py": "core",
-    "test_latest_frame.py": "core",
+    "test_output_buffer.py": "core",
     "test_mask_bits.py": "core",
     "test_model_loading.py": "core",
     "test_render.py": "core",

@@ -91,7 +91,7 @@ class StreamHandler(Protocol):
 
 @dataclass
 class StreamStats:
-    """Counters of one stream since it was added (or `reset_stats`)."""
+    """Counters of one stream since it was added (a node adds its stream on activate)."""
 
     received: int = 0
     dropped: int = 0
@@ -143,10 +143,6 @@ class Stream:
                 scheduler counts frames shared by two streams once against `max_batch`.
         """
         self._runtime._submit(self, item, key)
-
-    def reset_stats(self) -> None:
-        with self._runtime._cond:
-            self.stats = StreamStats()
 
 
 @dataclass

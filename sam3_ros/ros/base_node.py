@@ -61,8 +61,8 @@ from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import Sam3RosError
 from sam3_ros.core.image_codec import check_image_size, to_rgb8
-from sam3_ros.core.latest_frame import OutputBuffer
 from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
+from sam3_ros.core.output_buffer import OutputBuffer
 from sam3_ros.core.render import draw_overlay, label_image, mask_crops
 from sam3_ros.core.runtime import PreparedFrame, Runtime, Stream
 from sam3_ros.core.text_cache import TextEmbeddingCache
