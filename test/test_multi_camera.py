@@ -157,8 +157,13 @@ def test_each_camera_gets_its_own_results_from_one_model(tiny_checkpoint, count)
         assert passes <= cycles  # at most one pass per cycle (one model)
         assert int(diag["runtime_largest_batch"]) <= count
         for name in names:
-            stats = cameras.diagnostics(name)
-            assert int(stats["processed"]) >= 5 and stats["errors"] == "0", (name, stats)
+            # Diagnostics are published on a timer: the newest status may predate the
+            # last frame, so wait for one that counts all five.
+            stats = wait_for(
+                lambda name=name: (int(cameras.diagnostics(name).get("processed", "0")) >= 5
+                                   and cameras.diagnostics(name)), 10,
+                f"diagnostics of {name} counting 5 frames", node)
+            assert stats["errors"] == "0", (name, stats)
     finally:
         client.close()
         node.stop()
