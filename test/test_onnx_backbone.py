@@ -305,3 +305,47 @@ def test_int8_without_an_fp32_artifact_keeps_only_the_checked_int8(tiny_checkpoi
         "sam3_backbone_112px_int8-dynamic.json", "sam3_backbone_112px_int8-dynamic.onnx",
         "sam3_backbone_112px_int8-dynamic.onnx.data",
         "sam3_backbone_112px_int8-dynamic.report.json"]
+
+
+def test_hub_releases_the_unused_torch_vit(tiny_checkpoint, artifacts):
+    """With backend onnxruntime the torch ViT is freed; the heads still get the features."""
+    params = {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32",
+              "quantization": "none", "backend": "onnxruntime",
+              "onnx_artifact_dir": str(artifacts[0]), "onnx_precision": "fp32",
+              "onnx_provider": "cpu", "onnx_threads": 0, "onnx_trt_cache_dir": "",
+              "onnx_trt_fp16": False, "onnx_trt_int8": False}
+    hub = ModelHub(with_tracker=True)
+    shared = hub.acquire(ModelKey.from_params(params.__getitem__))
+    try:
+        reference = load_sam3(str(tiny_checkpoint), device="cpu")
+        vit_bytes = sum(p.numel() * p.element_size()
+                        for p in reference.detector.vision_encoder.backbone.parameters())
+        assert shared.released_bytes >= vit_bytes > 0
+        encoder = shared.loaded.detector.vision_encoder
+        assert not any(name.startswith("backbone.") for name, _ in encoder.named_parameters())
+        with pytest.raises(RuntimeError, match="released: backend 'onnxruntime'"):
+            encoder.backbone(torch.zeros(1, 3, 112, 112))
+        # Segmenter and tracker run on the ONNX Runtime features, as before.
+        image = _image()
+        config = SegmenterConfig(score_threshold=THRESHOLD, max_detections=1000)
+        seg = Sam3Segmenter(shared.loaded, shared.feature_cache)
+        ref_seg = Sam3Segmenter(reference)
+        prompts = [PromptSpec("mug"), PromptSpec("bottle")]
+        _assert_same_detections(
+            ref_seg.segment(image, ref_seg.encode_prompts(prompts), config),
+            seg.segment(image, seg.encode_prompts(prompts), config))
+        session = TrackerSession(shared.loaded, TrackerConfig(score_threshold=0.0),
+                                 feature_cache=shared.feature_cache)
+        session.set_text_prompts(["mug"])
+        session.process_frame(image, 0)
+    finally:
+        hub.release(shared)
+    # A torch-backend load keeps its ViT.
+    torch_params = {**params, "backend": "torch"}
+    torch_hub = ModelHub()
+    torch_shared = torch_hub.acquire(ModelKey.from_params(torch_params.__getitem__))
+    try:
+        assert torch_shared.released_bytes == 0
+        assert any(True for _ in torch_shared.loaded.detector.vision_encoder.backbone.parameters())
+    finally:
+        torch_hub.release(torch_shared)

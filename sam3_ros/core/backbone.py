@@ -68,6 +68,53 @@ class TorchBackbone:
         return f"torch ({param.device}, {str(param.dtype).replace('torch.', '')})"
 
 
+class ReleasedVisionTransformer:
+    """Stands in for a checkpoint's torch ViT once another backend computes the features.
+
+    Any call is a bug (something bypassed the `VisionBackbone` seam), so it raises instead
+    of silently running a model that is no longer there.
+    """
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"the torch vision transformer was released: backend "
+                           f"'{self.backend}' computes the vision features")
+
+
+def release_torch_vit(detector: Any, backend: str) -> int:
+    """Free the torch ViT weights of a detector whose features `backend` computes.
+
+    With `backend: onnxruntime` the ViT (~440 M of the full-size model's ~850 M parameters;
+    1.8 GB in fp32, on the GPU too) would otherwise stay loaded unused next to the runtime's
+    own copy. The FPN neck stays: the heads read its position encodings.
+
+    Args:
+        detector: A `Sam3Model` (or `Sam3VideoModel.detector_model`) used by one backend only.
+        backend: The backend that replaces it (named in the error of a stray call).
+
+    Returns:
+        Bytes of parameters and buffers released.
+    """
+    import torch
+
+    encoder = detector.vision_encoder
+    vit = encoder.backbone
+    if isinstance(vit, ReleasedVisionTransformer):
+        return 0
+    released = sum(t.numel() * t.element_size()
+                   for t in (*vit.parameters(), *vit.buffers()))
+    # Removed from the module tree (state_dict, .to(), parameters()); the stand-in is not a
+    # Module, so it is a plain attribute and the ViT's weights go with the last reference.
+    delattr(encoder, "backbone")
+    encoder.backbone = ReleasedVisionTransformer(backend)
+    del vit
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return released
+
+
 def select_frame(features: Any, index: int) -> Any:
     """Frame `index` of a batched backbone output, as a batch of one (views, no copies).
 

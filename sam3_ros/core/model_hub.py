@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sam3_ros.core.backbone import backend_options, create_backbone
+from sam3_ros.core.backbone import backend_options, create_backbone, release_torch_vit
 from sam3_ros.core.errors import ModelLoadError
 from sam3_ros.core.model_loading import LoadedSam3, load_sam3
 from sam3_ros.core.vision_features import VisionFeatureCache
@@ -47,6 +47,11 @@ class SharedModel:
         self.key = key
         self.loaded = loaded
         self.backbone = create_backbone(key.backend, loaded, dict(key.backend_options))
+        self.released_bytes = 0
+        """Bytes of torch weights freed because another backend replaces them."""
+        if self.backbone.name != "torch":
+            # This load serves this backend only (the backend is part of the key).
+            self.released_bytes = release_torch_vit(loaded.detector, key.backend)
         self.feature_cache = VisionFeatureCache(self.backbone, capacity=feature_capacity)
 
 
