@@ -73,7 +73,7 @@ def test_int8_static_exports_or_is_refused_with_the_reason(artifacts):
     # nothing loadable is left behind.
     assert "ONNX Runtime cannot load" in STATIC_REFUSALS[0]
     assert "QuantizeLinear" in STATIC_REFUSALS[0], STATIC_REFUSALS[0]
-    assert not list(artifacts[0].glob("sam3_backbone_112px_int8-static.json")), (
+    assert not list(artifacts[0].glob("sam3_backbone_112px_int8-static_mha.json")), (
         onnxruntime.__version__)
 
 
@@ -114,16 +114,47 @@ def test_export_writes_keyed_fused_attention_artifacts(artifacts, tiny_checkpoin
 
     out, reports = artifacts
     for precision, report in reports.items():
-        artifact = read_artifact(out / f"sam3_backbone_112px_{precision}.json")
-        assert artifact.key == current_key(str(tiny_checkpoint), 112, precision)
+        artifact = read_artifact(out / f"sam3_backbone_112px_{precision}_mha.json")
+        assert artifact.key == current_key(str(tiny_checkpoint), 112, precision, "mha")
         assert artifact.output_names == ("last_hidden_state", "fpn_0", "fpn_1", "fpn_2",
                                          "fpn_3")
-        assert report["passed"] and (out / f"sam3_backbone_112px_{precision}.report.json"
+        assert report["passed"] and (out / f"sam3_backbone_112px_{precision}_mha.report.json"
                                      ).is_file()
-    ops = {n.op_type for n in onnx.load(str(out / "sam3_backbone_112px_fp32.onnx"),
+    ops = {n.op_type for n in onnx.load(str(out / "sam3_backbone_112px_fp32_mha.onnx"),
                                         load_external_data=False).graph.node}
-    # Attention exported as the fused ONNX op, not as MatMul + Softmax.
-    assert "Attention" in ops and "Softmax" not in ops
+    # Attention as ORT's MultiHeadAttention (flash kernel on the CPU), no score matrix.
+    assert "MultiHeadAttention" in ops and "Attention" not in ops and "Softmax" not in ops
+
+
+@pytest.mark.parametrize("form", ["explicit", "onnx"])
+def test_other_attention_forms_export_and_are_keyed_apart(tiny_checkpoint, loaded, tmp_path,
+                                                          form):
+    import onnx
+
+    report = export_backbone(str(tiny_checkpoint), str(tmp_path), "fp32", check_frames=1,
+                             prompts=[], attention=form)
+    assert report["passed"] and report["attention"] == form
+    artifact = read_artifact(tmp_path / f"sam3_backbone_112px_fp32_{form}.json")
+    assert artifact.key.attention == form
+    ops = {n.op_type for n in onnx.load(str(artifact.onnx_path),
+                                        load_external_data=False).graph.node}
+    assert ("Softmax" in ops) == (form == "explicit")
+    assert ("Attention" in ops) == (form == "onnx")
+    # The CPU provider runs the mha form only: another form is refused with the reason.
+    with pytest.raises(ModelLoadError, match=f"attention exported as '{form}', the provider "
+                                             f"runs 'mha'") as err:
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
+    assert "--attention mha" in str(err.value)
+
+
+def test_artifacts_of_the_previous_format_are_refused(loaded, artifacts, tmp_path):
+    sidecar = _copy_fp32(artifacts, tmp_path)
+    data = json.loads(sidecar.read_text())
+    del data["key"]["attention"]  # what format 1 wrote (the ONNX Attention op inside)
+    data["key"]["format"] = 1
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="artifact format 1, this package reads 2"):
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
 
 
 def test_features_match_torch(loaded, onnx_backbone):
@@ -200,9 +231,9 @@ def test_int8_backend_loads_by_precision(loaded, artifacts):
 
 
 def _copy_fp32(artifacts, tmp_path):
-    for path in artifacts[0].glob("sam3_backbone_112px_fp32*"):
+    for path in artifacts[0].glob("sam3_backbone_112px_fp32_mha*"):
         shutil.copy(path, tmp_path / path.name)
-    return tmp_path / "sam3_backbone_112px_fp32.json"
+    return tmp_path / "sam3_backbone_112px_fp32_mha.json"
 
 
 def test_foreign_and_stale_artifacts_refused(loaded, artifacts, tmp_path, tmp_path_factory):
@@ -230,7 +261,7 @@ def test_foreign_and_stale_artifacts_refused(loaded, artifacts, tmp_path, tmp_pa
     sidecar.write_text(json.dumps({**data, "key": {**data["key"],
                                                    "onnxruntime_version": _ort_version()}}))
     create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})  # valid again
-    with (tmp_path / "sam3_backbone_112px_fp32.onnx.data").open("ab") as f:
+    with (tmp_path / "sam3_backbone_112px_fp32_mha.onnx.data").open("ab") as f:
         f.write(b"\0" * 16)
     with pytest.raises(ModelLoadError, match="changed after export"):
         create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
@@ -302,9 +333,10 @@ def test_int8_without_an_fp32_artifact_keeps_only_the_checked_int8(tiny_checkpoi
                              check_frames=1, prompts=[])
     assert report["passed"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "sam3_backbone_112px_int8-dynamic.json", "sam3_backbone_112px_int8-dynamic.onnx",
-        "sam3_backbone_112px_int8-dynamic.onnx.data",
-        "sam3_backbone_112px_int8-dynamic.report.json"]
+        "sam3_backbone_112px_int8-dynamic_mha.json",
+        "sam3_backbone_112px_int8-dynamic_mha.onnx",
+        "sam3_backbone_112px_int8-dynamic_mha.onnx.data",
+        "sam3_backbone_112px_int8-dynamic_mha.report.json"]
 
 
 def test_hub_releases_the_unused_torch_vit(tiny_checkpoint, artifacts):

@@ -3,10 +3,11 @@
 The artifact comes from `python -m sam3_ros.tools.export_backbone` and is a pair of files in
 an artifact folder: `<stem>.onnx` (+ `<stem>.onnx.data`, its external weights) and
 `<stem>.json`, the sidecar that keys it. The key is the checkpoint's content hash (weights
-files + config.json), the model input size, the precision (fp32, int8-dynamic, int8-static)
-and the onnxruntime version that exported and checked it. The backend loads only an artifact
-whose key equals the loaded checkpoint's; a stale or foreign artifact is refused with the
-reason (configure fails), never loaded.
+files + config.json), the model input size, the precision (fp32, int8-dynamic, int8-static),
+the form its attention was exported in (which depends on the provider, see
+`PROVIDER_ATTENTION`) and the onnxruntime version that exported and checked it. The backend
+loads only an artifact whose key equals the loaded checkpoint's; a stale or foreign artifact
+is refused with the reason (configure fails), never loaded.
 
 The graph outputs `last_hidden_state` and the FPN levels `fpn_0..fpn_{L-1}`. The FPN position
 encodings depend only on each level's shape, dtype and device: they are computed in torch by
@@ -43,8 +44,15 @@ PROVIDERS = {
 }
 """`onnx_provider` value -> ONNX Runtime execution provider."""
 
-ARTIFACT_FORMAT = 1
-"""Version of the artifact layout (sidecar fields, graph inputs/outputs)."""
+PROVIDER_ATTENTION = {"cpu": "mha", "cuda": "mha", "tensorrt": "explicit"}
+"""The attention form (`sam3_ros.tools.onnx_attention`) each provider loads: MultiHeadAttention
+(flash kernels, no score matrix in memory) on the CPU and CUDA, explicit MatMul/Softmax for
+TensorRT (fused attention in FP16 TensorRT broke SAM3's features in DART's measurements)."""
+
+ARTIFACT_FORMAT = 2
+"""Version of the artifact layout (sidecar fields, graph inputs/outputs). 2: attention form in
+the key (format-1 artifacts held the ONNX Attention op, which ORT's CPU kernel runs with the
+full score matrix in memory: export again)."""
 
 SIDECAR_KIND = "sam3_ros.vision_backbone"
 
@@ -65,10 +73,11 @@ _HASH_CHUNK = 16 << 20
 _hash_cache: dict[tuple[str, int, int], str] = {}
 
 
-def export_command(source: str, out_dir: str, precision: str, image_size: int) -> str:
+def export_command(source: str, out_dir: str, precision: str, image_size: int,
+                   attention: str = "mha") -> str:
     """The command that writes the artifact the backend looks for."""
     return (f"python -m sam3_ros.tools.export_backbone --model {source} --out {out_dir} "
-            f"--precision {precision} --image-size {image_size}")
+            f"--precision {precision} --image-size {image_size} --attention {attention}")
 
 
 def checkpoint_folder(source: str) -> Path:
@@ -131,6 +140,7 @@ class ArtifactKey:
     image_size: int
     precision: str
     onnxruntime_version: str
+    attention: str = "mha"
     format: int = ARTIFACT_FORMAT
 
     def mismatches(self, wanted: ArtifactKey) -> list[str]:
@@ -146,6 +156,9 @@ class ArtifactKey:
             reasons.append(f"image size {self.image_size}, the model runs at {wanted.image_size}")
         if self.precision != wanted.precision:
             reasons.append(f"precision {self.precision}, {wanted.precision} asked for")
+        if self.attention != wanted.attention:
+            reasons.append(f"attention exported as '{self.attention}', the provider runs "
+                           f"'{wanted.attention}'")
         if self.onnxruntime_version != wanted.onnxruntime_version:
             reasons.append(f"checked with onnxruntime {self.onnxruntime_version}, this is "
                            f"{wanted.onnxruntime_version}")
@@ -158,13 +171,14 @@ def onnxruntime_version() -> str:
     return onnxruntime.__version__
 
 
-def current_key(source: str, image_size: int, precision: str) -> ArtifactKey:
-    """The key an artifact for this checkpoint, size and precision must carry."""
+def current_key(source: str, image_size: int, precision: str,
+                attention: str = "mha") -> ArtifactKey:
+    """The key an artifact for this checkpoint, size, precision and attention form must carry."""
     if precision not in PRECISIONS:
         raise ModelLoadError(f"unknown onnx precision '{precision}' "
                              f"(supported: {', '.join(PRECISIONS)})")
     return ArtifactKey(checkpoint_hash(source), int(image_size), precision,
-                       onnxruntime_version())
+                       onnxruntime_version(), attention)
 
 
 @dataclass
@@ -180,8 +194,8 @@ class Artifact:
     meta: dict[str, Any]
 
 
-def artifact_stem(precision: str, image_size: int) -> str:
-    return f"sam3_backbone_{image_size}px_{precision}"
+def artifact_stem(precision: str, image_size: int, attention: str = "mha") -> str:
+    return f"sam3_backbone_{image_size}px_{precision}_{attention}"
 
 
 def write_sidecar(onnx_path: Path, key: ArtifactKey, output_names: list[str],
@@ -240,7 +254,8 @@ def find_artifact(artifact_dir: str, wanted: ArtifactKey, source: str) -> Artifa
         ModelLoadError: none matches; the message lists every artifact there and why it does
             not match, and the export command that writes the right one.
     """
-    command = export_command(source, artifact_dir or "DIR", wanted.precision, wanted.image_size)
+    command = export_command(source, artifact_dir or "DIR", wanted.precision, wanted.image_size,
+                             wanted.attention)
     if not artifact_dir:
         raise ModelLoadError(f"backend 'onnxruntime' needs onnx_artifact_dir (a folder of "
                              f"exported backbones); write one with: {command}")
@@ -261,7 +276,8 @@ def find_artifact(artifact_dir: str, wanted: ArtifactKey, source: str) -> Artifa
         rejected.append(f"{sidecar.name}: " + "; ".join(reasons))
     found = (" Found: " + " | ".join(rejected) + ".") if rejected else " It holds no artifact."
     raise ModelLoadError(f"no ONNX backbone in '{artifact_dir}' matches the loaded checkpoint "
-                         f"({wanted.precision}, {wanted.image_size} px, onnxruntime "
+                         f"({wanted.precision}, {wanted.image_size} px, attention "
+                         f"'{wanted.attention}', onnxruntime "
                          f"{wanted.onnxruntime_version}).{found} Export it with: {command}")
 
 
@@ -441,7 +457,8 @@ def _onnxruntime_factory(loaded: Any, options: Mapping[str, Any]) -> OnnxRuntime
         raise ModelLoadError(f"onnx_provider '{provider}' needs the model on a CUDA device "
                              f"(device is {loaded.device})")
     image_size = int(loaded.processor.image_processor.size["height"])
-    wanted = current_key(loaded.source, image_size, str(opts["precision"]))
+    wanted = current_key(loaded.source, image_size, str(opts["precision"]),
+                         PROVIDER_ATTENTION[provider])
     artifact = find_artifact(str(opts["artifact_dir"]), wanted, loaded.source)
     session = make_session(artifact.onnx_path, provider, opts, loaded.device.index or 0)
     return OnnxRuntimeBackbone(session, artifact, loaded.detector.vision_encoder.neck,

@@ -133,12 +133,16 @@ def step_torch(args: argparse.Namespace) -> None:
 
 def step_export(args: argparse.Namespace) -> None:
     from sam3_ros.tools.export_backbone import export_fp32_onnx, quantize
+    from sam3_ros.tools.onnx_attention import rewrite_attention_file
 
     model = _model(args.workdir, args.tiny, build=False)
     path = args.workdir / "backbone_fp32.onnx"
     start = time.monotonic()
     export_fp32_onnx(model, path, args.image_size)
     _log(f"fp32 export took {time.monotonic() - start:.0f} s")
+    heads = model.config.backbone_config.num_attention_heads
+    count = rewrite_attention_file(path, args.attention, heads)
+    _log(f"{count} Attention nodes rewritten to the '{args.attention}' form")
     del model
     start = time.monotonic()
     quantize(path, args.workdir / "backbone_int8-dynamic.onnx", "int8-dynamic")
@@ -149,7 +153,7 @@ def step_ort(args: argparse.Namespace) -> None:
     from sam3_ros.core.onnx_backbone import make_session
     from sam3_ros.tools.export_backbone import feature_metrics
 
-    path = args.workdir / f"backbone_{args.precision}.onnx"
+    path = args.workdir / (args.graph or f"backbone_{args.precision}.onnx")
     session = make_session(path, "cpu", {"threads": args.threads})
     _log(f"session created for {path.name}")
     px = _pixel_values(args.image_size).numpy()
@@ -163,8 +167,13 @@ def step_ort(args: argparse.Namespace) -> None:
     reference = np.load(args.workdir / "torch_outputs.npz")
     metrics = feature_metrics([reference[f"arr_{i}"] for i in range(len(names))], outputs, names)
     files = [path, path.with_name(path.name + ".data")]
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    attention = ("mha" if "MultiHeadAttention" in ops else
+                 "explicit" if "Softmax" in ops else "onnx")
     _record(args.workdir, {
-        "backend": f"onnxruntime {args.precision}", "threads": args.threads,
+        "backend": f"onnxruntime {args.precision} (attention {attention})", "threads": args.threads,
         "image_size": args.image_size, "s_per_frame_median": median, "samples_s": samples,
         "cosine_min": min(m["cosine"] for m in metrics.values()),
         "max_abs_error": max(m["max_abs_error"] for m in metrics.values()),
@@ -217,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8-dynamic"))
     parser.add_argument("--tiny", action="store_true", help="tiny test configuration")
+    parser.add_argument("--graph", default=None,
+                        help="ort: another .onnx file in the workdir (default "
+                             "backbone_<precision>.onnx)")
+    parser.add_argument("--attention", default="mha", choices=("mha", "explicit", "onnx"),
+                        help="export: attention form (see sam3_ros.tools.onnx_attention)")
     args = parser.parse_args(argv)
     if args.image_size is None:
         args.image_size = 112 if args.tiny else 1008

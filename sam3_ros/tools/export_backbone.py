@@ -2,22 +2,24 @@
 
     python -m sam3_ros.tools.export_backbone --model CKPT --out DIR \\
         [--precision fp32|int8-dynamic|int8-static] [--calibration-frames N] \\
-        [--image-size S] [--frames IMAGE_DIR] [--min-cosine C]
+        [--image-size S] [--frames IMAGE_DIR] [--min-cosine C] [--attention mha|explicit|onnx]
 
-Writes into DIR `sam3_backbone_<S>px_<precision>.onnx` (+ `.onnx.data`, the weights), its
-sidecar `.json` (the key the `onnxruntime` backend checks: checkpoint hash, image size,
-precision, onnxruntime version) and a fidelity report `.report.json` (also printed). INT8 is
-quantised from DIR's fp32 artifact of the same checkpoint when there is one (export fp32
-first), else from a temporary fp32 export that is not kept.
+Writes into DIR `sam3_backbone_<S>px_<precision>_<attention>.onnx` (+ `.onnx.data`, the
+weights), its sidecar `.json` (the key the `onnxruntime` backend checks: checkpoint hash, image
+size, precision, attention form, onnxruntime version) and a fidelity report `.report.json`
+(also printed). INT8 is quantised from DIR's fp32 artifact of the same checkpoint when there
+is one (export fp32 first), else from a temporary fp32 export that is not kept.
 
 * fp32: `torch.onnx.export(dynamo=True, opset 23)`. At opset 23 the exporter writes SAM3's
-  `scaled_dot_product_attention` as the ONNX `Attention` op (fused: no explicit Q.K^T MatMul /
-  Softmax chain in the graph; how ORT's kernel holds the scores is its own business).
-  The batch dimension is dynamic.
+  `scaled_dot_product_attention` as the ONNX `Attention` op, which is then rewritten into the
+  form `--attention` names (`sam3_ros.tools.onnx_attention`): `mha` (default; the CPU and CUDA
+  providers: contrib MultiHeadAttention, flash kernels, no score matrix in memory), `explicit`
+  (TensorRT: MatMul/Softmax) or `onnx` (the standard op as exported). The backend loads the
+  form its provider wants (`onnx_backbone.PROVIDER_ATTENTION`). The batch dimension is dynamic.
 * int8-dynamic: `onnxruntime.quantization.quantize_dynamic`, per-channel int8 weights of the
-  MatMul/Gemm layers (the ViT's linear layers), activations quantised at run time. The ONNX
-  `Attention` op stays float (ORT's dynamic quantiser would rewrite it into the contrib
-  QAttention, which does not accept the ONNX op's attributes).
+  MatMul/Gemm layers (the ViT's linear layers), activations quantised at run time. Attention
+  stays float in the `mha` and `onnx` forms (in the `explicit` form its two MatMuls are
+  quantised like the others).
 * int8-static: QDQ, per-channel int8 weights and int8 activations of MatMul/Gemm (convolutions
   stay float), with activation ranges calibrated (MinMax) on `--calibration-frames` frames.
 
@@ -48,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from sam3_ros.core.errors import ModelLoadError, Sam3RosError
+from sam3_ros.tools.onnx_attention import ATTENTION_FORMS, rewrite_attention_file
 
 DEFAULT_MIN_COSINE = {"fp32": 0.99999, "int8-dynamic": 0.99, "int8-static": 0.99}
 RANDOM_WEIGHTS_CAVEAT = (
@@ -386,7 +389,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
                     image_size: int | None = None, calibration_frames: int = 8,
                     check_frames: int = 2, frames_dir: str | None = None,
                     min_cosine: float | None = None, prompts: Sequence[str] = ("person",),
-                    score_threshold: float = 0.5) -> dict[str, Any]:
+                    score_threshold: float = 0.5, attention: str = "mha") -> dict[str, Any]:
     """Export (and for int8 quantise), check and key one artifact; see the module docstring.
 
     Returns:
@@ -412,6 +415,8 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
 
     if precision not in PRECISIONS:
         raise ModelLoadError(f"--precision must be one of {PRECISIONS}, got '{precision}'")
+    if attention not in ATTENTION_FORMS:
+        raise ModelLoadError(f"--attention must be one of {ATTENTION_FORMS}, got '{attention}'")
     threshold = DEFAULT_MIN_COSINE[precision] if min_cosine is None else float(min_cosine)
     out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -427,7 +432,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         _log(f"note: the checkpoint's processor runs at {processor_size} px; the backend loads "
              f"this {size} px artifact only for a model run at {size} px")
     _log("hashing the checkpoint's weights and config")
-    key = current_key(model, size, precision)
+    key = current_key(model, size, precision, attention)
     names = output_names(loaded.detector.vision_encoder)
     frames = load_frames(frames_dir, check_frames, seed=0)
 
@@ -439,9 +444,9 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
     staging = out_dir / f".staging-{os.getpid()}"
     staging.mkdir()
     try:
-        fp32_stem = artifact_stem("fp32", size)
+        fp32_stem = artifact_stem("fp32", size, attention)
         fp32_path = staging / f"{fp32_stem}.onnx"
-        fp32_key = current_key(model, size, "fp32")
+        fp32_key = current_key(model, size, "fp32", attention)
         existing = out_dir / f"{fp32_stem}.json"
         reuse = None
         if precision != "fp32" and existing.is_file():
@@ -458,7 +463,10 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
                 _log("no fp32 artifact of this checkpoint in DIR: exporting one to quantise "
                      "(not kept; export --precision fp32 first to keep a checked one)")
             export_fp32_onnx(loaded.detector.vision_encoder, fp32_path, size)
-        stem = artifact_stem(precision, size)
+            heads = loaded.detector.config.vision_config.backbone_config.num_attention_heads
+            count = rewrite_attention_file(fp32_path, attention, heads)
+            _log(f"attention: {count} Attention nodes rewritten to the '{attention}' form")
+        stem = artifact_stem(precision, size, attention)
         path = staging / f"{stem}.onnx"
         if precision != "fp32":
             calibration = []
@@ -481,6 +489,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         report = {
             "artifact": f"{stem}.onnx",
             "precision": precision,
+            "attention": attention,
             "image_size": size,
             "checkpoint": model,
             "checkpoint_sha256": key.checkpoint_sha256,
@@ -552,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated prompts for the segmenter check ('' = skip)")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="segmenter check: detection score threshold")
+    parser.add_argument("--attention", default="mha", choices=ATTENTION_FORMS,
+                        help="attention form: mha for onnx_provider cpu and cuda (default), "
+                             "explicit for tensorrt, onnx = the standard op as exported")
     args = parser.parse_args(argv)
     # SIGTERM (a supervisor, a memory watchdog) unwinds like Ctrl-C: the staging folder is
     # removed and nothing half-written is left behind.
@@ -560,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_backbone(args.model, args.out, args.precision, args.image_size,
                         args.calibration_frames, args.check_frames, args.frames,
                         args.min_cosine, [p for p in args.prompts.split(",") if p],
-                        args.score_threshold)
+                        args.score_threshold, args.attention)
     except ExportRefusedError as err:
         print(f"export_backbone: {err}", file=sys.stderr, flush=True)
         return 2
