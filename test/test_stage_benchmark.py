@@ -120,3 +120,30 @@ def test_stage_benchmark_runs_torch_and_onnxruntime_on_the_tiny_checkpoint(
     # Either this onnxruntime lacks the CUDA provider, or the model is on the CPU.
     assert "not run: onnx_provider 'cuda'" in refused[0]
     assert "CUDAExecutionProvider" in refused[0] or "CUDA device" in refused[0]
+
+
+def test_stage_timer_times_segment_and_changes_nothing(tiny_checkpoint):
+    import numpy as np
+
+    from sam3_ros.core.model_loading import load_sam3
+    from sam3_ros.core.prompts import PromptSpec
+    from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, StageTimer
+
+    segmenter = Sam3Segmenter(load_sam3(str(tiny_checkpoint)))
+    prompts = segmenter.encode_prompts([PromptSpec("cup"), PromptSpec("dog")])
+    config = SegmenterConfig(score_threshold=0.0)  # every query kept: masks run
+    rgb = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    plain = segmenter.segment(rgb, prompts, config)
+    assert segmenter.stage_timer is None
+    timer = StageTimer(segmenter.loaded.device)
+    segmenter.stage_timer = timer
+    timed = segmenter.segment(rgb, prompts, config)
+    assert set(timer.times) == {"preprocess", "backbone", "heads", "masks"}
+    assert all(seconds >= 0 for seconds in timer.times.values())
+    np.testing.assert_array_equal(timed.masks, plain.masks)
+    np.testing.assert_array_equal(timed.scores, plain.scores)
+    # Already preprocessed pixel values: no preprocess stage; an empty result: no masks stage.
+    timer.clear()
+    segmenter.segment(rgb, prompts, SegmenterConfig(score_threshold=1.0),
+                      pixel_values=segmenter.preprocess(rgb))
+    assert set(timer.times) == {"backbone", "heads"}
