@@ -80,7 +80,7 @@ def test_stage_benchmark_runs_torch_and_onnxruntime_on_the_tiny_checkpoint(
     output = tmp_path / "table.md"
     rc = main(["--model", str(tiny_checkpoint), "--backends", "torch", "onnxruntime:fp32",
                "onnxruntime:fp32:cuda", "--prompts", "1", "4", "--frames", "2", "--warmup",
-               "1", "--score-threshold", "0", "--workdir", str(tmp_path / "work"),
+               "1", "--score-threshold", "0", "--threads", "1", "--workdir", str(tmp_path / "work"),
                "--output", str(output)])
     assert rc == 0
     table = output.read_text()

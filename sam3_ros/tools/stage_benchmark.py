@@ -252,16 +252,7 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
     from sam3_ros.core.backbone import create_backbone
     from sam3_ros.core.errors import Sam3RosError
     from sam3_ros.core.model_loading import load_sam3
-    from sam3_ros.core.prompts import PromptSpec
-    from sam3_ros.core.segmenter import (
-        Sam3Segmenter,
-        SegmenterConfig,
-        SegmenterSession,
-        StageTimer,
-    )
     from sam3_ros.core.text_cache import TextEmbeddingCache
-    from sam3_ros.core.vision_features import VisionFeatureCache
-    from sam3_ros.tools.demo import synthetic_frames
 
     spec = BackendSpec(**config["spec"])
     result: dict[str, Any] = {"label": spec.label(), "prompts": config["prompts"], "rows": [],
@@ -281,9 +272,27 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
     except Sam3RosError as err:
         result["not_run"] = str(err)
         return result
+    with tempfile.TemporaryDirectory(prefix="sam3_stage_bench_text_") as cache_dir:
+        _measure(config, spec, loaded, backbone, TextEmbeddingCache(cache_dir), result)
+    return result
+
+
+def _measure(config: dict[str, Any], spec: BackendSpec, loaded: Any, backbone: Any,
+             text_cache: Any, result: dict[str, Any]) -> None:
+    """The rows of one backend (see `run_child`), appended to result["rows"]."""
+    import torch
+
+    from sam3_ros.core.prompts import PromptSpec
+    from sam3_ros.core.segmenter import (
+        Sam3Segmenter,
+        SegmenterConfig,
+        SegmenterSession,
+        StageTimer,
+    )
+    from sam3_ros.core.vision_features import VisionFeatureCache
+    from sam3_ros.tools.demo import synthetic_frames
+
     device = loaded.device
-    cache_dir = Path(tempfile.mkdtemp(prefix="sam3_stage_bench_text_"))
-    text_cache = TextEmbeddingCache(cache_dir)
     segmenter = Sam3Segmenter(loaded, VisionFeatureCache(backbone, capacity=1),
                               text_cache=text_cache)
     timer = StageTimer(device)
@@ -365,9 +374,6 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
                              if device.type == "cuda" else None),
         })
         _log(f"{spec.label()}: {n_prompts} prompt(s) done")
-    for entry in text_cache.entries():
-        entry.unlink()
-    return result
 
 
 # ------------------------------------------------------------------------------ parent side
