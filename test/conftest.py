@@ -44,6 +44,7 @@ TEST_TIERS = {
     "test_property_inputs.py": "core",
     "test_onnx_backbone.py": "core",
     "test_onnx_attention.py": "core",
+    "test_stage_benchmark.py": "core",
     "test_detection_conversions.py": "conversion",
     "test_image_conversions.py": "conversion",
     "test_depth_conversions.py": "conversion",

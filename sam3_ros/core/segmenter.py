@@ -10,9 +10,11 @@ Split as in transformers' SAM3 (processor / session / model):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Hashable, Sequence
+import time
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +104,50 @@ def _expand_batch(vision_embeds: Any, batch: int) -> Any:
     )
 
 
+class StageTimer:
+    """Per-stage wall-clock timing of `Sam3Segmenter.segment`, for benchmarks only.
+
+    Set `Sam3Segmenter.stage_timer` to one and every frame adds its seconds per stage to
+    `times` (keys "preprocess", "backbone", "heads", "masks"; a stage that did not run, e.g.
+    masks on a frame without instances, is absent); `clear()` between frames. On a CUDA device
+    each stage is bracketed by `torch.cuda.synchronize`, so queued GPU work is charged to the
+    stage that queued it; this (and any timing) happens only while a timer is set.
+
+    Args:
+        device: The model's device (synchronised when it is a CUDA device).
+    """
+
+    def __init__(self, device: Any = None) -> None:
+        import torch
+
+        self.times: dict[str, float] = {}
+        self._device = torch.device(device) if device is not None else None
+        self._cuda = self._device is not None and self._device.type == "cuda"
+
+    def _sync(self) -> None:
+        if self._cuda:
+            import torch
+
+            torch.cuda.synchronize(self._device)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+
+    def clear(self) -> None:
+        self.times.clear()
+
+
+_UNTIMED = contextlib.nullcontext()
+"""What a stage runs in when no `StageTimer` is set (reusable, no work)."""
+
+
 UPSAMPLE_CHUNK_PIXELS = 1 << 25
 """Full-resolution float pixels upsampled at once (128 MiB of float32): many instances on a
 large frame are upsampled in chunks, so the transient float buffer stays bounded and only the
@@ -156,6 +202,12 @@ class Sam3Segmenter:
         self._text_key: dict[str, Any] | None = None
         self.text_encoder_runs = 0
         """Text-encoder batches run so far (prompt texts not found in the text cache)."""
+        self.stage_timer: StageTimer | None = None
+        """Set by a benchmark to time the stages of `segment` (None: no timing, no syncs)."""
+
+    def _stage(self, name: str) -> contextlib.AbstractContextManager[None]:
+        timer = self.stage_timer
+        return _UNTIMED if timer is None else timer.stage(name)
 
     def text_cache_key(self) -> dict[str, Any] | None:
         """What a cached embedding of this model must have been computed with (None: the
@@ -294,8 +346,10 @@ class Sam3Segmenter:
         """
         height, width = int(rgb.shape[0]), int(rgb.shape[1])
         if pixel_values is None:
-            pixel_values = self.preprocess(rgb)
-        vision_embeds = self.feature_cache.get(frame_key, pixel_values)
+            with self._stage("preprocess"):
+                pixel_values = self.preprocess(rgb)
+        with self._stage("backbone"):
+            vision_embeds = self.feature_cache.get(frame_key, pixel_values)
         return self.segment_features(vision_embeds, prompts, config, height, width)
 
     def segment_features(self, vision_embeds: Any, prompts: EncodedPrompts,
@@ -307,7 +361,7 @@ class Sam3Segmenter:
         detector = self.loaded.detector
         scores, boxes, low_res_masks, class_ids = [], [], [], []
         n_prompts = len(prompts.specs)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._stage("heads"):
             for start in range(0, n_prompts, config.prompts_per_batch):
                 stop = min(start + config.prompts_per_batch, n_prompts)
                 batch = stop - start
@@ -343,6 +397,7 @@ class Sam3Segmenter:
             order = order[: config.max_detections]
             scale = torch.tensor([width, height, width, height], device=all_scores.device)
             xyxy = torch.cat(boxes)[order] * scale
+        with torch.inference_mode(), self._stage("masks"):
             masks = _upsample_masks(torch.cat(low_res_masks)[order], height, width,
                                     config.mask_threshold)
             ids = torch.cat(class_ids)[order].cpu().numpy()
