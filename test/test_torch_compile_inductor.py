@@ -1,15 +1,17 @@
 """`torch_compile` with real inductor builds on the CPU (tiny random checkpoint): compiled vs
-eager parity of the backbone features and of the detections, batch sizes 1..3, and a segmenter
-node that compiles during configure (log lines) or refuses torch_compile with another backend.
+eager parity of the backbone features and of the detections (segmenter and tracker sessions),
+batch sizes 1..3, and a segmenter node that compiles during configure (log lines) or refuses
+torch_compile with another backend.
 
 Slow tier `compile` (test/conftest.py): the first build takes minutes on a cold inductor cache
 (about 2 min for batch sizes 1 and 2 on 2 shared cores), seconds on a warm one.
 
 Tolerances: the compiled backbone's features against eager on the same input, every output
 tensor: max |difference| <= 1e-4 and cosine similarity >= 0.99999 (measured: ~5e-7, i.e.
-float32 rounding of reordered reductions). Detections through `SegmenterSession`: the same
-count, class ids and labels; scores within 1e-4, boxes within 0.01 px, every mask's IoU with
-its eager twin >= 0.99 (as the ONNX backend's tests).
+float32 rounding of reordered reductions). Detections through `SegmenterSession` and
+`TrackerSession`: the same count, class ids, object ids and labels; scores within 1e-4,
+boxes within 0.01 px, every mask's IoU with its eager twin >= 0.99 (as the ONNX backend's
+tests).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sam3_ros.core.backbone import create_backbone
 from sam3_ros.core.model_loading import load_sam3
 from sam3_ros.core.prompts import BoxExemplar, PromptSpec
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
+from sam3_ros.core.tracker import TrackerConfig, TrackerSession
 from sam3_ros.core.vision_features import VisionFeatureCache
 
 MAX_ABS = 1e-4
@@ -30,7 +33,8 @@ MIN_COSINE = 0.99999
 
 @pytest.fixture(scope="module")
 def loaded(tiny_checkpoint):
-    return load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32")
+    # The video model: its detector serves the segmenter and the tracker (one compile).
+    return load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32", with_tracker=True)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,19 @@ def test_a_larger_batch_reuses_the_dynamic_graph(backbones, loaded):
     _assert_close(got, eager(pixels))
 
 
+def _assert_same_detections(ref, got) -> None:
+    assert len(got) == len(ref)
+    np.testing.assert_array_equal(got.class_ids, ref.class_ids)
+    if ref.object_ids is not None:
+        np.testing.assert_array_equal(got.object_ids, ref.object_ids)
+    assert got.labels == ref.labels
+    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=0.01, rtol=0)
+    for a, b in zip(ref.masks, got.masks, strict=True):
+        union = np.logical_or(a, b).sum()
+        assert (np.logical_and(a, b).sum() / union if union else 1.0) >= 0.99
+
+
 def test_detections_match_eager(backbones, loaded):
     eager, compiled, _ = backbones
     prompts = [PromptSpec("mug"), PromptSpec("bottle", (BoxExemplar(10, 12, 70, 60, True),))]
@@ -102,14 +119,24 @@ def test_detections_match_eager(backbones, loaded):
         results.append(session.process(rgb, track=False)[0])
     ref, got = results
     assert len(ref) > 0, "the tiny model at threshold 0.25 should give instances"
-    assert len(got) == len(ref)
-    np.testing.assert_array_equal(got.class_ids, ref.class_ids)
-    assert got.labels == ref.labels
-    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=0.01, rtol=0)
-    for a, b in zip(ref.masks, got.masks, strict=True):
-        union = np.logical_or(a, b).sum()
-        assert (np.logical_and(a, b).sum() / union if union else 1.0) >= 0.99
+    _assert_same_detections(ref, got)
+
+
+def test_tracker_session_matches_eager(backbones, loaded):
+    eager, compiled, _ = backbones
+
+    def run(backbone):
+        session = TrackerSession(loaded, TrackerConfig(score_threshold=0.0, max_objects=4),
+                                 feature_cache=VisionFeatureCache(backbone, capacity=1))
+        session.set_text_prompts(["mug"])
+        base = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        return [session.process_frame(np.roll(base, i, axis=1), i * 33_000_000)
+                for i in range(4)]
+
+    ref, got = run(eager), run(compiled)
+    assert any(len(d) for d in ref)
+    for a, b in zip(ref, got, strict=True):
+        _assert_same_detections(a, b)
 
 
 def test_segmenter_node_compiles_during_configure_and_refuses_other_backends(

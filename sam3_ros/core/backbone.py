@@ -77,8 +77,8 @@ class TorchBackbone:
     runs every batch size that can occur, so that anything torch specialises anyway is compiled
     during configure rather than on a streamed frame, and the log shows each one's time. Two
     graphs per model stay below torch's recompile limit, past which it would silently run
-    eager (see `prepare`). Static shapes per batch size would compile max_batch times
-    (minutes each for the full model) for kernels no better than those of B = 1.
+    eager (see `prepare`). Static shapes per batch size (kernels specialised to each B >= 2)
+    would compile max_batch times instead of twice (minutes each for the full model).
 
     Args:
         detector: A `Sam3Model` (or `Sam3VideoModel.detector_model`).
