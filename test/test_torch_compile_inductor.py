@@ -139,6 +139,18 @@ def test_tracker_session_matches_eager(backbones, loaded):
         _assert_same_detections(a, b)
 
 
+def test_torchao_int8_weight_only_compiles(tiny_checkpoint):
+    pytest.importorskip("torchao")
+    quantized = load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32",
+                          quantization="int8_weight_only")
+    eager = create_backbone("torch", quantized, {"compile": "none"})
+    compiled = create_backbone("torch", quantized, {"compile": "default"})
+    compiled.prepare([1], lambda line: None)
+    size = int(quantized.processor.image_processor.size["height"])
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(5))
+    _assert_close(compiled(pixels), eager(pixels))
+
+
 def test_segmenter_node_compiles_during_configure_and_refuses_other_backends(
         tiny_checkpoint, capfd):
     """In-process node: configure compiles (log lines before and after), a frame of the

@@ -162,20 +162,23 @@ class TorchBackbone:
         param = next(self._detector.parameters())
         log(f"torch_compile '{self.compile_mode}': compiling the vision backbone for batch "
             f"sizes {todo} on {param.device} (can take minutes; detector heads stay eager)")
+        # Never eager in disguise: suppress_errors would run a failed compile eagerly, and past
+        # the recompile limit torch runs eagerly too. The limit counts graphs per code object,
+        # i.e. of every model compiled in this process (2 each), so it is raised while
+        # compiling, and hitting it is an error where this torch can make it one.
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        strict: dict[str, Any] = {"suppress_errors": False,
+                                  limit: max(64, getattr(config, limit))}
+        if hasattr(config, "fail_on_recompile_limit_hit"):
+            strict["fail_on_recompile_limit_hit"] = True
         started = time.monotonic()
         for batch in todo:
             pixels = torch.zeros(batch, 3, self._image_size, self._image_size,
                                  device=param.device, dtype=param.dtype)
             batch_started = time.monotonic()
             try:
-                # Never eager in disguise: suppress_errors would run a failed compile eagerly,
-                # and past the recompile limit torch runs eagerly too. The limit counts graphs
-                # per code object, i.e. of every model compiled in this process (2 each), so
-                # it is raised here and hitting it fails instead.
-                with torch._dynamo.config.patch(
-                        suppress_errors=False, fail_on_recompile_limit_hit=True,
-                        recompile_limit=max(64, torch._dynamo.config.recompile_limit)), \
-                        torch.inference_mode():
+                with config.patch(**strict), torch.inference_mode():
                     self._run_compiled(pixels)
                     if param.device.type == "cuda":
                         torch.cuda.synchronize(param.device)
