@@ -19,6 +19,8 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 #   core:       no rclpy (numpy, torch, transformers; model parity, tracker, codecs)
 #   conversion: message <-> numpy conversions (rclpy message types, no DDS)
 #   node:       nodes, DDS transport, launch/config files checked against the nodes
+#   compile:    real torch.compile (inductor) builds: minutes on a cold compile cache, so on
+#               the main Python only
 TEST_TIERS = {
     "test_benchmark_stats.py": "core",
     "test_bytetrack.py": "core",
@@ -45,6 +47,7 @@ TEST_TIERS = {
     "test_onnx_backbone.py": "core",
     "test_onnx_attention.py": "core",
     "test_stage_benchmark.py": "core",
+    "test_torch_compile.py": "core",
     "test_detection_conversions.py": "conversion",
     "test_image_conversions.py": "conversion",
     "test_depth_conversions.py": "conversion",
@@ -57,11 +60,13 @@ TEST_TIERS = {
     "test_node_hardening.py": "node",
     "test_multi_camera.py": "node",
     "test_onnx_node.py": "node",
+    "test_torch_compile_inductor.py": "compile",
 }
 _TIER_HELP = {
     "core": "no rclpy (run on every Python by scripts/test.sh)",
     "conversion": "message conversions (main Python only in scripts/test.sh)",
     "node": "nodes over DDS, launch/config checks (run on every Python by scripts/test.sh)",
+    "compile": "torch.compile/inductor builds, slow (main Python only in scripts/test.sh)",
 }
 
 

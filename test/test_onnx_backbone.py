@@ -316,10 +316,10 @@ def test_model_key_and_hub_with_onnxruntime(tiny_checkpoint, artifacts):
               "quantization": "none", "backend": "onnxruntime",
               "onnx_artifact_dir": str(artifacts[0]), "onnx_precision": "fp32",
               "onnx_provider": "cpu", "onnx_threads": 0, "onnx_trt_cache_dir": "",
-              "onnx_trt_fp16": False, "onnx_trt_int8": False}
+              "onnx_trt_fp16": False, "onnx_trt_int8": False, "torch_compile": "none"}
     key = ModelKey.from_params(params.__getitem__)
     assert dict(key.backend_options)["artifact_dir"] == str(artifacts[0])
-    assert backend_options("torch", params.__getitem__) == ()
+    assert backend_options("torch", params.__getitem__) == (("compile", "none"),)
     hub = ModelHub()
     shared = hub.acquire(key)
     try:

@@ -15,6 +15,10 @@ only called on the process's compute thread. Nothing outside an implementation c
 `get_vision_features` or the vision encoder: `VisionFeatureCache` (one pass per frame, shared
 by every consumer of the frame) and the runtime's batched passes go through here.
 
+A backbone may also have `prepare(batch_sizes, log)`: everything slow that a first call of
+a batch size would do (compiling: `torch_compile`), done during the lifecycle configure
+(`prepare_backbone`), so that the first streamed frame is not slow.
+
 Adding a backend: one module with a class satisfying `VisionBackbone`, one entry in
 `_FACTORIES`, and its name in the `backend` parameter's choices.
 """
@@ -22,10 +26,21 @@ Adding a backend: one module with a class satisfying `VisionBackbone`, one entry
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from sam3_ros.core.errors import ModelLoadError
+from sam3_ros.core.errors import ConfigError, ModelLoadError
+
+_log = logging.getLogger(__name__)
+
+TORCH_COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+"""Values of the `torch_compile` parameter: none = eager, else a `torch.compile` mode."""
+
+_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""torch.compile modes that replay CUDA graphs on a CUDA device (outputs live in the graph's
+memory pool and are overwritten by the next replay)."""
 
 
 class VisionBackbone(Protocol):
@@ -44,28 +59,166 @@ class VisionBackbone(Protocol):
 
 
 class TorchBackbone:
-    """The checkpoint's own PyTorch vision encoder (eager, or as loaded: dtype, torchao).
+    """The checkpoint's own PyTorch vision encoder (eager or `torch.compile`d; dtype and torchao
+    quantisation as loaded).
+
+    With `compile_mode` other than "none" the vision encoder (ViT + FPN neck) is wrapped in
+    `torch.compile(..., fullgraph=True)`: one graph or an error, never a partly eager backbone.
+    Compilation is lazy in torch; `prepare` runs it for the batch sizes the runtime will use,
+    during configure. A compile error there raises `ModelLoadError` with the reason (there is
+    no fallback to eager). The detector heads (DETR decoder, mask decoder) stay eager: with
+    transformers' Sam3 code they do not compile cleanly (data-dependent shapes in the decoder's
+    attention make fullgraph fail, and without fullgraph inductor falls back to eager at
+    several graph breaks), so compiling them would be slow to build and not really compiled.
+
+    Batch sizes: the runtime batches 1..max_batch cameras. Batch 1 is always its own graph
+    (torch specialises sizes 0 and 1); calls with B >= 2 mark the batch dimension dynamic, so
+    one more graph, compiled at B = 2, serves every B >= 2 without recompiling. `prepare` still
+    runs every batch size that can occur, so that anything torch specialises anyway is compiled
+    during configure rather than on a streamed frame, and the log shows each one's time. Two
+    graphs per model stay below torch's recompile limit, past which it would silently run
+    eager (see `prepare`). Static shapes per batch size (kernels specialised to each B >= 2)
+    would compile max_batch times instead of twice (minutes each for the full model).
 
     Args:
         detector: A `Sam3Model` (or `Sam3VideoModel.detector_model`).
+        compile_mode: One of `TORCH_COMPILE_MODES`.
+        image_size: Side S of the (B, 3, S, S) pixel batch; needed by `prepare` when compiled.
     """
 
     name = "torch"
 
-    def __init__(self, detector: Any) -> None:
+    def __init__(self, detector: Any, compile_mode: str = "none",
+                 image_size: int | None = None) -> None:
+        if compile_mode not in TORCH_COMPILE_MODES:
+            raise ConfigError(f"torch_compile must be one of {list(TORCH_COMPILE_MODES)}, got "
+                              f"{compile_mode!r}")
         self._detector = detector
+        self.compile_mode = compile_mode
+        self._image_size = image_size
+        self._compiled: Any = None
+        self.prepared_batch_sizes: set[int] = set()
+        """Batch sizes compiled (and run once) so far."""
+        if compile_mode != "none":
+            import torch
+
+            self._compiled = torch.compile(
+                detector.vision_encoder, fullgraph=True,
+                mode=None if compile_mode == "default" else compile_mode)
 
     def __call__(self, pixel_values: Any) -> Any:
         import torch
 
         with torch.inference_mode():
-            return self._detector.get_vision_features(pixel_values=pixel_values)
+            if self._compiled is None:
+                return self._detector.get_vision_features(pixel_values=pixel_values)
+            batch = int(pixel_values.shape[0])
+            if batch not in self.prepared_batch_sizes:
+                _log.warning("torch_compile: batch size %d was not compiled during configure; "
+                             "compiling it now (this call is slow)", batch)
+                self.prepared_batch_sizes.add(batch)
+            return self._run_compiled(pixel_values)
+
+    def _run_compiled(self, pixel_values: Any) -> Any:
+        import torch
+
+        if pixel_values.shape[0] >= 2:
+            torch._dynamo.maybe_mark_dynamic(pixel_values, 0)
+        cuda_graphs = (self.compile_mode in _CUDA_GRAPH_MODES
+                       and pixel_values.device.type == "cuda")
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = self._compiled(pixel_values)
+        if cuda_graphs:
+            # The next replay overwrites a CUDA graph's outputs in place, but the feature cache
+            # keeps several frames' features: they get their own memory.
+            out = type(out)(**{k: _clone(v) for k, v in out.items()})
+        return out
+
+    def prepare(self, batch_sizes: Iterable[int],
+                log: Callable[[str], None] | None = None) -> None:
+        """Compile (and run once) the vision encoder for each batch size not compiled yet.
+
+        Nothing to do when eager. Logs a line before, one per batch size and one after, with
+        the time taken.
+
+        Raises:
+            ModelLoadError: compilation failed (no C++ compiler, an unsupported op or tensor
+                subclass, ...), with torch's reason.
+        """
+        if self._compiled is None:
+            return
+        import torch
+
+        log = log or _log.info
+        todo = sorted(set(batch_sizes) - self.prepared_batch_sizes)
+        if not todo:
+            log(f"torch_compile '{self.compile_mode}': vision backbone already compiled for "
+                f"batch sizes {sorted(self.prepared_batch_sizes)}")
+            return
+        if self._image_size is None:
+            raise ModelLoadError("torch_compile: the image size is unknown (TorchBackbone "
+                                 "built without image_size)")
+        param = next(self._detector.parameters())
+        log(f"torch_compile '{self.compile_mode}': compiling the vision backbone for batch "
+            f"sizes {todo} on {param.device} (can take minutes; detector heads stay eager)")
+        # Never eager in disguise: suppress_errors would run a failed compile eagerly, and past
+        # the recompile limit torch runs eagerly too. The limit counts graphs per code object,
+        # i.e. of every model compiled in this process (2 each), so it is raised while
+        # compiling, and hitting it is an error where this torch can make it one.
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        strict: dict[str, Any] = {"suppress_errors": False,
+                                  limit: max(64, getattr(config, limit))}
+        if hasattr(config, "fail_on_recompile_limit_hit"):
+            strict["fail_on_recompile_limit_hit"] = True
+        started = time.monotonic()
+        for batch in todo:
+            pixels = torch.zeros(batch, 3, self._image_size, self._image_size,
+                                 device=param.device, dtype=param.dtype)
+            batch_started = time.monotonic()
+            try:
+                with config.patch(**strict), torch.inference_mode():
+                    self._run_compiled(pixels)
+                    if param.device.type == "cuda":
+                        torch.cuda.synchronize(param.device)
+            except Exception as err:
+                raise ModelLoadError(
+                    f"torch_compile '{self.compile_mode}': compiling the vision backbone for "
+                    f"batch size {batch} failed: {_short_reason(err)}") from err
+            self.prepared_batch_sizes.add(batch)
+            log(f"torch_compile: batch size {batch} ready in "
+                f"{time.monotonic() - batch_started:.1f} s")
+        log(f"torch_compile '{self.compile_mode}': vision backbone compiled in "
+            f"{time.monotonic() - started:.1f} s")
 
     def describe(self) -> str:
         param = next(self._detector.parameters(), None)
         if param is None:
             return "torch"
-        return f"torch ({param.device}, {str(param.dtype).replace('torch.', '')})"
+        compiled = "" if self._compiled is None else f", compiled {self.compile_mode}"
+        return f"torch ({param.device}, {str(param.dtype).replace('torch.', '')}{compiled})"
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_clone(v) for v in value)
+    return value.clone() if hasattr(value, "clone") else value
+
+
+def _short_reason(err: BaseException, limit: int = 1500) -> str:
+    """`Type: message` of an error, cut to `limit` characters (torch's compile errors carry
+    pages of generated code and stack)."""
+    text = f"{type(err).__name__}: {err}".strip()
+    return text if len(text) <= limit else text[:limit] + " [...]"
+
+
+def prepare_backbone(backbone: Any, batch_sizes: Iterable[int],
+                     log: Callable[[str], None] | None = None) -> None:
+    """Run a backbone's `prepare` (compilation for these batch sizes), if it has one."""
+    prepare = getattr(backbone, "prepare", None)
+    if prepare is not None:
+        prepare(batch_sizes, log)
 
 
 class ReleasedVisionTransformer:
@@ -144,11 +297,16 @@ BACKENDS = tuple(_FACTORIES)
 """Values of the `backend` parameter."""
 
 BACKEND_OPTION_PARAMS: dict[str, tuple[str, ...]] = {
-    "torch": (),
+    "torch": ("torch_compile",),
     "onnxruntime": ("onnx_artifact_dir", "onnx_precision", "onnx_provider", "onnx_threads",
                     "onnx_trt_cache_dir", "onnx_trt_fp16", "onnx_trt_int8"),
 }
-"""Per backend, the ROS parameters that are its options (named without the `onnx_` prefix)."""
+"""Per backend, the ROS parameters that are its options (named without the `onnx_`/`torch_`
+prefix). They are part of the model key: nodes that differ in one load separate models."""
+
+EXCLUSIVE_OPTION_OFF: dict[str, Any] = {"torch_compile": "none"}
+"""Options that mean nothing to any other backend, with their "off" value: set to anything
+else while another backend is chosen, they are refused (not silently ignored)."""
 
 
 def backend_options(backend: str, param: Callable[[str], Any]) -> tuple[tuple[str, Any], ...]:
@@ -159,16 +317,30 @@ def backend_options(backend: str, param: Callable[[str], Any]) -> tuple[tuple[st
         param: Reads one parameter by name.
 
     Returns:
-        Sorted (option name, value) pairs; empty for backends without options (torch).
+        Sorted (option name, value) pairs.
+
+    Raises:
+        ConfigError: an option of another backend in `EXCLUSIVE_OPTION_OFF` is not off
+            (e.g. torch_compile with backend onnxruntime).
     """
     names = BACKEND_OPTION_PARAMS.get(backend, ())
+    for owner, owned in BACKEND_OPTION_PARAMS.items():
+        for name in owned:
+            if owner == backend or name not in EXCLUSIVE_OPTION_OFF:
+                continue
+            value, off = param(name), EXCLUSIVE_OPTION_OFF[name]
+            if value != off:
+                raise ConfigError(f"{name} '{value}' applies to backend '{owner}' only; with "
+                                  f"backend '{backend}' set {name} to '{off}'")
     return tuple(sorted((name.split("_", 1)[1], param(name)) for name in names))
 
 
 def _torch_factory(loaded: Any, options: Mapping[str, Any]) -> VisionBackbone:
-    if options:
-        raise ModelLoadError(f"backend 'torch' takes no backend options, got {sorted(options)}")
-    return TorchBackbone(loaded.detector)
+    unknown = sorted(set(options) - {"compile"})
+    if unknown:
+        raise ModelLoadError(f"backend 'torch': unknown options {unknown} (known: ['compile'])")
+    return TorchBackbone(loaded.detector, compile_mode=str(options.get("compile", "none")),
+                         image_size=int(loaded.processor.image_processor.size["height"]))
 
 
 def create_backbone(backend: str, loaded: Any,

@@ -7,7 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sam3_ros.core.backbone import backend_options, create_backbone, release_torch_vit
+from sam3_ros.core.backbone import (
+    backend_options,
+    create_backbone,
+    prepare_backbone,
+    release_torch_vit,
+)
 from sam3_ros.core.errors import ModelLoadError
 from sam3_ros.core.model_loading import LoadedSam3, load_sam3
 from sam3_ros.core.vision_features import VisionFeatureCache
@@ -39,11 +44,16 @@ class ModelKey:
 class SharedModel:
     """A loaded checkpoint, its vision backbone and the feature cache its users share.
 
+    Args:
+        max_batch: Most frames one backbone pass can get (the batch sizes `prepare` compiles
+            are 1..min(max_batch, feature_capacity), the runtime's limit).
+
     Raises:
         ModelLoadError: the backbone backend cannot run here (no fallback to another one).
     """
 
-    def __init__(self, key: ModelKey, loaded: LoadedSam3, feature_capacity: int = 4):
+    def __init__(self, key: ModelKey, loaded: LoadedSam3, feature_capacity: int = 4,
+                 max_batch: int = 1):
         self.key = key
         self.loaded = loaded
         self.backbone = create_backbone(key.backend, loaded, dict(key.backend_options))
@@ -53,6 +63,18 @@ class SharedModel:
             # This load serves this backend only (the backend is part of the key).
             self.released_bytes = release_torch_vit(loaded.detector, key.backend)
         self.feature_cache = VisionFeatureCache(self.backbone, capacity=feature_capacity)
+        self.batch_sizes = tuple(range(1, max(1, min(max_batch, feature_capacity)) + 1))
+        """Backbone batch sizes this model can see (prepared during configure)."""
+
+    def prepare(self, log: Callable[[str], None] | None = None) -> None:
+        """Do the backbone's slow first-call work now (`torch_compile`: compile every batch
+        size in `batch_sizes`); a no-op when done before or when there is none. Call on the
+        compute thread, during configure.
+
+        Raises:
+            ModelLoadError: compilation failed, with the reason.
+        """
+        prepare_backbone(self.backbone, self.batch_sizes, log)
 
 
 class ModelHub:
@@ -66,11 +88,16 @@ class ModelHub:
         with_tracker: Always load the video model (detector + tracker), even for a segmenter.
         feature_capacity: Frames whose backbone features each model keeps (at least the
             runtime's `max_batch`, so one batched pass serves every camera of a cycle).
+        max_batch: Most distinct frames one backbone pass of a model can get: 1 for a node's
+            private hub (one camera), min(runtime max_batch, cameras) for `pipeline`. With
+            `torch_compile` these batch sizes are compiled during configure.
     """
 
-    def __init__(self, with_tracker: bool = False, feature_capacity: int = 4):
+    def __init__(self, with_tracker: bool = False, feature_capacity: int = 4,
+                 max_batch: int = 1):
         self._with_tracker = with_tracker
         self._feature_capacity = feature_capacity
+        self._max_batch = max_batch
         self._lock = threading.Lock()
         self._models: dict[ModelKey, tuple[SharedModel, int]] = {}
         self.loads = 0
@@ -97,7 +124,7 @@ class ModelHub:
                                quantization=key.quantization)
             self.loads += 1
             try:
-                shared = SharedModel(key, loaded, self._feature_capacity)
+                shared = SharedModel(key, loaded, self._feature_capacity, self._max_batch)
             except BaseException:
                 loaded.release()
                 raise

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sam3_ros.core.backbone import BACKENDS
+from sam3_ros.core.backbone import BACKENDS, TORCH_COMPILE_MODES
 from sam3_ros.core.onnx_backbone import PRECISIONS, PROVIDERS
 from sam3_ros.core.preprocess import PREPROCESS_MODES
 
@@ -101,6 +101,11 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "torch",
               "Vision backbone implementation (the text encoder and heads stay in torch)",
               reload=True, choices=BACKENDS),
+    ParamSpec("torch_compile", "none",
+              "backend torch: torch.compile mode of the vision backbone (compiled during "
+              "configure, for every batch size the runtime can use; a failed compile fails "
+              "configure); the detector heads stay eager. Other backends: must be none",
+              reload=True, choices=TORCH_COMPILE_MODES),
     ParamSpec("onnx_artifact_dir", "",
               "backend onnxruntime: folder of backbones exported by "
               "`python -m sam3_ros.tools.export_backbone`; the one keyed to the loaded "

@@ -103,6 +103,8 @@ def main(args: list[str] | None = None) -> int:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2
     Runtime.default().set_max_batch(options.max_batch)
+    # One frame per camera and cycle (a segmenter and a tracker of a camera share it).
     hub = ModelHub(with_tracker="tracker" in options.kinds,
-                   feature_capacity=max(4, options.max_batch))
+                   feature_capacity=max(4, options.max_batch),
+                   max_batch=min(options.max_batch, max(1, len(options.cameras))))
     return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub), args)

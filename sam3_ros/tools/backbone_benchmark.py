@@ -18,7 +18,9 @@ the fp32 ONNX graph (the export tool's exporter) and its int8-dynamic quantisati
 an ONNX Runtime session and compares its outputs with torch's (cosine, max abs error). Seconds
 per frame are the median of `--repeats` runs after one warm-up run. Random weights flatter
 INT8 fidelity (no activation outliers): the cosine figures say nothing about the real model.
-`--tiny` uses the tiny test configuration instead (for a smoke test).
+`--tiny` uses the tiny test configuration instead (for a smoke test). `torch --torch-compile
+MODE` times the `torch.compile`d encoder (as the torch backend's `torch_compile`), its first
+call (the compile) apart, and compares its outputs with the eager step's.
 
 `checkpoint` writes a full-size random `Sam3Model` checkpoint folder (`<workdir>/checkpoint`,
 ~3.4 GB; the tiny test tokenizer) for the export tool's own checks at full size:
@@ -118,17 +120,42 @@ def step_torch(args: argparse.Namespace) -> None:
          f"attention {model.config.backbone_config._attn_implementation})")
     px = _pixel_values(args.image_size)
     outputs: list[Any] = []
+    forward, mode, compile_s = model, args.torch_compile, None
+    if mode != "none":
+        # As the torch backend's torch_compile: fullgraph, the first call compiles.
+        forward = torch.compile(model, fullgraph=True, mode=None if mode == "default" else mode)
+        start = time.monotonic()
+        with torch.inference_mode():
+            forward(px)
+        compile_s = time.monotonic() - start
+        _log(f"torch.compile '{mode}': first call (compile) took {compile_s:.1f} s")
 
     def call() -> None:
         with torch.inference_mode():
-            out = model(px)
+            out = forward(px)
         outputs[:] = [out.last_hidden_state, *out.fpn_hidden_states]
 
     median, samples = _time(call, args.repeats)
-    np.savez(args.workdir / "torch_outputs.npz", *[t.numpy() for t in outputs])
-    _record(args.workdir, {"backend": "torch fp32 (sdpa)", "threads": args.threads,
+    row: dict[str, Any] = {"backend": "torch fp32 (sdpa)", "threads": args.threads,
                            "image_size": args.image_size, "s_per_frame_median": median,
-                           "samples_s": samples, "cosine_min": 1.0, "max_abs_error": 0.0})
+                           "samples_s": samples, "cosine_min": 1.0, "max_abs_error": 0.0}
+    reference = args.workdir / "torch_outputs.npz"
+    if mode == "none":
+        np.savez(reference, *[t.numpy() for t in outputs])
+    else:
+        from sam3_ros.tools.export_backbone import feature_metrics
+
+        row["backend"] = f"torch fp32 (sdpa, torch.compile {mode})"
+        row["compile_s"] = round(compile_s, 1)
+        row["cosine_min"] = row["max_abs_error"] = None
+        if reference.is_file():  # vs the eager step's outputs, when it ran first
+            saved = np.load(reference)
+            names = [f"out_{i}" for i in range(len(outputs))]
+            metrics = feature_metrics([saved[f"arr_{i}"] for i in range(len(outputs))],
+                                      [t.numpy() for t in outputs], names)
+            row["cosine_min"] = min(m["cosine"] for m in metrics.values())
+            row["max_abs_error"] = max(m["max_abs_error"] for m in metrics.values())
+    _record(args.workdir, row)
 
 
 def step_export(args: argparse.Namespace) -> None:
@@ -212,8 +239,10 @@ def step_table(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         runs = ", ".join(f"{s:.2f}" for s in r["samples_s"])
-        print(f"| {r['backend']} | {r['s_per_frame_median']:.2f} | {runs} | "
-              f"{r['cosine_min']:.6f} | {r['max_abs_error']:.3g} | {r['peak_rss_gb']:.2f} |")
+        cosine = "n/a" if r["cosine_min"] is None else f"{r['cosine_min']:.6f}"
+        error = "n/a" if r["max_abs_error"] is None else f"{r['max_abs_error']:.3g}"
+        print(f"| {r['backend']} | {r['s_per_frame_median']:.2f} | {runs} | {cosine} | "
+              f"{error} | {r['peak_rss_gb']:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                              "backbone_<precision>.onnx)")
     parser.add_argument("--attention", default="mha", choices=("mha", "explicit", "onnx"),
                         help="export: attention form (see sam3_ros.tools.onnx_attention)")
+    parser.add_argument("--torch-compile", default="none",
+                        choices=("none", "default", "reduce-overhead", "max-autotune"),
+                        help="step torch: torch.compile mode (first call timed apart as "
+                             "compile_s; run the eager step first to compare outputs)")
     args = parser.parse_args(argv)
     if args.image_size is None:
         args.image_size = 112 if args.tiny else 1008
