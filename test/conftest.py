@@ -60,6 +60,7 @@ TEST_TIERS = {
     "test_node_hardening.py": "node",
     "test_multi_camera.py": "node",
     "test_onnx_node.py": "node",
+    "test_node_trace.py": "node",
     "test_torch_compile_inductor.py": "compile",
 }
 _TIER_HELP = {
