@@ -7,7 +7,8 @@
 
 For one checkpoint and one device, each backend/precision runs in its own child process (so
 its peak memory is its own) through the package's own code path: `load_sam3`,
-`create_backbone`, `Sam3Segmenter` with a `VisionFeatureCache` over that backbone and a
+the model hub's `SharedModel` (backbone; torch ViT freed for other backends, as in the
+nodes), `Sam3Segmenter` with a `VisionFeatureCache` over that backbone and a
 `TextEmbeddingCache`, `SegmenterSession.process`, then the output messages the segmenter node
 builds. Per prompt count (run in the order given, in the same process) and per frame:
 
@@ -249,8 +250,8 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
     """Benchmark one backend (in this process) for every prompt count; see the module doc."""
     import torch
 
-    from sam3_ros.core.backbone import create_backbone
     from sam3_ros.core.errors import Sam3RosError
+    from sam3_ros.core.model_hub import ModelKey, SharedModel
     from sam3_ros.core.model_loading import load_sam3
     from sam3_ros.core.text_cache import TextEmbeddingCache
 
@@ -268,7 +269,12 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
             options = {"artifact_dir": config["onnx_artifact_dir"],
                        "precision": spec.precision, "provider": spec.provider,
                        "threads": threads}
-        backbone = create_backbone(spec.backend, loaded, options)
+        # As the nodes get it (the model hub's SharedModel): with another backend than torch
+        # the unused torch ViT is freed, so the peak RSS is the node's.
+        shared = SharedModel(ModelKey(config["model"], config["device"], spec.dtype,
+                                      spec.quantization, spec.backend,
+                                      tuple(sorted(options.items()))), loaded, 1)
+        backbone = shared.backbone
     except Sam3RosError as err:
         result["not_run"] = str(err)
         return result
