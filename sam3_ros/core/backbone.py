@@ -239,9 +239,11 @@ class ReleasedVisionTransformer:
 def release_torch_vit(detector: Any, backend: str) -> int:
     """Free the torch ViT weights of a detector whose features `backend` computes.
 
-    With `backend: onnxruntime` the ViT (~440 M of the full-size model's ~850 M parameters;
-    1.8 GB in fp32, on the GPU too) would otherwise stay loaded unused next to the runtime's
-    own copy. The FPN neck stays: the heads read its position encodings.
+    With `backend: onnxruntime` the ViT (~440 M parameters, 1.8 GB in fp32 at full size)
+    would otherwise stay loaded unused next to the runtime's own copy. That costs memory where
+    the weights were copied (a GPU, a dtype conversion); fp32 weights memory-mapped from
+    safetensors on the CPU are never paged in when unused. The FPN neck stays: the heads read
+    its position encodings.
 
     Args:
         detector: A `Sam3Model` (or `Sam3VideoModel.detector_model`) used by one backend only.
