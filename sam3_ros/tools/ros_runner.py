@@ -173,6 +173,9 @@ class Client:
 
     def close(self) -> None:
         self.executor.shutdown()
+        # The spin thread may still be inside a callback (a timer publishing frames): destroying
+        # the node under it raises InvalidHandle in that thread.
+        self._thread.join(timeout=10.0)
         self.node.destroy_node()
 
 
