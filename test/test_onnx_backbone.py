@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from parity import assert_same_detections
 
 from sam3_ros.core.backbone import BACKENDS, backend_options, create_backbone
 from sam3_ros.core.errors import ModelLoadError
@@ -32,9 +33,6 @@ from sam3_ros.tools.export_backbone import (
 )
 
 THRESHOLD = 0.25
-SCORE_TOL = 1e-4
-BOX_TOL_PX = 0.01
-MIN_MASK_IOU = 0.99
 
 
 @pytest.fixture(scope="module")
@@ -96,17 +94,6 @@ def _image(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (96, 128, 3), dtype=np.uint8)
 
 
-def _assert_same_detections(ref, got) -> None:
-    assert len(ref) == len(got)
-    np.testing.assert_array_equal(ref.class_ids, got.class_ids)
-    if ref.object_ids is not None:
-        np.testing.assert_array_equal(ref.object_ids, got.object_ids)
-    np.testing.assert_allclose(got.scores, ref.scores, atol=SCORE_TOL, rtol=0)
-    np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=BOX_TOL_PX, rtol=0)
-    for a, b in zip(ref.masks, got.masks, strict=True):
-        union = np.logical_or(a, b).sum()
-        iou = np.logical_and(a, b).sum() / union if union else 1.0
-        assert iou >= MIN_MASK_IOU
 
 
 def test_export_writes_keyed_fused_attention_artifacts(artifacts, tiny_checkpoint):
@@ -182,7 +169,7 @@ def test_segmenter_detections_match_torch(loaded, onnx_backbone):
     ref = torch_seg.segment(image, prompts, config)
     got = onnx_seg.segment(image, prompts, config)
     assert len(ref) > 0
-    _assert_same_detections(ref, got)
+    assert_same_detections(ref, got)
 
 
 def test_tracker_session_matches_torch(loaded, onnx_backbone):
@@ -198,7 +185,7 @@ def test_tracker_session_matches_torch(loaded, onnx_backbone):
     got = run(VisionFeatureCache(onnx_backbone, capacity=1))
     assert any(len(d) for d in ref)
     for a, b in zip(ref, got, strict=True):
-        _assert_same_detections(a, b)
+        assert_same_detections(a, b)
 
 
 def test_int8_reports_are_sane(artifacts):
@@ -363,7 +350,7 @@ def test_hub_releases_the_unused_torch_vit(tiny_checkpoint, artifacts):
         seg = Sam3Segmenter(shared.loaded, shared.feature_cache)
         ref_seg = Sam3Segmenter(reference)
         prompts = [PromptSpec("mug"), PromptSpec("bottle")]
-        _assert_same_detections(
+        assert_same_detections(
             ref_seg.segment(image, ref_seg.encode_prompts(prompts), config),
             seg.segment(image, seg.encode_prompts(prompts), config))
         session = TrackerSession(shared.loaded, TrackerConfig(score_threshold=0.0),

@@ -17,6 +17,7 @@ pytest.importorskip("onnxscript")
 
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from parity import assert_same_detections  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sam3_ros.msg import DetectionArray  # noqa: E402
@@ -86,14 +87,7 @@ def test_onnxruntime_node_publishes_the_torch_nodes_detections(nodes):
                for b in BACKENDS}
     ref, got = results["torch"], results["onnxruntime"]
     assert len(ref) > 0, "the tiny model at threshold 0.25 should give instances"
-    assert len(got) == len(ref)
-    np.testing.assert_array_equal(got.class_ids, ref.class_ids)
-    assert got.labels == ref.labels
-    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=0.01, rtol=0)
-    for a, b in zip(ref.masks, got.masks, strict=True):
-        union = np.logical_or(a, b).sum()
-        assert (np.logical_and(a, b).sum() / union if union else 1.0) >= 0.99
+    assert_same_detections(ref, got)
     assert "onnxruntime" in started["onnxruntime"].output()
 
 

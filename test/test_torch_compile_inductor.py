@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from parity import assert_same_detections
 
 from sam3_ros.core.backbone import create_backbone
 from sam3_ros.core.model_loading import load_sam3
@@ -94,17 +95,6 @@ def test_a_larger_batch_reuses_the_dynamic_graph(backbones, loaded):
     _assert_close(got, eager(pixels))
 
 
-def _assert_same_detections(ref, got) -> None:
-    assert len(got) == len(ref)
-    np.testing.assert_array_equal(got.class_ids, ref.class_ids)
-    if ref.object_ids is not None:
-        np.testing.assert_array_equal(got.object_ids, ref.object_ids)
-    assert got.labels == ref.labels
-    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=0.01, rtol=0)
-    for a, b in zip(ref.masks, got.masks, strict=True):
-        union = np.logical_or(a, b).sum()
-        assert (np.logical_and(a, b).sum() / union if union else 1.0) >= 0.99
 
 
 def test_detections_match_eager(backbones, loaded):
@@ -119,7 +109,7 @@ def test_detections_match_eager(backbones, loaded):
         results.append(session.process(rgb, track=False)[0])
     ref, got = results
     assert len(ref) > 0, "the tiny model at threshold 0.25 should give instances"
-    _assert_same_detections(ref, got)
+    assert_same_detections(ref, got)
 
 
 def test_tracker_session_matches_eager(backbones, loaded):
@@ -136,7 +126,7 @@ def test_tracker_session_matches_eager(backbones, loaded):
     ref, got = run(eager), run(compiled)
     assert any(len(d) for d in ref)
     for a, b in zip(ref, got, strict=True):
-        _assert_same_detections(a, b)
+        assert_same_detections(a, b)
 
 
 def test_torchao_int8_weight_only_compiles(tiny_checkpoint):
