@@ -26,6 +26,7 @@ TEST_TIERS = {
     "test_bytetrack.py": "core",
     "test_compute_thread.py": "core",
     "test_runtime.py": "core",
+    "test_vision_features.py": "core",
     "test_detections.py": "core",
     "test_image_codec.py": "core",
     "test_output_buffer.py": "core",

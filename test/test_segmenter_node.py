@@ -242,6 +242,32 @@ def test_bad_frames_are_skipped_and_the_node_keeps_running(harness):
     assert "frame skipped" in harness.node.output()
 
 
+def test_frames_without_stamps_are_each_encoded(harness):
+    """A publisher that never sets header.stamp: every frame has the same header, and each
+    must still be segmented from its own pixels (not served an earlier frame's features)."""
+    def result_of(rgb: np.ndarray, sec: int) -> DetectionArray:
+        msg = _image_msg(rgb, sec)
+        width = rgb.shape[1]
+
+        def got():
+            harness.image_pub.publish(msg)
+            return [d for d in harness.detections()
+                    if d.header.stamp.sec == sec and d.image_width == width]
+
+        return wait_for(got, 60, f"result of the {width} px frame at {sec} s", harness.node,
+                        poll_s=0.2)[-1]
+
+    # Different sizes tell the two unstamped frames' results apart.
+    first, second = _frame(11), _frame(12, height=96, width=128)
+    unstamped = [msg_to_detections(result_of(rgb, 0)) for rgb in (first, second)]
+    stamped = [msg_to_detections(result_of(rgb, 800 + i)) for i, rgb in enumerate((first,
+                                                                                   second))]
+    for got, expected in zip(unstamped, stamped, strict=True):
+        np.testing.assert_array_equal(got.scores, expected.scores)
+        np.testing.assert_array_equal(got.xyxy, expected.xyxy)
+    assert "carry no stamp" in harness.node.output()
+
+
 def test_reset_service(harness):
     response = harness.client.call(Trigger, "/seg_test/segmenter/reset", Trigger.Request())
     assert response.success and response.message

@@ -195,7 +195,10 @@ def test_pipeline_loads_once_and_shares_the_backbone(tiny_checkpoint):
 
             wait_for(both_results, 60, f"both results for frame {i}", node, poll_s=0.3)
         tracked = client.messages(trk)[-1]
-        assert [d.object_id for d in tracked.detections] == [1]
+        history = [(m.header.stamp.sec, [d.object_id for d in m.detections])
+                   for m in client.messages(trk)]
+        assert [d.object_id for d in tracked.detections] == [1], (
+            f"tracker results (stamp, ids): {history}\nnode log:\n{node.output()[-6000:]}")
         client.clear("/diagnostics")
         wait_for(lambda: backbone_calls() is not None, 10, "diagnostics", node)
         after = backbone_calls()

@@ -5,9 +5,49 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sam3_ros.core.backbone import TorchBackbone, VisionBackbone, select_frame
+
+
+class FrameKey(NamedTuple):
+    """Identity of one camera image: consumers asking with equal keys share its features.
+
+    Attributes:
+        source: Where the image came from (the fully resolved topic name): two topics never
+            share, even with equal stamps and frame ids (`image_raw` and `image_rect` of one
+            camera carry both).
+        stamp_sec: Header stamp, seconds.
+        stamp_nanosec: Header stamp, nanoseconds.
+        frame_id: Header frame id.
+    """
+
+    source: str
+    stamp_sec: int
+    stamp_nanosec: int
+    frame_id: str
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.stamp_sec * 1_000_000_000 + self.stamp_nanosec
+
+
+def frame_key(source: str, stamp_sec: int, stamp_nanosec: int, frame_id: str) -> FrameKey | None:
+    """The feature-sharing key of an image message, or None when it cannot be identified.
+
+    A zero stamp is what a publisher that never sets the header sends: every one of its frames
+    would carry the same key, and later frames would be served the first frame's features.
+    Such frames are never shared (each consumer runs the backbone on its own frame).
+
+    Args:
+        source: The resolved topic name the message arrived on.
+        stamp_sec: Header stamp, seconds.
+        stamp_nanosec: Header stamp, nanoseconds.
+        frame_id: Header frame id.
+    """
+    if stamp_sec == 0 and stamp_nanosec == 0:
+        return None
+    return FrameKey(source, int(stamp_sec), int(stamp_nanosec), frame_id)
 
 
 class VisionFeatureCache:
@@ -17,7 +57,13 @@ class VisionFeatureCache:
     tracker inside one tracker session) ask with the same key (the image stamp and frame id);
     the ViT backbone, by far the most expensive part of SAM3, then runs once. The runtime fills
     the cache for several cameras with one batched pass (`compute_batch`). Only the newest
-    `capacity` frames are held, so memory stays bounded.
+    `capacity` frames are held, so memory stays bounded, and of `FrameKey` frames only the
+    latest encoded of each source: consumers always take a camera's newest frame, so an
+    earlier one would hold memory (~130 MB of fp32 features at 1008 px) for nothing. It is
+    dropped before the next frame's backbone pass runs, so a camera never holds two frames at
+    the peak either. "Latest encoded", not "newest stamp": after a bag loop the stamps go
+    back. The rare consumer that still asks for a dropped frame runs the backbone again
+    (correct, one extra pass).
 
     Args:
         backbone: A `VisionBackbone`; a `Sam3Model` (or `Sam3VideoModel.detector_model`) is
@@ -51,6 +97,8 @@ class VisionFeatureCache:
             if key is not None and key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
+            if key is not None:
+                self._drop_source((key,))
             features = self._run(pixel_values)
             if key is not None:
                 self._store(key, features)
@@ -78,6 +126,8 @@ class VisionFeatureCache:
             raise ValueError(f"compute_batch: {len(keys)} frames, but the cache holds "
                              f"{self.capacity}")
         with self._lock:
+            # Before the pass: the peak never holds two frames of one camera.
+            self._drop_source(keys)
             features = self._run(pixel_values)
             for index, key in enumerate(keys):
                 self._store(key, select_frame(features, index))
@@ -87,6 +137,16 @@ class VisionFeatureCache:
         self.backbone_calls += 1
         self.frames_encoded += pixel_values.shape[0]
         return features
+
+    def _drop_source(self, keys: Sequence[Hashable]) -> None:
+        """Forget every entry from the sources of `keys` except `keys` themselves."""
+        sources = {k.source for k in keys if isinstance(k, FrameKey)}
+        if not sources:
+            return
+        kept = set(keys)
+        for old in [k for k in self._entries if isinstance(k, FrameKey)
+                    and k.source in sources and k not in kept]:
+            del self._entries[old]
 
     def _store(self, key: Hashable, features: Any) -> None:
         self._entries[key] = features

@@ -66,6 +66,7 @@ from sam3_ros.core.output_buffer import OutputBuffer
 from sam3_ros.core.render import draw_overlay, label_image, mask_crops
 from sam3_ros.core.runtime import PreparedFrame, Runtime, Stream
 from sam3_ros.core.text_cache import TextEmbeddingCache
+from sam3_ros.core.vision_features import frame_key
 from sam3_ros.msg import DetectionArray, LabelInfo
 from sam3_ros.ros.depth_outputs import DepthOutputs
 from sam3_ros.ros.detection_conversions import (
@@ -161,6 +162,9 @@ class Sam3LifecycleNode(LifecycleNode):
         self._publish_sum_ms = 0.0
         self._running = False
         self._subscription = None
+        self._image_source = ""
+        """Resolved topic of the subscription: part of each frame's feature-sharing key."""
+        self._warned_unstamped = False
         self._output_pubs: dict[str, Any] = {}
         self._service_handles: list[Any] = []
         self._diag_timer = None
@@ -357,6 +361,7 @@ class Sam3LifecycleNode(LifecycleNode):
         except Exception as err:
             self.get_logger().error(f"activate failed: cannot subscribe: {err}")
             return TransitionCallbackReturn.FAILURE
+        self._image_source = self._subscription.topic_name
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._publish_label_info()
         self._running = True
@@ -489,7 +494,15 @@ class Sam3LifecycleNode(LifecycleNode):
         stream = self._stream
         header = msg.header
         if stream is not None:
-            stream.submit(msg, (header.stamp.sec, header.stamp.nanosec, header.frame_id))
+            key = frame_key(self._image_source, header.stamp.sec, header.stamp.nanosec,
+                            header.frame_id)
+            if key is None and not self._warned_unstamped:
+                self._warned_unstamped = True
+                self.get_logger().warning(
+                    f"frames on {self._image_source} carry no stamp (0): their backbone "
+                    "features are not shared with other nodes of this process, and time "
+                    "jumps cannot be detected; set header.stamp in the publisher")
+            stream.submit(msg, key)
         # Frames may have been overwritten unseen if a long callback held the executor since
         # the previous frame arrived.
         stalled = EXECUTOR_STALLS.last_end_s >= self._last_image_at_s
@@ -542,7 +555,8 @@ class Sam3LifecycleNode(LifecycleNode):
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         model = self._model
         return PreparedFrame(
-            rgb=rgb, key=(header.stamp.sec, header.stamp.nanosec, header.frame_id),
+            rgb=rgb, key=frame_key(self._image_source, header.stamp.sec, header.stamp.nanosec,
+                                   header.frame_id),
             feature_cache=model.feature_cache, preprocess=self._preprocess,
             needs_backbone=self._needs_backbone(stamp_ns), context=(header, stamp_ns))
 
