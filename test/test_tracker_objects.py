@@ -399,6 +399,21 @@ def test_a_frame_received_before_a_jump_is_judged_on_its_own_epoch():
     assert len(camera) == 0
 
 
+def test_a_re_sent_frame_taken_after_newer_stamps_is_not_a_jump():
+    # A frame sent twice with one stamp (a re-publishing client): copy A is taken, which
+    # consumes both copies' entries; copy B waits, frame 2 is noted, then B is processed.
+    camera = CameraStamps()
+    camera.note(SECOND_NS, 1.0)
+    camera.note(SECOND_NS, 1.0)
+    assert camera.jump_before(SECOND_NS, 1.0) is None
+    camera.note(2 * SECOND_NS, 1.0)
+    assert camera.jump_before(SECOND_NS, 1.0) is None  # B: not "backwards by 1.000 s"
+    assert camera.jump_before(2 * SECOND_NS, 1.0) is None
+    assert len(camera) == 0
+    # A stamp never noted and older than the last noted one still goes backwards.
+    assert "backwards" in camera.jump_before(SECOND_NS // 2, 1.0)
+
+
 def test_forget_processed_skips_the_next_judgement():
     camera = CameraStamps()
     assert camera.jump_before(0, 1.0) is None

@@ -463,6 +463,8 @@ class CameraStamps:
         self._reasons: dict[int, str] = {}
         self._pending: deque[tuple[int, int]] = deque(maxlen=CAMERA_STAMPS_PENDING)
         self._processed_epoch: int | None = None
+        self._last_taken: tuple[int, int] | None = None
+        """(stamp, epoch) of the last taken frame."""
 
     def note(self, stamp_ns: int, max_gap_s: float, gap_may_be_ours: bool = False) -> None:
         """Note the stamp of a frame the camera sent (see `TrackerSession.note_camera_stamp`)."""
@@ -500,6 +502,11 @@ class CameraStamps:
             if stamp == stamp_ns:
                 found = len(self._pending) - 1 - back
                 break
+        if found is None and self._last_taken is not None and self._last_taken[0] == stamp_ns:
+            # A second copy of the frame just taken (a re-sent frame: both copies were noted,
+            # and taking the first one consumed both entries). Noting it again now, after
+            # newer stamps, would look like the stamps went backwards and reset the stream.
+            return self._last_taken[1]
         if found is None:
             # Never noted: core use without note_camera_stamp judges processed frames.
             self._note_locked(stamp_ns, max_gap_s)
@@ -507,6 +514,7 @@ class CameraStamps:
         epoch = self._pending[found][1]
         for _ in range(found + 1):
             self._pending.popleft()
+        self._last_taken = (stamp_ns, epoch)
         return epoch
 
     def reason(self, epoch: int) -> str:

@@ -491,26 +491,29 @@ class Sam3LifecycleNode(LifecycleNode):
     # --------------------------------------------------------------------------- per frame
     def _on_image(self, msg: Image | CompressedImage) -> None:
         # Runs in the executor: hand the frame over, never raise.
-        stream = self._stream
         header = msg.header
-        if stream is not None:
-            key = frame_key(self._image_source, header.stamp.sec, header.stamp.nanosec,
-                            header.frame_id)
-            if key is None and not self._warned_unstamped:
-                self._warned_unstamped = True
-                self.get_logger().warning(
-                    f"frames on {self._image_source} carry no stamp (0): their backbone "
-                    "features are not shared with other nodes of this process, and time "
-                    "jumps cannot be detected; set header.stamp in the publisher")
-            stream.submit(msg, key)
         # Frames may have been overwritten unseen if a long callback held the executor since
         # the previous frame arrived.
         stalled = EXECUTOR_STALLS.last_end_s >= self._last_image_at_s
         self._last_image_at_s = time.monotonic()
         try:
+            # Before the frame is submitted: the compute thread may take it at once, and the
+            # tracker judges time jumps on the stamps noted before the frame it processes.
             self._frame_received(header.stamp.sec * 1_000_000_000 + header.stamp.nanosec, stalled)
         except Exception as err:
             self._report_frame_error(f"{type(err).__name__}: {err}")
+        stream = self._stream
+        if stream is None:
+            return
+        key = frame_key(self._image_source, header.stamp.sec, header.stamp.nanosec,
+                        header.frame_id)
+        if key is None and not self._warned_unstamped:
+            self._warned_unstamped = True
+            self.get_logger().warning(
+                f"frames on {self._image_source} carry no stamp (0): their backbone features "
+                "are not shared with other nodes of this process, and time jumps cannot be "
+                "detected; set header.stamp in the publisher")
+        stream.submit(msg, key)
 
     def _frame_received(self, stamp_ns: int, executor_stalled: bool) -> None:
         """Every frame the camera delivered (also those dropped later); for subclasses.
