@@ -166,3 +166,35 @@ def test_compute_batch_refusals(keys, batch, message):
     cache = VisionFeatureCache(Backbone(), capacity=2)
     with pytest.raises(ValueError, match=message):
         cache.compute_batch(keys, _pixels(*range(batch)))
+
+
+def test_frames_of_a_batch_own_their_memory_and_share_positions():
+    from sam3_ros.core.backbone import split_frames
+
+    hidden = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    batch = Features(hidden, (hidden * 2,), (torch.ones(2, 3, 4),))
+    frames = split_frames(batch)
+    assert [f.last_hidden_state.tolist() for f in frames] == [hidden[:1].tolist(),
+                                                              hidden[1:].tolist()]
+    assert all(f.last_hidden_state.untyped_storage().nbytes() == 3 * 4 * 4 for f in frames)
+    assert frames[0].fpn_position_encoding is frames[1].fpn_position_encoding
+    # An earlier batch's positions are reused when they fit, replaced when they do not.
+    again = split_frames(batch, frames[0].fpn_position_encoding)
+    assert again[1].fpn_position_encoding is frames[0].fpn_position_encoding
+    other = Features(hidden, (hidden,), (torch.ones(2, 5, 4),))
+    assert split_frames(other, frames[0].fpn_position_encoding)[0].fpn_position_encoding[
+        0].shape == (1, 5, 4)
+    single = Features(hidden[:1], (hidden[:1],), (torch.ones(1, 3, 4),))
+    assert split_frames(single) == [single]
+
+
+def test_a_camera_in_a_later_batch_does_not_pin_the_earlier_batch():
+    backbone = Backbone()
+    cache = VisionFeatureCache(backbone, capacity=4)
+    cache.compute_batch([_key("/a", 1), _key("/b", 1)], _pixels(1.0, 2.0))
+    cache.compute_batch([_key("/b", 2)], _pixels(3.0))  # /a's frame 1 is still its latest
+    cache.compute_batch([_key("/b", 3)], _pixels(4.0))
+    # /a's frame is a copy: the first batch's output was freed at once (a view of it would
+    # have kept both frames alive through the later passes: [0, 1, 1]).
+    assert backbone.alive_at_pass == [0, 0, 0]
+    assert _value(cache.get(_key("/a", 1), _pixels(-1.0))) == 1.0

@@ -270,21 +270,37 @@ def release_torch_vit(detector: Any, backend: str) -> int:
     return released
 
 
-def select_frame(features: Any, index: int) -> Any:
-    """Frame `index` of a batched backbone output, as a batch of one (views, no copies).
+def split_frames(features: Any, position: tuple[Any, ...] | None = None) -> list[Any]:
+    """The B frames of a batched backbone output, each a batch of one.
+
+    For B > 1 each frame's hidden states are copied out of the batch: views would keep the
+    whole batch alive while any one frame is held, and the frames of one batch are released at
+    different times (each camera's when its next frame is encoded, maybe in another batch).
+    Position encodings depend on the feature shape only (sine encodings of the grid), so every
+    frame shares one batch-of-one copy.
 
     Args:
         features: A `Sam3VisionEncoderOutput` with batch B.
-        index: 0 <= index < B.
+        position: Shared position encodings from an earlier batch, each (1, D, H_l, W_l);
+            used when they match this output's shapes, dtype and device, else frame 0's are
+            copied.
+
+    Returns:
+        B outputs with batch 1 (for B == 1, `features` itself: no copy).
     """
-    if features.last_hidden_state.shape[0] == 1 and index == 0:
-        return features
-    one = slice(index, index + 1)
-    return type(features)(
-        last_hidden_state=features.last_hidden_state[one],
-        fpn_hidden_states=tuple(t[one] for t in features.fpn_hidden_states),
-        fpn_position_encoding=tuple(t[one] for t in features.fpn_position_encoding),
-    )
+    batch = features.last_hidden_state.shape[0]
+    if batch == 1:
+        return [features]
+    current = features.fpn_position_encoding
+    if position is None or len(position) != len(current) or any(
+            p.shape[1:] != t.shape[1:] or p.dtype != t.dtype or p.device != t.device
+            for p, t in zip(position, current, strict=False)):
+        position = tuple(t[:1].clone() for t in current)
+    return [type(features)(
+        last_hidden_state=features.last_hidden_state[i:i + 1].clone(),
+        fpn_hidden_states=tuple(t[i:i + 1].clone() for t in features.fpn_hidden_states),
+        fpn_position_encoding=position,
+    ) for i in range(batch)]
 
 
 # name -> "module:factory"; a factory takes (loaded: LoadedSam3, options: Mapping) and returns

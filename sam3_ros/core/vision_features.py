@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
-from sam3_ros.core.backbone import TorchBackbone, VisionBackbone, select_frame
+from sam3_ros.core.backbone import TorchBackbone, VisionBackbone, split_frames
 
 
 class FrameKey(NamedTuple):
@@ -78,6 +78,8 @@ class VisionFeatureCache:
         self.capacity = capacity
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._shared_position: tuple[Any, ...] | None = None
+        """One batch-of-one copy of the position encodings, shared by frames of batches."""
         self.backbone_calls = 0
         """How many backbone passes actually ran (a batched pass counts once)."""
         self.frames_encoded = 0
@@ -128,9 +130,11 @@ class VisionFeatureCache:
         with self._lock:
             # Before the pass: the peak never holds two frames of one camera.
             self._drop_source(keys)
-            features = self._run(pixel_values)
-            for index, key in enumerate(keys):
-                self._store(key, select_frame(features, index))
+            frames = split_frames(self._run(pixel_values), self._shared_position)
+            if len(frames) > 1:
+                self._shared_position = frames[0].fpn_position_encoding
+            for key, features in zip(keys, frames, strict=True):
+                self._store(key, features)
 
     def _run(self, pixel_values: Any) -> Any:
         features = self.backbone(pixel_values)
