@@ -112,7 +112,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
     `node_params` are extra node parameters (e.g. publish_masks=false). The `bare` calls, if
     given, run on each frame just before it is published, so the bare and end-to-end samples
     alternate and see the same machine load (a shared machine drifts during a run);
-    `settle_s` is the pause after each end-to-end frame before the next bare call.
+    `settle_s` is the pause after each bare call and after each end-to-end frame.
     """
     import rclpy
     from rclpy.serialization import serialize_message
@@ -168,6 +168,10 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
                 start = time.perf_counter()
                 call(rgb)
                 bare_times[name].append(time.perf_counter() - start)
+                # This process's OpenMP workers spin on after a parallel region: the node's
+                # frame would share the cores with them. Both samples start from a settled
+                # machine.
+                time.sleep(settle_s)
             sec = msg.header.stamp.sec
             # The camera hands DDS serialized bytes: rclpy's Python -> CDR conversion of the
             # image (~1 ms at 640x480 here) is this test camera's cost, which a C++ driver does
