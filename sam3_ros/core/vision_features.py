@@ -54,12 +54,12 @@ class VisionFeatureCache:
     """Runs the vision backbone once per frame key; later askers reuse the output.
 
     Consumers of one camera frame (a segmenter and a tracker stream, or the detector and the
-    tracker inside one tracker session) ask with the same key (the image stamp and frame id);
-    the ViT backbone, by far the most expensive part of SAM3, then runs once. The runtime fills
-    the cache for several cameras with one batched pass (`compute_batch`). Only the newest
-    `capacity` frames are held, so memory stays bounded, and of `FrameKey` frames only the
-    latest encoded of each source: consumers always take a camera's newest frame, so an
-    earlier one would hold memory (~130 MB of fp32 features at 1008 px) for nothing. It is
+    tracker inside one tracker session) ask with the same key (a `FrameKey`: topic, stamp and
+    frame id); the ViT backbone, by far the most expensive part of SAM3, then runs once. The
+    runtime fills the cache for several cameras with one batched pass (`compute_batch`). Only
+    the newest `capacity` frames are held, so memory stays bounded, and of `FrameKey` frames
+    only the latest encoded of each source: consumers always take a camera's newest frame, so
+    an earlier one would hold memory (~135 MB of fp32 features at 1008 px) for nothing. It is
     dropped before the next frame's backbone pass runs, so a camera never holds two frames at
     the peak either. "Latest encoded", not "newest stamp": after a bag loop the stamps go
     back. The rare consumer that still asks for a dropped frame runs the backbone again
