@@ -27,10 +27,6 @@ class FrameKey(NamedTuple):
     stamp_nanosec: int
     frame_id: str
 
-    @property
-    def stamp_ns(self) -> int:
-        return self.stamp_sec * 1_000_000_000 + self.stamp_nanosec
-
 
 def frame_key(source: str, stamp_sec: int, stamp_nanosec: int, frame_id: str) -> FrameKey | None:
     """The feature-sharing key of an image message, or None when it cannot be identified.

@@ -66,7 +66,7 @@ from sam3_ros.core.output_buffer import OutputBuffer
 from sam3_ros.core.render import draw_overlay, label_image, mask_crops
 from sam3_ros.core.runtime import PreparedFrame, Runtime, Stream
 from sam3_ros.core.text_cache import TextEmbeddingCache
-from sam3_ros.core.vision_features import frame_key
+from sam3_ros.core.vision_features import FrameKey, frame_key
 from sam3_ros.msg import DetectionArray, LabelInfo
 from sam3_ros.ros.depth_outputs import DepthOutputs
 from sam3_ros.ros.detection_conversions import (
@@ -513,7 +513,8 @@ class Sam3LifecycleNode(LifecycleNode):
                 f"frames on {self._image_source} carry no stamp (0): their backbone features "
                 "are not shared with other nodes of this process, and time jumps cannot be "
                 "detected; set header.stamp in the publisher")
-        stream.submit(msg, key)
+        # The key travels with the message: computed once, from the topic it arrived on.
+        stream.submit((msg, key), key)
 
     def _frame_received(self, stamp_ns: int, executor_stalled: bool) -> None:
         """Every frame the camera delivered (also those dropped later); for subclasses.
@@ -550,16 +551,16 @@ class Sam3LifecycleNode(LifecycleNode):
             array, encoding = image_msg_to_numpy(msg), msg.encoding
         return array, encoding
 
-    def _prepare(self, msg: Image | CompressedImage) -> PreparedFrame:
-        """Compute thread: decode the runtime's chosen frame of this stream."""
+    def _prepare(self, msg: Image | CompressedImage, key: FrameKey | None) -> PreparedFrame:
+        """Compute thread: decode the runtime's chosen frame of this stream (`key`: its
+        feature-sharing key, from `_on_image`)."""
         array, encoding = self._decode(msg)
         rgb = to_rgb8(array, encoding)
         header = msg.header
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         model = self._model
         return PreparedFrame(
-            rgb=rgb, key=frame_key(self._image_source, header.stamp.sec, header.stamp.nanosec,
-                                   header.frame_id),
+            rgb=rgb, key=key,
             feature_cache=model.feature_cache, preprocess=self._preprocess,
             needs_backbone=self._needs_backbone(stamp_ns), context=(header, stamp_ns))
 
@@ -729,8 +730,8 @@ class _NodeStream:
     def __init__(self, node: Sam3LifecycleNode) -> None:
         self._node = node
 
-    def prepare(self, msg: Image | CompressedImage) -> PreparedFrame:
-        return self._node._prepare(msg)
+    def prepare(self, item: tuple[Image | CompressedImage, FrameKey | None]) -> PreparedFrame:
+        return self._node._prepare(*item)
 
     def process(self, frame: PreparedFrame) -> tuple[Detections, int]:
         _header, stamp_ns = frame.context

@@ -65,7 +65,7 @@ def wrap(cls, name, event, stamp_of):
     setattr(cls, name, timed)
 node_cls = base_node.Sam3LifecycleNode
 wrap(node_cls, "_on_image", "cb", lambda msg: msg.header.stamp.sec)
-wrap(node_cls, "_prepare", "prep", lambda msg: msg.header.stamp.sec)
+wrap(node_cls, "_prepare", "prep", lambda msg, key: msg.header.stamp.sec)
 wrap(base_node._NodeStream, "process", "proc", lambda frame: frame.context[0].stamp.sec)
 wrap(node_cls, "_publish", "pub", lambda d, g, header, rgb: header.stamp.sec)
 atexit.register(lambda: open(events_path, "w").write(json.dumps(events)))
