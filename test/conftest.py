@@ -27,6 +27,7 @@ TEST_TIERS = {
     "test_compute_thread.py": "core",
     "test_runtime.py": "core",
     "test_vision_features.py": "core",
+    "test_position_encoding.py": "core",
     "test_detections.py": "core",
     "test_image_codec.py": "core",
     "test_output_buffer.py": "core",

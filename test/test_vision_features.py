@@ -188,6 +188,16 @@ def test_frames_of_a_batch_own_their_memory_and_share_positions():
     assert split_frames(single) == [single]
 
 
+def test_positions_that_are_one_frame_expanded_are_shared_without_a_copy():
+    from sam3_ros.core.backbone import split_frames
+
+    hidden = torch.zeros(2, 3, 4)
+    one = torch.ones(1, 3, 4)
+    frames = split_frames(Features(hidden, (hidden,), (one.expand(2, -1, -1),)))
+    assert frames[0].fpn_position_encoding[0].data_ptr() == one.data_ptr()
+    assert frames[0].fpn_position_encoding[0].shape == (1, 3, 4)
+
+
 def test_a_camera_in_a_later_batch_does_not_pin_the_earlier_batch():
     backbone = Backbone()
     cache = VisionFeatureCache(backbone, capacity=4)

@@ -99,7 +99,17 @@ class TorchBackbone:
         self._compiled: Any = None
         self.prepared_batch_sizes: set[int] = set()
         """Batch sizes compiled (and run once) so far."""
-        if compile_mode != "none":
+        if compile_mode == "none":
+            # Eager: transformers would cache the position encodings once per batch size.
+            # (Compiled graphs compute them inside the graph, uncached.)
+            from sam3_ros.core import position_encoding
+
+            neck = getattr(getattr(detector, "vision_encoder", None), "neck", None)
+            if neck is not None and not position_encoding.install(neck):
+                _log.warning("this transformers version's SAM3 neck has no position module to "
+                             "share between batch sizes; batched passes keep one copy per "
+                             "frame of the FPN position encodings")
+        else:
             import torch
 
             self._compiled = torch.compile(
@@ -277,7 +287,8 @@ def split_frames(features: Any, position: tuple[Any, ...] | None = None) -> list
     whole batch alive while any one frame is held, and the frames of one batch are released at
     different times (each camera's when its next frame is encoded, maybe in another batch).
     Position encodings depend on the feature shape only (sine encodings of the grid), so every
-    frame shares one batch-of-one copy.
+    frame shares one batch-of-one tensor: a view when the batch's encodings are already one
+    frame expanded (`position_encoding`), else a copy of frame 0's.
 
     Args:
         features: A `Sam3VisionEncoderOutput` with batch B.
@@ -295,7 +306,7 @@ def split_frames(features: Any, position: tuple[Any, ...] | None = None) -> list
     if position is None or len(position) != len(current) or any(
             p.shape[1:] != t.shape[1:] or p.dtype != t.dtype or p.device != t.device
             for p, t in zip(position, current, strict=False)):
-        position = tuple(t[:1].clone() for t in current)
+        position = tuple(t[:1] if t.stride(0) == 0 else t[:1].clone() for t in current)
     return [type(features)(
         last_hidden_state=features.last_hidden_state[i:i + 1].clone(),
         fpn_hidden_states=tuple(t[i:i + 1].clone() for t in features.fpn_hidden_states),

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sam3_ros.core.errors import ModelLoadError
+from sam3_ros.core.position_encoding import batch_one_positions
 
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
 """Artifact precisions (`onnx_precision`)."""
@@ -388,8 +389,8 @@ class OnnxRuntimeBackbone:
                    else t.to(self._device, self._dtype) for t in outputs]
         fpn = tuple(outputs[1:])
         with torch.inference_mode():
-            position = tuple(self._neck.position_encoding(t.shape, t.device, t.dtype)
-                             for t in fpn)
+            position = tuple(batch_one_positions(self._neck.position_encoding, t.shape,
+                                                 t.device, t.dtype) for t in fpn)
         return Sam3VisionEncoderOutput(last_hidden_state=outputs[0], fpn_hidden_states=fpn,
                                        fpn_position_encoding=position)
 
