@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from sam3_ros.core.runtime import PreparedFrame, Runtime
+from sam3_ros.core.vision_features import FrameKey, VisionFeatureCache
 
 
 class FakeCache:
@@ -23,7 +25,7 @@ class FakeCache:
     def contains(self, key) -> bool:
         return key in self.entries
 
-    def compute_batch(self, keys, pixel_values) -> None:
+    def compute_batch(self, keys, pixel_values, keep=()) -> None:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("backbone exploded")
@@ -31,6 +33,9 @@ class FakeCache:
         self.batches.append(list(keys))
         for i, key in enumerate(keys):
             self.entries[key] = pixel_values[i:i + 1].clone()
+
+    def release_read(self, readers) -> None:
+        pass  # keeps everything: these tests count passes, not memory
 
     def get(self, key, pixel_values):
         if key not in self.entries:
@@ -310,3 +315,122 @@ def test_max_batch_is_validated(bad):
         Runtime(max_batch=bad)
     with pytest.raises(ValueError, match="max_batch must be an integer >= 1"):
         Runtime.default().set_max_batch(bad)
+
+
+# ------------------------------------------------- feature memory: released once read by all
+@dataclass
+class Encoded:
+    """Shaped like `Sam3VisionEncoderOutput`."""
+
+    last_hidden_state: torch.Tensor
+    fpn_hidden_states: tuple[torch.Tensor, ...]
+    fpn_position_encoding: tuple[torch.Tensor, ...]
+
+
+class CameraHandler(Handler):
+    """A stream of camera `camera` read through a real `VisionFeatureCache` with FrameKeys."""
+
+    def key(self, value: int) -> FrameKey:
+        return FrameKey(f"/{self.camera}/image", value, 0, self.camera)
+
+    def process(self, frame: PreparedFrame) -> float:
+        features = self.cache.get(frame.key, frame.pixel_values)
+        return float(features.last_hidden_state.flatten()[0])
+
+
+def _real_cache(capacity: int = 8) -> tuple[VisionFeatureCache, list[list[float]]]:
+    passes: list[list[float]] = []
+
+    def backbone(pixel_values: torch.Tensor) -> Encoded:
+        passes.append(pixel_values[:, 0, 0, 0].tolist())
+        hidden = pixel_values.clone()  # a frame is encoded as its own pixels
+        return Encoded(hidden, (hidden,), (hidden * 0,))
+
+    backbone.name = "fake"
+    return VisionFeatureCache(backbone, capacity=capacity), passes
+
+
+def _after_cycle(runtime: Runtime) -> None:
+    runtime.call(lambda: None)  # calls run between cycles: the one that delivered has ended
+
+
+def test_a_camera_read_by_one_stream_holds_no_features_between_frames(runtime):
+    cache, passes = _real_cache()
+    handlers = [CameraHandler(name, cache) for name in ("a", "b")]
+    streams = [runtime.add_stream(h.name, h) for h in handlers]
+    gate = Gate(runtime)
+    for stream, handler in zip(streams, handlers, strict=True):
+        stream.submit(1, handler.key(1))
+    gate.open()
+    _wait(lambda: all(s.stats.processed == 1 for s in streams))
+    _after_cycle(runtime)
+    assert passes == [[1.0, 1.0]]
+    assert [h.delivered[0][0] for h in handlers] == [1, 1]
+    assert not any(cache.contains(h.key(1)) for h in handlers)
+
+
+def _known_readers(runtime: Runtime, cache: VisionFeatureCache):
+    """A segmenter and a tracker stream of one camera that have both read its frame 1."""
+    segmenter = CameraHandler("segmenter", cache, shared_camera="front")
+    tracker = CameraHandler("tracker", cache, shared_camera="front")
+    s1, s2 = runtime.add_stream("s", segmenter), runtime.add_stream("t", tracker)
+    gate = Gate(runtime)
+    s1.submit(1, segmenter.key(1))
+    s2.submit(1, tracker.key(1))
+    gate.open()
+    _wait(lambda: s1.stats.processed == 1 and s2.stats.processed == 1)
+    _after_cycle(runtime)
+    assert not cache.contains(segmenter.key(1))  # both read it in that cycle
+    return segmenter, tracker, s1, s2
+
+
+def test_a_frame_stays_cached_until_every_stream_of_its_camera_read_it(runtime):
+    cache, passes = _real_cache()
+    segmenter, tracker, s1, s2 = _known_readers(runtime, cache)
+    # Frame 2 reaches the segmenter's stream in one cycle, the tracker's in the next.
+    s1.submit(2, segmenter.key(2))
+    _wait(lambda: s1.stats.processed == 2)
+    _after_cycle(runtime)
+    assert cache.contains(segmenter.key(2))  # the tracker has not read it yet
+    s2.submit(2, tracker.key(2))
+    _wait(lambda: s2.stats.processed == 2)
+    _after_cycle(runtime)
+    assert passes == [[1.0], [2.0]]  # no second pass for the tracker
+    assert not cache.contains(segmenter.key(2))
+
+
+def test_an_older_frame_read_in_the_cycle_of_a_newer_one_is_not_encoded_twice(runtime):
+    cache, passes = _real_cache()
+    segmenter, tracker, s1, s2 = _known_readers(runtime, cache)
+    s1.submit(2, segmenter.key(2))
+    _wait(lambda: s1.stats.processed == 2)
+    gate = Gate(runtime)
+    s1.submit(3, segmenter.key(3))  # the segmenter is a frame ahead of the tracker
+    s2.submit(2, tracker.key(2))
+    gate.open()
+    _wait(lambda: s1.stats.processed == 3 and s2.stats.processed == 2)
+    _after_cycle(runtime)
+    assert passes == [[1.0], [2.0], [3.0]]  # frame 2 read from the cache, encoded once
+    assert [v for v, _ in tracker.delivered] == [1, 2]
+    assert not cache.contains(segmenter.key(2))
+    assert cache.contains(segmenter.key(3))  # the tracker may still read frame 3
+
+
+@pytest.mark.parametrize(("declared", "passes_expected"), [(True, [[1.0]]),
+                                                          (False, [[1.0], [1.0]])])
+def test_a_declared_reader_that_has_read_nothing_yet_keeps_the_frame(runtime, declared,
+                                                                     passes_expected):
+    cache, passes = _real_cache()
+    segmenter = CameraHandler("segmenter", cache, shared_camera="front")
+    tracker = CameraHandler("tracker", cache, shared_camera="front")
+    source = "/front/image" if declared else None
+    s1 = runtime.add_stream("s", segmenter, source=source)
+    s2 = runtime.add_stream("t", tracker, source=source)
+    s1.submit(1, segmenter.key(1))
+    _wait(lambda: s1.stats.processed == 1)
+    _after_cycle(runtime)
+    s2.submit(1, tracker.key(1))
+    _wait(lambda: s2.stats.processed == 1)
+    _after_cycle(runtime)
+    assert passes == passes_expected  # undeclared: unknown until it reads, so encoded again
+    assert not cache.contains(segmenter.key(1))

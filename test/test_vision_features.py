@@ -208,3 +208,26 @@ def test_a_camera_in_a_later_batch_does_not_pin_the_earlier_batch():
     # have kept both frames alive through the later passes: [0, 1, 1]).
     assert backbone.alive_at_pass == [0, 0, 0]
     assert _value(cache.get(_key("/a", 1), _pixels(-1.0))) == 1.0
+
+
+@pytest.mark.parametrize(("last_read", "released"), [
+    ([], []),
+    ([("/a", 2)], [("/a", 1), ("/a", 2)]),  # the one reader of /a read both
+    ([("/a", 1)], [("/a", 1)]),  # ... only the first: frame 2 stays
+    ([("/a", 2), ("/a", 1)], [("/a", 1)]),  # a second reader is behind frame 2
+    ([("/a", 3), ("/b", 7)], [("/a", 1), ("/a", 2)]),  # /b's frame 9 is ahead of its reader
+    ([("/c", 50)], []),  # nobody reads /a or /b
+    ([("/a", 2), ("/a", None)], []),  # a declared reader of /a that has read nothing yet
+    ([("/b", 9), (None, None)], [("/b", 9)]),  # an undeclared reader that has read nothing
+])
+def test_release_read_drops_what_every_reader_of_the_camera_read(last_read, released):
+    cache = VisionFeatureCache(Backbone(), capacity=8)
+    frames = [("/a", 1), ("/a", 2), ("/b", 9)]
+    cache.get(_key("/a", 1), _pixels(1.0))
+    # /a's frame 1 kept beside its frame 2: another stream of /a reads it in this cycle.
+    cache.compute_batch([_key("/a", 2), _key("/b", 9)], _pixels(2.0, 9.0), keep=[_key("/a", 1)])
+    cache.get(("not", "a", "frame key"), _pixels(0.0))
+    cache.release_read([(source, None if sec is None else _key(source, sec))
+                        for source, sec in last_read])
+    assert [f for f in frames if not cache.contains(_key(*f))] == released
+    assert cache.contains(("not", "a", "frame key"))  # no stamp to compare: kept

@@ -122,8 +122,11 @@ class StreamStats:
 class Stream:
     """A registered stream; `submit` frames to it from any thread (never blocks)."""
 
-    def __init__(self, runtime: Runtime, name: str, handler: StreamHandler, order: int):
+    def __init__(self, runtime: Runtime, name: str, handler: StreamHandler, order: int,
+                 source: str | None = None):
         self.name = name
+        self.source = source
+        """The camera this stream reads (`FrameKey.source`), if known when it is added."""
         self.handler = handler
         self._runtime = runtime
         self._order = order
@@ -131,6 +134,9 @@ class Stream:
         self._key: Hashable | None = None
         self._submitted_s = 0.0
         self._has_item = False
+        self._last_read: Hashable | None = None
+        """Key of the latest frame this stream processed: tells the feature cache which frames
+        it will not ask for again."""
         self.closed = False
         self.stats = StreamStats()
 
@@ -245,10 +251,19 @@ class Runtime:
         return request.result
 
     # ------------------------------------------------------------------------------ streams
-    def add_stream(self, name: str, handler: StreamHandler) -> Stream:
-        """Register a stream; frames submitted to it are served from the next cycle."""
+    def add_stream(self, name: str, handler: StreamHandler,
+                   source: str | None = None) -> Stream:
+        """Register a stream; frames submitted to it are served from the next cycle.
+
+        Args:
+            name: For diagnostics.
+            handler: The stream's owner.
+            source: The camera it reads (the frame keys' `source`, a resolved topic name):
+                until the stream has read a frame, the camera's cached frames are kept for it
+                (its first frame then costs no second backbone pass).
+        """
         with self._cond:
-            stream = Stream(self, name, handler, next(self._orders))
+            stream = Stream(self, name, handler, next(self._orders), source)
             self._streams.append(stream)
             return stream
 
@@ -373,18 +388,35 @@ class Runtime:
                 stats.prepare_sum_ms += decode_s.get(stream, 0.0) * 1e3
                 stats.process_sum_ms += (ended - started) * 1e3
             self.stats.frames_processed += 1
+            if frame.key is not None:
+                stream._last_read = frame.key
             if stream.closed:
                 continue
             try:
                 stream.handler.deliver(frame, result, latency_s)
             except Exception as err:
                 self._fail(stream, err)
+        self._release_read(prepared)
+
+    def _release_read(self, prepared: list[tuple[Stream, PreparedFrame, float]]) -> None:
+        """Let the feature caches of this cycle drop frames every stream has read past.
+
+        Without it a frame's features stay cached until its camera's next pass (~135 MB per
+        camera at 1008 px), although with one stream per camera nobody reads them again.
+        """
+        with self._cond:
+            readers = [(s.source, s._last_read) for s in self._streams]
+        caches = {id(frame.feature_cache): frame.feature_cache for _, frame, _ in prepared
+                  if frame.key is not None}
+        for cache in caches.values():
+            cache.release_read(readers)
 
     def _encode(self, prepared: list[tuple[Stream, PreparedFrame, float]]) -> None:
         """Preprocess each distinct frame once and run one backbone pass per model over the
         frames whose features are not cached yet."""
         pixels: dict[tuple[int, Any], Any] = {}
         batches: dict[int, tuple[Any, list[Any], list[Any]]] = {}
+        read: dict[int, list[Any]] = {}  # per cache, every key this cycle's streams read
         failed: set[int] = set()
         for index, (stream, frame, _) in enumerate(prepared):
             share = (id(frame.feature_cache), frame.key) if frame.key is not None else None
@@ -401,6 +433,7 @@ class Runtime:
                 continue  # not shareable: the session runs the backbone itself
             pixels[share] = frame.pixel_values
             cache = frame.feature_cache
+            read.setdefault(id(cache), []).append(frame.key)
             if frame.needs_backbone and not cache.contains(frame.key):
                 entry = batches.setdefault(id(cache), (cache, [], []))
                 entry[1].append(frame.key)
@@ -420,7 +453,7 @@ class Runtime:
                         import torch
 
                         batch = torch.cat(tensors, dim=0)
-                    cache.compute_batch(keys, batch)
+                    cache.compute_batch(keys, batch, keep=read[id(cache)])
                 except Exception as err:
                     # Features stay uncomputed: each stream's own call then reports its error.
                     self.last_batch_error = f"{type(err).__name__}: {err}"

@@ -59,7 +59,9 @@ class VisionFeatureCache:
     dropped before the next frame's backbone pass runs, so a camera never holds two frames at
     the peak either. "Latest encoded", not "newest stamp": after a bag loop the stamps go
     back. The rare consumer that still asks for a dropped frame runs the backbone again
-    (correct, one extra pass).
+    (correct, one extra pass). After each cycle the runtime also drops the frames that every
+    stream reading their camera has processed (`release_read`), so a camera read by one
+    stream holds no features between its frames.
 
     Args:
         backbone: A `VisionBackbone`; a `Sam3Model` (or `Sam3VideoModel.detector_model`) is
@@ -106,12 +108,15 @@ class VisionFeatureCache:
         with self._lock:
             return key in self._entries
 
-    def compute_batch(self, keys: Sequence[Hashable], pixel_values: Any) -> None:
+    def compute_batch(self, keys: Sequence[Hashable], pixel_values: Any,
+                      keep: Sequence[Hashable] = ()) -> None:
         """Encode B frames in one backbone pass and cache each under its key.
 
         Args:
             keys: B distinct frame keys (not None), in batch order.
             pixel_values: (B, 3, S, S).
+            keep: Cached keys that must survive the pass although an encoded frame is newer
+                from their source (a runtime cycle whose other streams still read them).
 
         Raises:
             ValueError: B does not match the number of keys, or more frames than the cache
@@ -125,7 +130,7 @@ class VisionFeatureCache:
                              f"{self.capacity}")
         with self._lock:
             # Before the pass: the peak never holds two frames of one camera.
-            self._drop_source(keys)
+            self._drop_source(keys, keep)
             frames = split_frames(self._run(pixel_values), self._shared_position)
             if len(frames) > 1:
                 self._shared_position = frames[0].fpn_position_encoding
@@ -138,12 +143,39 @@ class VisionFeatureCache:
         self.frames_encoded += pixel_values.shape[0]
         return features
 
-    def _drop_source(self, keys: Sequence[Hashable]) -> None:
-        """Forget every entry from the sources of `keys` except `keys` themselves."""
+    def release_read(self, readers: Sequence[tuple[str | None, Hashable | None]]) -> None:
+        """Drop the frames that every reader of their camera has read, or read past.
+
+        Readers (runtime streams) take each camera's newest frame, so one that has processed
+        a frame of a camera never asks for an earlier-stamped one. A frame stays while some
+        reader of its camera is behind it (a tracker stream whose copy of the image is still
+        waiting behind a segmenter's) or has read nothing yet. A reader nobody declared is not
+        known; if it asks for a dropped frame, the frame is encoded again (correct, one pass
+        more).
+
+        Args:
+            readers: Per reader, the camera it reads (a `FrameKey.source`, or None when not
+                declared) and the key of the latest frame it processed (None: none yet).
+        """
+        newest: dict[str, list[tuple[int, int]]] = {}
+        for source, key in readers:
+            if isinstance(key, FrameKey):
+                newest.setdefault(key.source, []).append((key.stamp_sec, key.stamp_nanosec))
+            elif source is not None:
+                newest.setdefault(source, []).append((-1, -1))  # behind every frame
+        with self._lock:
+            for key in [k for k in self._entries if isinstance(k, FrameKey)
+                        and k.source in newest]:
+                stamp = (key.stamp_sec, key.stamp_nanosec)
+                if all(read >= stamp for read in newest[key.source]):
+                    del self._entries[key]
+
+    def _drop_source(self, keys: Sequence[Hashable], keep: Sequence[Hashable] = ()) -> None:
+        """Forget every entry from the sources of `keys` except `keys` and `keep`."""
         sources = {k.source for k in keys if isinstance(k, FrameKey)}
         if not sources:
             return
-        kept = set(keys)
+        kept = {*keys, *keep}
         for old in [k for k in self._entries if isinstance(k, FrameKey)
                     and k.source in sources and k not in kept]:
             del self._entries[old]

@@ -369,7 +369,7 @@ class Sam3LifecycleNode(LifecycleNode):
                                                name=f"{self.get_name()}_output", daemon=True)
         self._output_thread.start()
         self._stream = self._runtime.add_stream(self.get_fully_qualified_name(),
-                                                _NodeStream(self))
+                                                _NodeStream(self), source=self._image_source)
         self.get_logger().info(f"active: listening on {self._subscription.topic_name}")
         return result
 
