@@ -34,6 +34,9 @@ class FakeCache:
         for i, key in enumerate(keys):
             self.entries[key] = pixel_values[i:i + 1].clone()
 
+    def pin(self, keys) -> None:
+        pass
+
     def release_read(self, readers) -> None:
         pass  # keeps everything: these tests count passes, not memory
 
@@ -434,3 +437,40 @@ def test_a_declared_reader_that_has_read_nothing_yet_keeps_the_frame(runtime, de
     _after_cycle(runtime)
     assert passes == passes_expected  # undeclared: unknown until it reads, so encoded again
     assert not cache.contains(segmenter.key(1))
+
+
+@pytest.mark.parametrize(("capacity", "each_once"), [(8, True), (4, False)])
+def test_four_cameras_with_lagging_trackers_encode_each_frame_once(capacity, each_once):
+    """A segmenter and a tracker per camera; each tracker's copy of a frame arrives one cycle
+    late. The pipeline's capacity (2 frames per camera) encodes every frame once; half of it
+    re-encodes frames that were evicted before their tracker read them."""
+    runtime = Runtime(max_batch=4, name="test_lag")
+    cache, passes = _real_cache(capacity=capacity)
+    cameras = ("a", "b", "c", "d")
+    pairs = []
+    for camera in cameras:
+        segmenter = CameraHandler(f"s{camera}", cache, shared_camera=camera)
+        tracker = CameraHandler(f"t{camera}", cache, shared_camera=camera)
+        source = segmenter.key(0).source
+        pairs.append((segmenter, runtime.add_stream(f"s{camera}", segmenter, source=source),
+                      tracker, runtime.add_stream(f"t{camera}", tracker, source=source)))
+    gate = Gate(runtime)
+    for segmenter, s_stream, _, _ in pairs:
+        s_stream.submit(1, segmenter.key(1))
+    gate.open()
+    _wait(lambda: all(p[1].stats.processed == 1 for p in pairs))
+    gate = Gate(runtime)
+    for segmenter, s_stream, tracker, t_stream in pairs:
+        s_stream.submit(2, segmenter.key(2))  # the segmenters are one frame ahead
+        t_stream.submit(1, tracker.key(1))
+    gate.open()
+    _wait(lambda: all(p[1].stats.processed == 2 and p[3].stats.processed == 1 for p in pairs))
+    for _, _, tracker, t_stream in pairs:
+        t_stream.submit(2, tracker.key(2))
+    _wait(lambda: all(p[3].stats.processed == 2 for p in pairs))
+    _after_cycle(runtime)
+    encoded = sum(len(p) for p in passes)
+    assert (encoded == 8) is each_once and encoded >= 8, passes  # 4 cameras x 2 frames
+    for segmenter, _, tracker, _ in pairs:
+        assert [v for v, _ in segmenter.delivered] == [v for v, _ in tracker.delivered] == [1, 2]
+        assert not cache.contains(segmenter.key(1)) and not cache.contains(segmenter.key(2))

@@ -210,9 +210,8 @@ def test_pipeline_loads_once_and_shares_the_backbone(tiny_checkpoint):
         client.close()
         node.stop()
     # One pass per frame for both nodes (without sharing: two). A copy re-sent after a node
-    # had read the frame may be encoded again (features are released once both have read
-    # them), so the count is exact only when nothing was re-sent - the usual case.
-    passes = after - before
-    assert passes >= frames, f"{passes} passes for frames sent as {sent}"
-    if len(sent) == frames:
-        assert passes == frames, f"{passes} passes for frames sent as {sent}"
+    # had read the frame may be encoded again, once per node (features are released once
+    # both have read them), so the count is exact only when nothing was re-sent - the usual
+    # case; without sharing it would exceed the bound either way.
+    passes, resent = after - before, len(sent) - frames
+    assert frames <= passes <= frames + 2 * resent, f"{passes} passes, frames sent: {sent}"

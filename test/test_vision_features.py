@@ -225,9 +225,28 @@ def test_release_read_drops_what_every_reader_of_the_camera_read(last_read, rele
     frames = [("/a", 1), ("/a", 2), ("/b", 9)]
     cache.get(_key("/a", 1), _pixels(1.0))
     # /a's frame 1 kept beside its frame 2: another stream of /a reads it in this cycle.
-    cache.compute_batch([_key("/a", 2), _key("/b", 9)], _pixels(2.0, 9.0), keep=[_key("/a", 1)])
+    cache.pin([_key("/a", 1)])
+    cache.compute_batch([_key("/a", 2), _key("/b", 9)], _pixels(2.0, 9.0))
     cache.get(("not", "a", "frame key"), _pixels(0.0))
     cache.release_read([(source, None if sec is None else _key(source, sec))
                         for source, sec in last_read])
     assert [f for f in frames if not cache.contains(_key(*f))] == released
     assert cache.contains(("not", "a", "frame key"))  # no stamp to compare: kept
+
+
+def test_pinned_frames_survive_newer_frames_and_the_capacity_until_released():
+    cache = VisionFeatureCache(Backbone(), capacity=2)
+    cache.compute_batch([_key("/a", 1), _key("/b", 1)], _pixels(1.0, 2.0))
+    cache.pin([_key("/a", 1), _key("/a", 2)])
+    cache.compute_batch([_key("/a", 2)], _pixels(3.0))  # /b's frame is evicted, not /a's 1
+    assert [cache.contains(_key(*k)) for k in [("/a", 1), ("/a", 2), ("/b", 1)]] == [
+        True, True, False]
+    cache.release_read([("/a", _key("/a", 1))])  # unpins; /a's reader is behind frame 2
+    cache.compute_batch([_key("/a", 3)], _pixels(4.0))  # so frame 3's pass keeps it
+    assert [cache.contains(_key(*k)) for k in [("/a", 1), ("/a", 2), ("/a", 3)]] == [
+        False, True, True]
+    cache.release_read([("/a", _key("/a", 3))])
+    assert not cache.contains(_key("/a", 2)) and not cache.contains(_key("/a", 3))
+    cache.get(_key("/a", 4), _pixels(5.0))
+    cache.get(_key("/a", 5), _pixels(6.0))  # no reader awaits frame 4: dropped by the pass
+    assert not cache.contains(_key("/a", 4)) and cache.contains(_key("/a", 5))

@@ -409,14 +409,17 @@ class Runtime:
         caches = {id(frame.feature_cache): frame.feature_cache for _, frame, _ in prepared
                   if frame.key is not None}
         for cache in caches.values():
-            cache.release_read(readers)
+            try:
+                cache.release_read(readers)
+            except Exception as err:  # memory is at stake, not results: keep the thread
+                self.last_batch_error = f"release_read: {type(err).__name__}: {err}"
 
     def _encode(self, prepared: list[tuple[Stream, PreparedFrame, float]]) -> None:
         """Preprocess each distinct frame once and run one backbone pass per model over the
         frames whose features are not cached yet."""
         pixels: dict[tuple[int, Any], Any] = {}
         batches: dict[int, tuple[Any, list[Any], list[Any]]] = {}
-        read: dict[int, list[Any]] = {}  # per cache, every key this cycle's streams read
+        read: dict[int, tuple[Any, list[Any]]] = {}  # per cache, the keys this cycle reads
         failed: set[int] = set()
         for index, (stream, frame, _) in enumerate(prepared):
             share = (id(frame.feature_cache), frame.key) if frame.key is not None else None
@@ -433,13 +436,15 @@ class Runtime:
                 continue  # not shareable: the session runs the backbone itself
             pixels[share] = frame.pixel_values
             cache = frame.feature_cache
-            read.setdefault(id(cache), []).append(frame.key)
+            read.setdefault(id(cache), (cache, []))[1].append(frame.key)
             if frame.needs_backbone and not cache.contains(frame.key):
                 entry = batches.setdefault(id(cache), (cache, [], []))
                 entry[1].append(frame.key)
                 entry[2].append(frame.pixel_values)
         if failed:
             prepared[:] = [p for i, p in enumerate(prepared) if i not in failed]
+        for cache, keys in read.values():
+            cache.pin(keys)  # until `_release_read` at the end of this cycle
         for cache, all_keys, all_tensors in batches.values():
             # A pass never encodes more frames than the cache holds (they would be evicted
             # before their streams read them).
@@ -453,7 +458,7 @@ class Runtime:
                         import torch
 
                         batch = torch.cat(tensors, dim=0)
-                    cache.compute_batch(keys, batch, keep=read[id(cache)])
+                    cache.compute_batch(keys, batch)
                 except Exception as err:
                     # Features stay uncomputed: each stream's own call then reports its error.
                     self.last_batch_error = f"{type(err).__name__}: {err}"

@@ -53,15 +53,21 @@ class VisionFeatureCache:
     tracker inside one tracker session) ask with the same key (a `FrameKey`: topic, stamp and
     frame id); the ViT backbone, by far the most expensive part of SAM3, then runs once. The
     runtime fills the cache for several cameras with one batched pass (`compute_batch`). Only
-    the newest `capacity` frames are held, so memory stays bounded, and of `FrameKey` frames
-    only the latest encoded of each source: consumers always take a camera's newest frame, so
-    an earlier one would hold memory (~135 MB of fp32 features at 1008 px) for nothing. It is
-    dropped before the next frame's backbone pass runs, so a camera never holds two frames at
-    the peak either. "Latest encoded", not "newest stamp": after a bag loop the stamps go
-    back. The rare consumer that still asks for a dropped frame runs the backbone again
-    (correct, one extra pass). After each cycle the runtime also drops the frames that every
-    stream reading their camera has processed (`release_read`), so a camera read by one
-    stream holds no features between its frames.
+    the newest `capacity` frames are held, so memory stays bounded (~135 MB of fp32 features
+    per frame at 1008 px), and they are dropped as early as their readers allow:
+
+    * After each runtime cycle, the frames that every stream reading their camera has
+      processed, or read past, are dropped (`release_read`): a camera read by one stream holds
+      no features between its frames. A frame stays while a reader is behind it (a tracker
+      whose copy of the image arrives a cycle after the segmenter's), so a camera read by a
+      lagging pair can hold two frames. During a cycle, the frames it reads are pinned
+      (`pin`). Stamps are compared per camera: after a bag loop (stamps going back) a lagging
+      stream's first frame may be encoded twice.
+    * Before a frame is encoded, the other frames of its camera are dropped unless a runtime
+      reader still awaits them (without a runtime, e.g. a session called directly, this keeps
+      the latest encoded frame of each camera only; "latest encoded", not "newest stamp").
+
+    A consumer that asks for a dropped frame runs the backbone again (correct, one extra pass).
 
     Args:
         backbone: A `VisionBackbone`; a `Sam3Model` (or `Sam3VideoModel.detector_model`) is
@@ -76,6 +82,11 @@ class VisionFeatureCache:
         self.capacity = capacity
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._pinned: frozenset[Hashable] = frozenset()
+        """Frames a runtime cycle reads (`pin`), kept until its `release_read`."""
+        self._awaited: frozenset[Hashable] = frozenset()
+        """Frames that `release_read` kept because a reader of their camera is behind them:
+        a newer frame's pass does not drop them (the capacity still bounds them)."""
         self._shared_position: tuple[Any, ...] | None = None
         """One batch-of-one copy of the position encodings, shared by frames of batches."""
         self.backbone_calls = 0
@@ -108,15 +119,19 @@ class VisionFeatureCache:
         with self._lock:
             return key in self._entries
 
-    def compute_batch(self, keys: Sequence[Hashable], pixel_values: Any,
-                      keep: Sequence[Hashable] = ()) -> None:
+    def pin(self, keys: Sequence[Hashable]) -> None:
+        """Keep `keys` cached until the next `release_read`: the frames one runtime cycle
+        reads survive that cycle's passes (a newer frame of the same camera, or the capacity,
+        would otherwise drop a frame that a lagging stream reads in the same cycle)."""
+        with self._lock:
+            self._pinned = frozenset(k for k in keys if k is not None)
+
+    def compute_batch(self, keys: Sequence[Hashable], pixel_values: Any) -> None:
         """Encode B frames in one backbone pass and cache each under its key.
 
         Args:
             keys: B distinct frame keys (not None), in batch order.
             pixel_values: (B, 3, S, S).
-            keep: Cached keys that must survive the pass although an encoded frame is newer
-                from their source (a runtime cycle whose other streams still read them).
 
         Raises:
             ValueError: B does not match the number of keys, or more frames than the cache
@@ -130,7 +145,7 @@ class VisionFeatureCache:
                              f"{self.capacity}")
         with self._lock:
             # Before the pass: the peak never holds two frames of one camera.
-            self._drop_source(keys, keep)
+            self._drop_source(keys)
             frames = split_frames(self._run(pixel_values), self._shared_position)
             if len(frames) > 1:
                 self._shared_position = frames[0].fpn_position_encoding
@@ -164,18 +179,24 @@ class VisionFeatureCache:
             elif source is not None:
                 newest.setdefault(source, []).append((-1, -1))  # behind every frame
         with self._lock:
+            self._pinned = frozenset()
+            awaited = set()
             for key in [k for k in self._entries if isinstance(k, FrameKey)
                         and k.source in newest]:
                 stamp = (key.stamp_sec, key.stamp_nanosec)
                 if all(read >= stamp for read in newest[key.source]):
                     del self._entries[key]
+                else:
+                    awaited.add(key)
+            self._awaited = frozenset(awaited)
 
-    def _drop_source(self, keys: Sequence[Hashable], keep: Sequence[Hashable] = ()) -> None:
-        """Forget every entry from the sources of `keys` except `keys` and `keep`."""
+    def _drop_source(self, keys: Sequence[Hashable]) -> None:
+        """Forget every entry from the sources of `keys` except `keys` and the frames a
+        runtime cycle reads or a reader is still behind on."""
         sources = {k.source for k in keys if isinstance(k, FrameKey)}
         if not sources:
             return
-        kept = {*keys, *keep}
+        kept = {*keys, *self._pinned, *self._awaited}
         for old in [k for k in self._entries if isinstance(k, FrameKey)
                     and k.source in sources and k not in kept]:
             del self._entries[old]
@@ -184,7 +205,10 @@ class VisionFeatureCache:
         self._entries[key] = features
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+            # Oldest first, pinned frames last (the key just stored is the newest).
+            victim = next((k for k in self._entries if k not in self._pinned),
+                          next(iter(self._entries)))
+            del self._entries[victim]
 
     def clear(self) -> None:
         with self._lock:
