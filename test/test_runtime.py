@@ -337,6 +337,7 @@ class CameraHandler(Handler):
         return FrameKey(f"/{self.camera}/image", value, 0, self.camera)
 
     def process(self, frame: PreparedFrame) -> float:
+        self._maybe_fail("process", frame.context)
         features = self.cache.get(frame.key, frame.pixel_values)
         return float(features.last_hidden_state.flatten()[0])
 
@@ -474,3 +475,23 @@ def test_four_cameras_with_lagging_trackers_encode_each_frame_once(capacity, eac
     for segmenter, _, tracker, _ in pairs:
         assert [v for v, _ in segmenter.delivered] == [v for v, _ in tracker.delivered] == [1, 2]
         assert not cache.contains(segmenter.key(1)) and not cache.contains(segmenter.key(2))
+
+
+@pytest.mark.parametrize("stage", ["prepare", "process"])
+def test_a_reader_that_fails_every_frame_does_not_hold_its_cameras_frames(runtime, stage):
+    cache, _ = _real_cache()
+    segmenter = CameraHandler("segmenter", cache, shared_camera="front")
+    tracker = CameraHandler("tracker", cache, shared_camera="front",
+                            fail_on=set(range(1, 6)), fail_stage=stage)
+    source = segmenter.key(0).source
+    s1 = runtime.add_stream("s", segmenter, source=source)
+    s2 = runtime.add_stream("t", tracker, source=source)
+    for value in range(1, 6):
+        gate = Gate(runtime)
+        s1.submit(value, segmenter.key(value))
+        s2.submit(value, tracker.key(value))
+        gate.open()
+        _wait(lambda v=value: s1.stats.processed == v and s2.stats.errors == v)
+        _after_cycle(runtime)
+        assert not cache.contains(segmenter.key(value))
+    assert len(tracker.errors) == 5

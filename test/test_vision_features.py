@@ -250,3 +250,14 @@ def test_pinned_frames_survive_newer_frames_and_the_capacity_until_released():
     cache.get(_key("/a", 4), _pixels(5.0))
     cache.get(_key("/a", 5), _pixels(6.0))  # no reader awaits frame 4: dropped by the pass
     assert not cache.contains(_key("/a", 4)) and cache.contains(_key("/a", 5))
+
+
+def test_a_frame_awaited_by_a_reader_that_never_reads_it_survives_one_newer_pass():
+    cache = VisionFeatureCache(Backbone(), capacity=8)
+    behind = [("/a", _key("/a", 1))]  # a reader stuck at frame 1 (e.g. after a bag loop)
+    cache.get(_key("/a", 2), _pixels(2.0))
+    cache.release_read(behind)
+    for sec in (3, 4, 5):
+        cache.get(_key("/a", sec), _pixels(float(sec)))
+        cache.release_read(behind)
+    assert [sec for sec in range(2, 6) if cache.contains(_key("/a", sec))] == [4, 5]

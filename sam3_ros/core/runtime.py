@@ -342,6 +342,10 @@ class Runtime:
             keys.add(key)
             taken.append((stream, stream._item, stream._submitted_s))
             stream._item, stream._has_item = None, False
+            if stream._key is not None:
+                # Read by the end of this cycle, even if its decoding or heads fail: a stream
+                # that fails every frame must not keep its camera's frames cached.
+                stream._last_read = stream._key
         if len(taken) < len(ordered):
             # Continue next cycle with the first stream that was left waiting.
             left = [s for s in ordered if s._has_item]

@@ -60,12 +60,15 @@ class VisionFeatureCache:
       processed, or read past, are dropped (`release_read`): a camera read by one stream holds
       no features between its frames. A frame stays while a reader is behind it (a tracker
       whose copy of the image arrives a cycle after the segmenter's), so a camera read by a
-      lagging pair can hold two frames. During a cycle, the frames it reads are pinned
-      (`pin`). Stamps are compared per camera: after a bag loop (stamps going back) a lagging
-      stream's first frame may be encoded twice.
-    * Before a frame is encoded, the other frames of its camera are dropped unless a runtime
-      reader still awaits them (without a runtime, e.g. a session called directly, this keeps
-      the latest encoded frame of each camera only; "latest encoded", not "newest stamp").
+      lagging pair can hold two frames (more only briefly, see below). During a cycle, the
+      frames it reads are pinned (`pin`). Stamps are compared per camera: after a bag loop
+      (stamps going back) a lagging stream's first frame may be encoded twice.
+    * Before a frame is encoded, the other frames of its camera are dropped unless the
+      current cycle reads them or a reader still awaits them; an awaited frame survives one
+      such pass, not more (a reader that never reads it, e.g. after a bag loop, cannot hold
+      it longer). Without a runtime (a session called directly) this
+      keeps the latest encoded frame of each camera only ("latest encoded", not "newest
+      stamp").
 
     A consumer that asks for a dropped frame runs the backbone again (correct, one extra pass).
 
@@ -84,9 +87,11 @@ class VisionFeatureCache:
         self._lock = threading.Lock()
         self._pinned: frozenset[Hashable] = frozenset()
         """Frames a runtime cycle reads (`pin`), kept until its `release_read`."""
-        self._awaited: frozenset[Hashable] = frozenset()
-        """Frames that `release_read` kept because a reader of their camera is behind them:
-        a newer frame's pass does not drop them (the capacity still bounds them)."""
+        self._awaited: dict[Hashable, int] = {}
+        """Frames that `release_read` kept because a reader of their camera is behind them,
+        with how many more newer passes of their camera they survive (one: a reader lags at
+        most one pass of its camera under the runtime's round-robin; more would only keep
+        frames for a reader that never reads them, e.g. after a bag loop)."""
         self._shared_position: tuple[Any, ...] | None = None
         """One batch-of-one copy of the position encodings, shared by frames of batches."""
         self.backbone_calls = 0
@@ -144,7 +149,8 @@ class VisionFeatureCache:
             raise ValueError(f"compute_batch: {len(keys)} frames, but the cache holds "
                              f"{self.capacity}")
         with self._lock:
-            # Before the pass: the peak never holds two frames of one camera.
+            # Before the pass, so that the peak holds a camera's older frame only while a
+            # reader still needs it.
             self._drop_source(keys)
             frames = split_frames(self._run(pixel_values), self._shared_position)
             if len(frames) > 1:
@@ -180,15 +186,15 @@ class VisionFeatureCache:
                 newest.setdefault(source, []).append((-1, -1))  # behind every frame
         with self._lock:
             self._pinned = frozenset()
-            awaited = set()
+            awaited: dict[Hashable, int] = {}
             for key in [k for k in self._entries if isinstance(k, FrameKey)
                         and k.source in newest]:
                 stamp = (key.stamp_sec, key.stamp_nanosec)
                 if all(read >= stamp for read in newest[key.source]):
                     del self._entries[key]
                 else:
-                    awaited.add(key)
-            self._awaited = frozenset(awaited)
+                    awaited[key] = self._awaited.get(key, 1)
+            self._awaited = awaited
 
     def _drop_source(self, keys: Sequence[Hashable]) -> None:
         """Forget every entry from the sources of `keys` except `keys` and the frames a
@@ -196,7 +202,14 @@ class VisionFeatureCache:
         sources = {k.source for k in keys if isinstance(k, FrameKey)}
         if not sources:
             return
-        kept = {*keys, *self._pinned, *self._awaited}
+        kept = {*keys, *self._pinned}
+        for key in [k for k in self._awaited if k not in kept]:
+            if getattr(key, "source", None) in sources:
+                if self._awaited[key] > 0:
+                    self._awaited[key] -= 1
+                    kept.add(key)
+                else:
+                    del self._awaited[key]
         for old in [k for k in self._entries if isinstance(k, FrameKey)
                     and k.source in sources and k not in kept]:
             del self._entries[old]

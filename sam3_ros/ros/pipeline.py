@@ -103,9 +103,11 @@ def main(args: list[str] | None = None) -> int:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2
     Runtime.default().set_max_batch(options.max_batch)
-    # Up to two frames per camera: the one a lagging reader (a tracker behind the segmenter
-    # of its camera) still reads, and the camera's newest. Held only until both have read it.
+    # With a segmenter and a tracker per camera, up to two frames per camera: the one a
+    # lagging reader (a tracker behind the segmenter of its camera) still reads, and the
+    # camera's newest; both can be encoded in one pass. Held only until both have read them.
+    frames = len(set(options.kinds)) * max(1, len(options.cameras))
     hub = ModelHub(with_tracker="tracker" in options.kinds,
-                   feature_capacity=max(4, options.max_batch, 2 * len(options.cameras)),
-                   max_batch=min(options.max_batch, max(1, len(options.cameras))))
+                   feature_capacity=max(4, options.max_batch, frames),
+                   max_batch=min(options.max_batch, frames))
     return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub), args)
