@@ -87,10 +87,12 @@ class ModelHub:
     Args:
         with_tracker: Always load the video model (detector + tracker), even for a segmenter.
         feature_capacity: Frames whose backbone features each model keeps (at least the
-            runtime's `max_batch`, so one batched pass serves every camera of a cycle).
+            runtime's `max_batch`, so one batched pass serves every camera of a cycle; in
+            `pipeline` also two per camera when a segmenter and a tracker read it).
         max_batch: Most distinct frames one backbone pass of a model can get: 1 for a node's
-            private hub (one camera), min(runtime max_batch, cameras) for `pipeline`. With
-            `torch_compile` these batch sizes are compiled during configure.
+            private hub (one camera), min(runtime max_batch, node kinds x cameras) for
+            `pipeline` (a lagging tracker's frame and the segmenter's newer one can share a
+            pass). With `torch_compile` these batch sizes are compiled during configure.
     """
 
     def __init__(self, with_tracker: bool = False, feature_capacity: int = 4,
