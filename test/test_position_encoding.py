@@ -32,8 +32,8 @@ def test_the_patched_module_is_where_transformers_keeps_it(loaded):
 def test_a_batched_pass_reads_one_frame_of_positions_with_identical_values(
         tiny_checkpoint, loaded, pixels):
     reference = load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32")
-    assert not getattr(reference.detector.vision_encoder.neck.position_encoding,
-                       "_sam3_ros_batch_one", False)
+    assert not hasattr(reference.detector.vision_encoder.neck.position_encoding,
+                       "_sam3_ros_original_forward")
     with torch.inference_mode():
         expected = reference.detector.get_vision_features(pixel_values=pixels)
     got = TorchBackbone(loaded.detector)(pixels)

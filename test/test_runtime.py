@@ -96,6 +96,14 @@ class Handler:
         self.errors.append(str(error))
 
 
+def _submit_in_one_cycle(runtime: Runtime, streams, handlers, value: int) -> None:
+    """Each stream gets frame `value` while the compute thread is held: one cycle takes all."""
+    gate = Gate(runtime)
+    for stream, handler in zip(streams, handlers, strict=True):
+        stream.submit(value, handler.key(value))
+    gate.open()
+
+
 def _wait(predicate, timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -178,10 +186,7 @@ def test_more_cameras_than_max_batch_are_served_round_robin(max_batch):
     cache = FakeCache()
     handlers = [Handler(f"cam{i}", cache) for i in range(5)]
     streams = [runtime.add_stream(h.name, h) for h in handlers]
-    gate = Gate(runtime)
-    for stream, handler in zip(streams, handlers, strict=True):
-        stream.submit(1, handler.key(1))
-    gate.open()
+    _submit_in_one_cycle(runtime, streams, handlers, 1)
     _wait(lambda: all(s.stats.processed == 1 for s in streams))
     assert all(len(batch) <= max_batch for batch in cache.batches)
     # Every camera served once, in round-robin order, before any is served twice.
@@ -254,10 +259,7 @@ def test_a_failed_batched_pass_falls_back_to_each_streams_own_call(runtime):
     cache.fail_next = True
     handlers = [Handler(name, cache) for name in ("a", "b")]
     streams = [runtime.add_stream(h.name, h) for h in handlers]
-    gate = Gate(runtime)
-    for stream, handler in zip(streams, handlers, strict=True):
-        stream.submit(3, handler.key(3))
-    gate.open()
+    _submit_in_one_cycle(runtime, streams, handlers, 3)
     _wait(lambda: all(s.stats.processed == 1 for s in streams))
     assert "backbone exploded" in runtime.last_batch_error
     assert cache.batches == [[("a", 3)], [("b", 3)]]
@@ -362,10 +364,7 @@ def test_a_camera_read_by_one_stream_holds_no_features_between_frames(runtime):
     cache, passes = _real_cache()
     handlers = [CameraHandler(name, cache) for name in ("a", "b")]
     streams = [runtime.add_stream(h.name, h) for h in handlers]
-    gate = Gate(runtime)
-    for stream, handler in zip(streams, handlers, strict=True):
-        stream.submit(1, handler.key(1))
-    gate.open()
+    _submit_in_one_cycle(runtime, streams, handlers, 1)
     _wait(lambda: all(s.stats.processed == 1 for s in streams))
     _after_cycle(runtime)
     assert passes == [[1.0, 1.0]]
@@ -378,10 +377,7 @@ def _known_readers(runtime: Runtime, cache: VisionFeatureCache):
     segmenter = CameraHandler("segmenter", cache, shared_camera="front")
     tracker = CameraHandler("tracker", cache, shared_camera="front")
     s1, s2 = runtime.add_stream("s", segmenter), runtime.add_stream("t", tracker)
-    gate = Gate(runtime)
-    s1.submit(1, segmenter.key(1))
-    s2.submit(1, tracker.key(1))
-    gate.open()
+    _submit_in_one_cycle(runtime, (s1, s2), (segmenter, tracker), 1)
     _wait(lambda: s1.stats.processed == 1 and s2.stats.processed == 1)
     _after_cycle(runtime)
     assert not cache.contains(segmenter.key(1))  # both read it in that cycle

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-_MARK = "_sam3_ros_batch_one"
-
 
 def batch_one_positions(position_module: Any, shape: Any, device: Any, dtype: Any) -> Any:
     """Position encodings of a (B, D, H, W) feature map, as a view of the batch-1 ones.
@@ -54,7 +52,7 @@ def install(neck: Any) -> bool:
     module = getattr(neck, "position_encoding", None)
     if module is None or not callable(getattr(module, "forward", None)):
         return False
-    if getattr(module, _MARK, False):
+    if hasattr(module, "_sam3_ros_original_forward"):
         return True
     original = module.forward
 
@@ -67,5 +65,4 @@ def install(neck: Any) -> bool:
     # __call__ (hooks included) is unchanged, and there are no parameters or buffers.
     module._sam3_ros_original_forward = original
     module.forward = forward
-    setattr(module, _MARK, True)
     return True

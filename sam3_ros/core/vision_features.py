@@ -66,9 +66,8 @@ class VisionFeatureCache:
     * Before a frame is encoded, the other frames of its camera are dropped unless the
       current cycle reads them or a reader still awaits them; an awaited frame survives one
       such pass, not more (a reader that never reads it, e.g. after a bag loop, cannot hold
-      it longer). Without a runtime (a session called directly) this
-      keeps the latest encoded frame of each camera only ("latest encoded", not "newest
-      stamp").
+      it longer). Without a runtime (a session called directly) this keeps the latest encoded
+      frame of each camera only ("latest encoded", not "newest stamp").
 
     A consumer that asks for a dropped frame runs the backbone again (correct, one extra pass).
 

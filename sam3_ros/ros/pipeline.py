@@ -106,7 +106,7 @@ def main(args: list[str] | None = None) -> int:
     # With a segmenter and a tracker per camera, up to two frames per camera: the one a
     # lagging reader (a tracker behind the segmenter of its camera) still reads, and the
     # camera's newest; both can be encoded in one pass. Held only until both have read them.
-    frames = len(set(options.kinds)) * max(1, len(options.cameras))
+    frames = len(options.kinds) * max(1, len(options.cameras))  # kinds: no duplicates
     hub = ModelHub(with_tracker="tracker" in options.kinds,
                    feature_capacity=max(4, options.max_batch, frames),
                    max_batch=min(options.max_batch, frames))
