@@ -52,6 +52,7 @@ TEST_TIERS = {
     "test_torch_compile.py": "core",
     "test_detection_conversions.py": "conversion",
     "test_image_conversions.py": "conversion",
+    "test_image_cdr.py": "conversion",
     "test_depth_conversions.py": "conversion",
     "test_fastdds_profile.py": "node",
     "test_launch_and_config.py": "node",

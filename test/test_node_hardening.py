@@ -276,6 +276,43 @@ def test_oversized_frame_is_refused_before_allocating_and_diagnostics_recover(si
              "diagnostics back to OK", segmenter)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "hostile data length", "hostile frame_id"])
+def test_malformed_serialized_frames_are_refused(side_by_side, damage):
+    # The camera subscription reads serialized samples itself (raw): a sample no DDS
+    # deserializer would accept reaches the node's own reader and must be refused there.
+    from rclpy.serialization import serialize_message
+
+    client, segmenter, tracker = side_by_side
+    sample = serialize_message(_frame(2_000_000_000))
+    data_length_at = len(sample) - H * W * 3 - 4
+    assert int.from_bytes(sample[data_length_at:data_length_at + 4], "little") == H * W * 3
+    if damage == "truncated":
+        bad = sample[:len(sample) // 2]
+    elif damage == "hostile data length":
+        bad = sample[:data_length_at] + b"\xff\xff\xff\xff" + sample[data_length_at + 4:]
+    else:  # header.frame_id's length, right after the stamp
+        bad = sample[:12] + b"\xff\xff\xff\xff" + sample[16:]
+    expected = "frame_id" if damage == "hostile frame_id" else "truncated in data"
+    client.clear("/diagnostics")
+    pub = client.node.create_publisher(Image, f"{NS}/image", 10)
+    try:
+        def warned():
+            pub.publish(bad)
+            return any("segmenter" in status.name and status.level == DiagnosticStatus.WARN
+                       and expected in status.message
+                       for array in client.messages("/diagnostics") for status in array.status)
+
+        wait_for(warned, 120, f"a WARN naming {expected!r}", segmenter, poll_s=0.2)
+    finally:
+        client.node.destroy_publisher(pub)
+    assert segmenter.alive() and tracker.alive()
+    # Good frames keep coming from the camera: both nodes go on answering.
+    for node in ("segmenter", "tracker"):
+        client.clear(f"{NS}/{node}/detections")
+        wait_for(lambda n=node: client.messages(f"{NS}/{n}/detections"), 30,
+                 f"{node} answering again", segmenter if node == "segmenter" else tracker)
+
+
 def test_prompt_parameters_follow_the_services(side_by_side):
     client, _, _ = side_by_side
     assert client.call(SetPrompts, f"{NS}/tracker/set_prompts",

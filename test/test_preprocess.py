@@ -257,3 +257,37 @@ def test_cuda_parity_and_buffer_reuse():
     assert pre._host is host and pre._frame is frame  # same size, upload finished: reused
     bf16 = DevicePreprocessor(processor, "cuda", torch.bfloat16)(rgb)
     assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, out.to(torch.bfloat16))
+
+
+_READ_ONLY_SCRIPT = """
+import sys, warnings
+import numpy as np, torch
+from transformers import Sam3ImageProcessor
+from sam3_ros.core.preprocess import DevicePreprocessor, read_only_frame
+# What a raw camera subscription gives: a read-only view of the received bytes.
+rgb = np.frombuffer(bytes(np.arange(48 * 64 * 3, dtype=np.uint8)), np.uint8).reshape(48, 64, 3)
+assert not rgb.flags.writeable
+processor = Sam3ImageProcessor(size={"height": 32, "width": 32})
+expected = processor(images=rgb.copy(), return_tensors="pt")["pixel_values"]
+warnings.filterwarnings("error", message="The given NumPy array is not writable")
+if sys.argv[1] == "package":
+    assert torch.equal(DevicePreprocessor(processor, "cpu", torch.float32)(rgb), expected)
+    with read_only_frame(rgb):
+        assert torch.equal(processor(images=rgb, return_tensors="pt")["pixel_values"], expected)
+else:
+    processor(images=rgb, return_tensors="pt")  # torch warns: an error here
+"""
+
+
+@pytest.mark.parametrize("path,warns", [("package", False), ("bare processor", True)])
+def test_read_only_frames_without_torch_warning(path, warns):
+    # A subprocess each: torch warns once per process, so only a fresh one shows whether
+    # the package's paths would warn (the bare call is the control: it must).
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _READ_ONLY_SCRIPT, path],
+                            capture_output=True, text=True, timeout=300)
+    assert (result.returncode != 0) == warns, result.stderr[-2000:]
+    if warns:
+        assert "The given NumPy array is not writable" in result.stderr

@@ -25,13 +25,35 @@ bus (through a reused pinned buffer, asynchronously) and the float work runs on 
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import threading
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from sam3_ros.core.errors import ConfigError, InvalidImageError
+
+
+@contextlib.contextmanager
+def read_only_frame(rgb: np.ndarray) -> Iterator[None]:
+    """Wrap a read-only frame in a tensor without torch's warning about it.
+
+    The nodes' frames are views of the received sample (read-only bytes, see
+    `core.image_cdr`) and nothing writes into them; torch has no read-only tensors and would
+    warn once per process ("The given NumPy array is not writable"). Only that warning is
+    ignored, only around the wrapping.
+    """
+    if rgb.flags.writeable:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
+                                category=UserWarning)
+        yield
+
 
 PREPROCESS_MODES = ("auto", "device", "processor")
 """Values of the `preprocessing` parameter (words, not true/false, which YAML would turn into
@@ -171,7 +193,8 @@ class DevicePreprocessor:
         import torch
 
         if self.device.type != "cuda":
-            return torch.from_numpy(rgb)
+            with read_only_frame(rgb):
+                return torch.from_numpy(rgb)
         shape = rgb.shape
         host = self._host
         # A pinned buffer whose last upload may still be in flight is not overwritten: a fresh

@@ -20,12 +20,14 @@ a parameter override of the wrong type at start-up is converted where that is un
 (`prompts:=person`) or refused, and configure then fails with the reason.
 
 Frames go from the subscription callback straight into this node's stream of the process
-runtime (`core.runtime`): the compute thread takes the newest frame of every active stream
-(a slow model never builds a queue; replaced frames count as dropped), decodes it, runs one
-batched backbone pass for all cameras of the process, then this node's session, and hands
-the result to the node's output thread, which publishes `detections` (and 3D) first and then
-draws the label image and overlay. Subclasses implement `_create_session`, `_process` and
-their services.
+runtime (`core.runtime`). The camera subscription is `raw=True`: the callback reads the
+stamp and frame id from the serialized sample (`core.image_cdr`) and the pixels stay a view
+of it, with no message object built. The compute thread takes the newest frame of every
+active stream (a slow model never builds a queue; replaced frames count as dropped),
+decodes it, runs one batched backbone pass for all cameras of the process, then this node's
+session, and hands the result to the node's output thread, which publishes `detections`
+(and 3D) first and then draws the label image and overlay. Subclasses implement
+`_create_session`, `_process` and their services.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from std_msgs.msg import Header
 from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import Sam3RosError
+from sam3_ros.core.image_cdr import CompressedImageFields, ImageFields
 from sam3_ros.core.image_codec import check_image_size, to_rgb8
 from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
 from sam3_ros.core.output_buffer import OutputBuffer
@@ -76,6 +79,8 @@ from sam3_ros.ros.detection_conversions import (
 )
 from sam3_ros.ros.image_conversions import (
     compressed_msg_to_numpy,
+    fields_header,
+    image_fields,
     image_msg_to_numpy,
     numpy_to_image_msg,
 )
@@ -162,6 +167,8 @@ class Sam3LifecycleNode(LifecycleNode):
         self._publish_sum_ms = 0.0
         self._running = False
         self._subscription = None
+        self._compressed_input = False
+        """The subscription delivers CompressedImage samples (`input_kind`)."""
         self._image_source = ""
         """Resolved topic of the subscription: part of each frame's feature-sharing key."""
         self._warned_unstamped = False
@@ -350,13 +357,16 @@ class Sam3LifecycleNode(LifecycleNode):
         # dropped (the node is not active yet).
         options = QoSOverridingOptions.with_default_policies()
         try:
-            if self.param("input_kind") == "compressed":
+            # raw: the callback gets the serialized sample (see `_on_image`).
+            self._compressed_input = self.param("input_kind") == "compressed"
+            if self._compressed_input:
                 self._subscription = self.create_subscription(
                     CompressedImage, "image/compressed", self._on_image, IMAGE_QOS,
-                    qos_overriding_options=options)
+                    qos_overriding_options=options, raw=True)
             else:
                 self._subscription = self.create_subscription(
-                    Image, "image", self._on_image, IMAGE_QOS, qos_overriding_options=options)
+                    Image, "image", self._on_image, IMAGE_QOS, qos_overriding_options=options,
+                    raw=True)
             self._depth.subscribe()
         except Exception as err:
             self.get_logger().error(f"activate failed: cannot subscribe: {err}")
@@ -489,32 +499,38 @@ class Sam3LifecycleNode(LifecycleNode):
         pub.publish(label_info_msg(names, generation, header))  # dropped while inactive
 
     # --------------------------------------------------------------------------- per frame
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        # Runs in the executor: hand the frame over, never raise.
-        header = msg.header
+    def _on_image(self, sample: bytes | Image | CompressedImage) -> None:
+        # Runs in the executor: hand the frame over, never raise. `sample` is the serialized
+        # message (raw subscription; a message object works too).
         # Frames may have been overwritten unseen if a long callback held the executor since
         # the previous frame arrived.
         stalled = EXECUTOR_STALLS.last_end_s >= self._last_image_at_s
         self._last_image_at_s = time.monotonic()
         try:
+            fields = image_fields(sample, self._compressed_input)
+        except Exception as err:
+            self._report_frame_error(f"{type(err).__name__}: {err}")
+            return
+        try:
             # Before the frame is submitted: the compute thread may take it at once, and the
             # tracker judges time jumps on the stamps noted before the frame it processes.
-            self._frame_received(header.stamp.sec * 1_000_000_000 + header.stamp.nanosec, stalled)
+            self._frame_received(fields.stamp_sec * 1_000_000_000 + fields.stamp_nanosec,
+                                 stalled)
         except Exception as err:
             self._report_frame_error(f"{type(err).__name__}: {err}")
         stream = self._stream
         if stream is None:
             return
-        key = frame_key(self._image_source, header.stamp.sec, header.stamp.nanosec,
-                        header.frame_id)
+        key = frame_key(self._image_source, fields.stamp_sec, fields.stamp_nanosec,
+                        fields.frame_id)
         if key is None and not self._warned_unstamped:
             self._warned_unstamped = True
             self.get_logger().warning(
                 f"frames on {self._image_source} carry no stamp (0): their backbone features "
                 "are not shared with other nodes of this process, and time jumps cannot be "
                 "detected; set header.stamp in the publisher")
-        # The key travels with the message: computed once, from the topic it arrived on.
-        stream.submit((msg, key), key)
+        # The key travels with the frame: computed once, from the topic it arrived on.
+        stream.submit((fields, key), key)
 
     def _frame_received(self, stamp_ns: int, executor_stalled: bool) -> None:
         """Every frame the camera delivered (also those dropped later); for subclasses.
@@ -540,24 +556,26 @@ class Sam3LifecycleNode(LifecycleNode):
             self._last_error_log_s = now
             self.get_logger().error(f"frame skipped: {text}")
 
-    def _decode(self, msg: Image | CompressedImage) -> tuple[np.ndarray, str]:
+    def _decode(self, fields: ImageFields | CompressedImageFields) -> tuple[np.ndarray, str]:
         # The size limit is checked before anything that scales with the image is allocated
         # (for compressed images: from the header, before decoding).
         max_pixels = self.param("max_image_pixels")
-        if isinstance(msg, CompressedImage):
-            array, encoding = compressed_msg_to_numpy(msg, max_pixels=max_pixels)
+        if isinstance(fields, CompressedImageFields):
+            array, encoding = compressed_msg_to_numpy(fields, max_pixels=max_pixels)
         else:
-            check_image_size(msg.width, msg.height, max_pixels)
-            array, encoding = image_msg_to_numpy(msg), msg.encoding
+            check_image_size(fields.width, fields.height, max_pixels)
+            array, encoding = image_msg_to_numpy(fields), fields.encoding
         return array, encoding
 
-    def _prepare(self, msg: Image | CompressedImage, key: FrameKey | None) -> PreparedFrame:
+    def _prepare(self, fields: ImageFields | CompressedImageFields,
+                 key: FrameKey | None) -> PreparedFrame:
         """Compute thread: decode the runtime's chosen frame of this stream (`key`: its
-        feature-sharing key, from `_on_image`)."""
-        array, encoding = self._decode(msg)
+        feature-sharing key, from `_on_image`). For a raw rgb8 frame `rgb` is a read-only
+        view of the received sample."""
+        array, encoding = self._decode(fields)
         rgb = to_rgb8(array, encoding)
-        header = msg.header
-        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        header = fields_header(fields)
+        stamp_ns = fields.stamp_sec * 1_000_000_000 + fields.stamp_nanosec
         model = self._model
         return PreparedFrame(
             rgb=rgb, key=key,
@@ -730,7 +748,8 @@ class _NodeStream:
     def __init__(self, node: Sam3LifecycleNode) -> None:
         self._node = node
 
-    def prepare(self, item: tuple[Image | CompressedImage, FrameKey | None]) -> PreparedFrame:
+    def prepare(self, item: tuple[ImageFields | CompressedImageFields,
+                                  FrameKey | None]) -> PreparedFrame:
         return self._node._prepare(*item)
 
     def process(self, frame: PreparedFrame) -> tuple[Detections, int]:

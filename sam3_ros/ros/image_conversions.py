@@ -1,7 +1,11 @@
 """`sensor_msgs/Image` and `sensor_msgs/CompressedImage` <-> numpy (cv_bridge replacement).
 
-Thin adapter: every check and conversion lives in `sam3_ros.core.image_codec`; this module
-only moves message fields in and out. Errors are `InvalidImageError` with the core's messages.
+Thin adapter: every check and conversion lives in `sam3_ros.core.image_codec` and
+`sam3_ros.core.image_cdr`; this module only moves message fields in and out. Errors are
+`InvalidImageError` with the core's messages.
+
+The `*_to_numpy` readers take a message or the same fields read from a serialized sample
+(`image_fields`: what the nodes' `raw=True` camera subscriptions get).
 """
 
 from __future__ import annotations
@@ -9,9 +13,18 @@ from __future__ import annotations
 import array as pyarray
 
 import numpy as np
+from builtin_interfaces.msg import Time
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from sam3_ros.core.image_cdr import (
+    CompressedImageFields,
+    ImageFields,
+    UnsupportedEncapsulationError,
+    read_compressed_image,
+    read_image,
+)
 from sam3_ros.core.image_codec import (
     compressed_format_string,
     decode_compressed,
@@ -23,6 +36,8 @@ from sam3_ros.core.image_codec import (
 
 __all__ = [
     "compressed_msg_to_numpy",
+    "fields_header",
+    "image_fields",
     "image_msg_to_numpy",
     "numpy_to_compressed_msg",
     "numpy_to_image_msg",
@@ -42,11 +57,47 @@ def _to_byte_array(buffer: bytes | memoryview) -> pyarray.array:
     return data
 
 
-def image_msg_to_numpy(msg: Image) -> np.ndarray:
+def image_fields(sample: bytes | Image | CompressedImage,
+                 compressed: bool) -> ImageFields | CompressedImageFields:
+    """The fields of a camera image, from its serialized sample or from a message.
+
+    Args:
+        sample: What a `raw=True` subscription delivers (serialized bytes), or a message.
+        compressed: The sample is a `CompressedImage` (else an `Image`).
+
+    Returns:
+        `ImageFields` or `CompressedImageFields`; `data` is a view of the sample's pixels (of
+        `msg.data` for a message), read-only for bytes.
+
+    Raises:
+        InvalidImageError: a malformed sample (truncated, oversized strings).
+    """
+    if isinstance(sample, (bytes, bytearray, memoryview)):
+        try:
+            return read_compressed_image(sample) if compressed else read_image(sample)
+        except UnsupportedEncapsulationError:
+            # Not plain CDR (a middleware with another representation): rclpy reads it.
+            sample = deserialize_message(bytes(sample), CompressedImage if compressed else Image)
+    stamp, data = sample.header.stamp, memoryview(sample.data)
+    if compressed:
+        return CompressedImageFields(stamp.sec, stamp.nanosec, sample.header.frame_id,
+                                     sample.format, data)
+    return ImageFields(stamp.sec, stamp.nanosec, sample.header.frame_id, sample.height,
+                       sample.width, sample.encoding, sample.is_bigendian, sample.step, data)
+
+
+def fields_header(fields: ImageFields | CompressedImageFields) -> Header:
+    """A `std_msgs/Header` with the image's stamp and frame id (for the node's outputs)."""
+    return Header(stamp=Time(sec=fields.stamp_sec, nanosec=fields.stamp_nanosec),
+                  frame_id=fields.frame_id)
+
+
+def image_msg_to_numpy(msg: Image | ImageFields) -> np.ndarray:
     """View an Image message's pixels as a numpy array (zero-copy where possible).
 
     Args:
-        msg: the message; its encoding must be one of `image_codec.SUPPORTED_ENCODINGS`.
+        msg: the message (or its `image_fields`); its encoding must be one of
+            `image_codec.SUPPORTED_ENCODINGS`.
 
     Returns:
         (H, W) or (H, W, C) uint8 / native uint16 array, a view of `msg.data` unless 16-bit
@@ -86,7 +137,7 @@ def numpy_to_image_msg(array: np.ndarray, encoding: str, header: Header | None =
     return msg
 
 
-def compressed_msg_to_numpy(msg: CompressedImage,
+def compressed_msg_to_numpy(msg: CompressedImage | CompressedImageFields,
                             max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """Decode a CompressedImage message (jpeg or png).
 
@@ -97,7 +148,7 @@ def compressed_msg_to_numpy(msg: CompressedImage,
     encoding was rgb8; `image_codec.to_rgb8` takes it from there.
 
     Args:
-        msg: the message.
+        msg: the message (or its `image_fields`).
         max_pixels: Largest accepted width x height, read from the header before decoding.
 
     Returns:

@@ -10,7 +10,7 @@ heads, the hand-off to the output thread and the publish. This process plays the
 bytes: the Python -> CDR conversion a C++ driver does not pay is timed apart) and the
 subscriber (receives `detections`). Prints the median of every hop:
 
-    camera publish -> node callback        DDS + rclpy deserialisation (the image)
+    camera publish -> node callback        DDS + rclpy (the image's serialized sample)
     callback -> compute thread prepare     executor -> compute thread hand-off
     prepare                                decode the message to an rgb array
     prepare end -> heads start             preprocessing + backbone (batched pass)
@@ -50,6 +50,7 @@ HOPS = (
 
 _NODE_WRAPPER = """
 import atexit, json, sys, time
+from sam3_ros.core.image_cdr import read_stamp_sec
 from sam3_ros.ros import base_node
 from sam3_ros.ros.segmenter_node import main
 events_path = sys.argv.pop(1)
@@ -64,8 +65,8 @@ def wrap(cls, name, event, stamp_of):
         return result
     setattr(cls, name, timed)
 node_cls = base_node.Sam3LifecycleNode
-wrap(node_cls, "_on_image", "cb", lambda msg: msg.header.stamp.sec)
-wrap(node_cls, "_prepare", "prep", lambda msg, key: msg.header.stamp.sec)
+wrap(node_cls, "_on_image", "cb", read_stamp_sec)  # the raw sample
+wrap(node_cls, "_prepare", "prep", lambda fields, key: fields.stamp_sec)
 wrap(base_node._NodeStream, "process", "proc", lambda frame: frame.context[0].stamp.sec)
 wrap(node_cls, "_publish", "pub", lambda d, g, header, rgb: header.stamp.sec)
 atexit.register(lambda: open(events_path, "w").write(json.dumps(events)))
