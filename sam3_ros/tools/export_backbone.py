@@ -2,6 +2,7 @@
 
     python -m sam3_ros.tools.export_backbone --model CKPT --out DIR \\
         [--precision fp32|int8-dynamic|int8-static] [--calibration-frames N] \\
+        [--calibration-parts P] \\
         [--image-size S] [--frames IMAGE_DIR] [--min-cosine C] [--attention mha|explicit|onnx]
 
 Writes into DIR `sam3_backbone_<S>px_<precision>_<attention>.onnx` (+ `.onnx.data`, the
@@ -21,7 +22,9 @@ is one (export fp32 first), else from a temporary fp32 export that is not kept.
   stays float in the `mha` and `onnx` forms (in the `explicit` form its two MatMuls are
   quantised like the others).
 * int8-static: QDQ, per-channel int8 weights and int8 activations of MatMul/Gemm (convolutions
-  stay float), with activation ranges calibrated (MinMax) on `--calibration-frames` frames.
+  stay float), with activation ranges calibrated (MinMax) on `--calibration-frames` frames,
+  the calibrated tensors split over `--calibration-parts` runs to bound memory
+  (`sam3_ros.tools.ort_calibration`; the full-size backbone needs 4 on a 24 GB machine).
 
 Every artifact is checked against the checkpoint's torch backbone on `--check-frames` frames:
 cosine similarity and max abs error of every output, plus detections through the package's
@@ -260,10 +263,12 @@ def _size_mb(onnx_path: Path) -> float:
 
 
 def quantize(fp32_path: Path, out_path: Path, precision: str,
-             calibration: Sequence[Any] = ()) -> None:
-    """INT8 `precision` of an fp32 artifact (see the module docstring for what is quantised)."""
+             calibration: Sequence[Any] = (), calibration_parts: int = 4) -> None:
+    """INT8 `precision` of an fp32 artifact (see the module docstring for what is quantised).
+
+    `calibration`: (1, 3, S, S) pixel tensors (int8-static); `calibration_parts`: how many
+    runs the calibrated tensors are split over (memory; see `tools.ort_calibration`)."""
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         QuantFormat,
         QuantType,
         quantize_dynamic,
@@ -277,30 +282,36 @@ def quantize(fp32_path: Path, out_path: Path, precision: str,
                          weight_type=QuantType.QInt8, op_types_to_quantize=QUANT_OPS_DYNAMIC,
                          use_external_data_format=True)
     elif precision == "int8-static":
+        from sam3_ros.tools.ort_calibration import (
+            calibrate_min_max,
+            supports_calibration_cache,
+            write_calibration_cache,
+        )
+
         if not calibration:
             raise ModelLoadError("int8-static needs calibration frames (--calibration-frames)")
-        _log(f"quantize_static (QDQ, MinMax) on {len(calibration)} calibration frames")
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.items = [{"pixel_values": px.numpy()} for px in calibration]
-                self.index = 0
-
-            def get_next(self) -> dict[str, Any] | None:
-                if self.index >= len(self.items):
-                    return None
-                self.index += 1
-                _log(f"calibration frame {self.index}/{len(self.items)}")
-                return self.items[self.index - 1]
-
-        reader = Reader()
-        quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, op_types_to_quantize=QUANT_OPS_STATIC,
-                        use_external_data_format=True)
-        # Memory: the calibrator holds every calibration frame's intermediate tensors
-        # (CalibMaxIntermediateOutputs would fold them per frame, but in onnxruntime 1.32 it
-        # then fails with "No data is collected" once the frames are a multiple of it).
+        if not supports_calibration_cache():
+            raise ModelLoadError(
+                "int8-static needs onnxruntime >= 1.32 (quantize_static's "
+                "calibration_cache_path, and QuantizeLinear at the graph's opset 23); "
+                "use int8-dynamic with this onnxruntime")
+        _log(f"MinMax calibration on {len(calibration)} frames in {calibration_parts} part(s)")
+        # In parts: onnxruntime's one-run calibration of the full-size backbone needs ~16 GB
+        # per frame (see sam3_ros.tools.ort_calibration).
+        ranges = calibrate_min_max(
+            fp32_path, [{"pixel_values": px.numpy()} for px in calibration],
+            QUANT_OPS_STATIC, calibration_parts, _log)
+        cache = out_path.with_name(out_path.stem + ".calibration.json")
+        write_calibration_cache(ranges, cache)
+        _log(f"quantize_static (QDQ) with the ranges of {len(ranges.data)} tensors")
+        try:
+            quantize_static(str(fp32_path), str(out_path), None,
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=QUANT_OPS_STATIC,
+                            use_external_data_format=True, calibration_cache_path=str(cache))
+        finally:
+            cache.unlink(missing_ok=True)
     else:
         raise ModelLoadError(f"unknown int8 precision '{precision}'")
     _log(f"quantised in {time.monotonic() - start:.0f} s: {_size_mb(out_path):.1f} MB")
@@ -389,7 +400,8 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
                     image_size: int | None = None, calibration_frames: int = 8,
                     check_frames: int = 2, frames_dir: str | None = None,
                     min_cosine: float | None = None, prompts: Sequence[str] = ("person",),
-                    score_threshold: float = 0.5, attention: str = "mha") -> dict[str, Any]:
+                    score_threshold: float = 0.5, attention: str = "mha",
+                    calibration_parts: int = 4) -> dict[str, Any]:
     """Export (and for int8 quantise), check and key one artifact; see the module docstring.
 
     Returns:
@@ -473,7 +485,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
             if precision == "int8-static":
                 calibration = [preprocess(f) for f in
                                load_frames(frames_dir, calibration_frames, seed=1)]
-            quantize(fp32_path, path, precision, calibration)
+            quantize(fp32_path, path, precision, calibration, calibration_parts)
         _log(f"checking {path.name} against the torch backbone on {len(frames)} frames")
         session = make_session(path, "cpu")
         with torch.inference_mode():
@@ -507,6 +519,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         }
         if precision == "int8-static":
             report["calibration_frames"] = calibration_frames
+            report["calibration_parts"] = calibration_parts
         print(format_report(report), flush=True)
         if not passed:
             raise ExportRefusedError(
@@ -548,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         choices=("fp32", "int8-dynamic", "int8-static"))
     parser.add_argument("--calibration-frames", type=int, default=8,
                         help="int8-static: frames to calibrate activation ranges on")
+    parser.add_argument("--calibration-parts", type=int, default=4,
+                        help="int8-static: runs the calibrated tensors are split over (peak "
+                             "memory falls with more parts; each part runs every frame)")
     parser.add_argument("--check-frames", type=int, default=2,
                         help="frames to compare the artifact with torch on")
     parser.add_argument("--frames", default=None,
@@ -572,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_backbone(args.model, args.out, args.precision, args.image_size,
                         args.calibration_frames, args.check_frames, args.frames,
                         args.min_cosine, [p for p in args.prompts.split(",") if p],
-                        args.score_threshold, args.attention)
+                        args.score_threshold, args.attention, args.calibration_parts)
     except ExportRefusedError as err:
         print(f"export_backbone: {err}", file=sys.stderr, flush=True)
         return 2
