@@ -176,6 +176,15 @@ def step_export(args: argparse.Namespace) -> None:
     _log(f"int8-dynamic quantisation took {time.monotonic() - start:.0f} s")
 
 
+def graph_precision(ops: set[str]) -> str:
+    """What a graph's op types say it is (a `--graph` file need not be `--precision`'s)."""
+    if "QuantizeLinear" in ops or "DequantizeLinear" in ops:
+        return "int8-static"
+    if ops & {"DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear"}:
+        return "int8-dynamic"
+    return "fp32"
+
+
 def step_ort(args: argparse.Namespace) -> None:
     from sam3_ros.core.onnx_backbone import make_session
     from sam3_ros.tools.export_backbone import feature_metrics
@@ -200,7 +209,8 @@ def step_ort(args: argparse.Namespace) -> None:
     attention = ("mha" if "MultiHeadAttention" in ops else
                  "explicit" if "Softmax" in ops else "onnx")
     _record(args.workdir, {
-        "backend": f"onnxruntime {args.precision} (attention {attention})", "threads": args.threads,
+        "backend": f"onnxruntime {graph_precision(ops)} (attention {attention})",
+        "threads": args.threads,
         "image_size": args.image_size, "s_per_frame_median": median, "samples_s": samples,
         "cosine_min": min(m["cosine"] for m in metrics.values()),
         "max_abs_error": max(m["max_abs_error"] for m in metrics.values()),
