@@ -316,3 +316,45 @@ def test_lifecycle_reload_and_compressed_input(harness, tiny_checkpoint):
 
     result = wait_for(got, 60, "detections from compressed input", harness.node, poll_s=0.2)[0]
     assert (result.image_width, result.image_height) == (160, 120)
+
+
+@pytest.mark.parametrize("input_kind", ["raw", "compressed"])
+def test_image_qos_override_reaches_the_camera_subscription(tiny_checkpoint, input_kind):
+    # A user's `qos_overrides` (e.g. a driver that only offers reliable) applies to the
+    # serialized-sample subscription as to any other, raw and compressed alike.
+    ns = f"/qos_{input_kind}"
+    topic = f"{ns}/camera/image" + ("/compressed" if input_kind == "compressed" else "")
+    cmd = node_command("segmenter", {
+        "model": str(tiny_checkpoint), "device": "cpu", "autostart": True,
+        "prompts": ["mug"], "input_kind": input_kind,
+        f"qos_overrides.{topic}.subscription.reliability": "reliable",
+        f"qos_overrides.{topic}.subscription.depth": 3,
+    }, remaps={"__ns": ns, "image": f"{ns}/camera/image",
+               "image/compressed": f"{ns}/camera/image/compressed"})
+    node = NodeProcess(cmd)
+    client = Client(f"qos_{input_kind}_client")
+    try:
+        wait_for(lambda: client.node.get_subscriptions_info_by_topic(topic), 300,
+                 "the node to subscribe", node)
+        qos = client.node.get_subscriptions_info_by_topic(topic)[0].qos_profile
+        assert qos.reliability == ReliabilityPolicy.RELIABLE  # (depth is not on the graph)
+        rgb = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        if input_kind == "compressed":
+            pub = client.node.create_publisher(CompressedImage, topic, reliable)
+            msg = numpy_to_compressed_msg(rgb, "rgb8", "png")
+        else:
+            pub = client.node.create_publisher(Image, topic, reliable)
+            msg = numpy_to_image_msg(rgb, "rgb8")
+        msg.header.stamp.sec, msg.header.frame_id = 5, "cam"
+        client.subscribe(DetectionArray, f"{ns}/segmenter/detections")
+
+        def answered():
+            pub.publish(msg)
+            return [d for d in client.messages(f"{ns}/segmenter/detections")
+                    if d.header.stamp.sec == 5 and d.header.frame_id == "cam"]
+
+        wait_for(answered, 120, "a result", node, poll_s=0.3)
+    finally:
+        client.close()
+        node.stop()
