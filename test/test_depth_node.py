@@ -242,3 +242,19 @@ def test_bad_depth_or_camera_info_reported_and_next_frame_processed(harness, sec
     assert not harness.by_stamp(f"{NS}/segmenter/detections_3d", sec)
     _, objects = harness.send(sec + 1, depth=_depth(sec + 1), info=_camera_info(sec + 1))
     assert objects is not None and harness.node.alive()
+
+
+def test_malformed_serialized_depth_is_dropped_and_next_frame_processed(harness):
+    # The depth subscription reads serialized samples itself (raw): a cut sample is dropped
+    # in the callback with a log line; its colour frame goes out in 2D without 3D.
+    from rclpy.serialization import serialize_message
+
+    sample = serialize_message(_depth(70))
+    detections, _ = harness.send(70, depth=sample[:len(sample) // 2], info=_camera_info(70),
+                                 want_3d=False)
+    assert detections.header.stamp.sec == 70
+    wait_for(lambda: "depth sample dropped: serialized image truncated" in harness.node.output(),
+             20, "the dropped sample's log line", harness.node)
+    assert not harness.by_stamp(f"{NS}/segmenter/detections_3d", 70)
+    _, objects = harness.send(71, depth=_depth(71), info=_camera_info(71))
+    assert objects is not None and harness.node.alive()

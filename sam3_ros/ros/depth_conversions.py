@@ -20,6 +20,7 @@ from sam3_ros.core.camera_model import (
     decode_depth,
 )
 from sam3_ros.core.detections import Detections
+from sam3_ros.core.image_cdr import ImageFields
 from sam3_ros.core.objects3d import CLOUD_DTYPE, MarkerSpec, Objects3D
 from sam3_ros.msg import Detection3D, Detection3DArray
 from sam3_ros.ros.detection_conversions import _vision_msgs
@@ -55,8 +56,10 @@ def camera_model_from_info(msg: CameraInfo, rectified: bool) -> CameraModel:
         binning_y=int(msg.binning_y), roi_size=(int(msg.roi.width), int(msg.roi.height)))
 
 
-def depth_msg_to_numpy(msg: Image, max_pixels: int = MAX_DEPTH_PIXELS) -> np.ndarray:
-    """(H, W) uint16 (16UC1, mono16) or float32 (32FC1) view of a depth Image.
+def depth_msg_to_numpy(msg: Image | ImageFields,
+                       max_pixels: int = MAX_DEPTH_PIXELS) -> np.ndarray:
+    """(H, W) uint16 (16UC1, mono16) or float32 (32FC1) view of a depth Image (or of its
+    `image_conversions.image_fields`, read from the serialized sample).
 
     Raises:
         InvalidImageError: encoding, size limits, step or data length (checked before any

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from builtin_interfaces.msg import Time
 from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -54,6 +55,7 @@ from sam3_ros.ros.depth_conversions import (
     objects_to_vision_msgs,
 )
 from sam3_ros.ros.detection_conversions import _vision_msgs
+from sam3_ros.ros.image_conversions import image_fields
 
 # Depth frames kept for pairing: at 30 Hz, 8 frames span 0.27 s, more than a colour frame
 # spends in inference on a GPU; raw messages are kept, only the paired one is decoded.
@@ -96,6 +98,8 @@ class DepthOutputs:
         self._last_dt_ms = float("nan")
         self._last_ms = float("nan")
         self._last_log_s = 0.0
+        self._last_sample_log_s = 0.0
+        """When a malformed depth sample was last logged (executor thread; throttled)."""
 
     # ------------------------------------------------------------------------- lifecycle
     def create_publishers(self) -> None:
@@ -133,8 +137,9 @@ class DepthOutputs:
             self._reason = ""
         options = QoSOverridingOptions.with_default_policies()
         self._subs = [
+            # raw: the depth image is read in place like the camera's (`core.image_cdr`).
             self._node.create_subscription(Image, "depth", self._on_depth, DEPTH_QOS,
-                                           qos_overriding_options=options),
+                                           qos_overriding_options=options, raw=True),
             self._node.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
                                            CAMERA_INFO_QOS, qos_overriding_options=options),
         ]
@@ -145,8 +150,18 @@ class DepthOutputs:
             self._node.destroy_subscription(sub)
         self._subs = []
 
-    def _on_depth(self, msg: Image) -> None:
-        self._depth.put(_stamp_ns(msg.header.stamp), msg)
+    def _on_depth(self, sample: bytes | Image) -> None:
+        # Runs in the executor: never raises. A malformed sample is dropped; the frames it
+        # would have paired with report "no depth" (the pairing's own reason).
+        try:
+            fields = image_fields(sample, compressed=False)
+        except Exception as err:
+            now = time.monotonic()
+            if now - self._last_sample_log_s >= 2.0:
+                self._last_sample_log_s = now
+                self._node.get_logger().warning(f"depth sample dropped: {err}")
+            return
+        self._depth.put(fields.stamp_sec * 1_000_000_000 + fields.stamp_nanosec, fields)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._info = msg  # one reference swap: atomic for the worker that reads it
@@ -219,7 +234,8 @@ class DepthOutputs:
         objects = objects_3d(crops, colour_hw, depth, scale, rays, cfg)
         out_header = Header(stamp=header.stamp, frame_id=info.header.frame_id or
                             header.frame_id)
-        self._send(objects, detections, out_header, depth_msg.header.stamp)
+        self._send(objects, detections, out_header,
+                   Time(sec=depth_msg.stamp_sec, nanosec=depth_msg.stamp_nanosec))
         return "", pairing.dt_ns
 
     def _camera_model(self, info: CameraInfo, rectified: bool) -> CameraModel:
