@@ -76,6 +76,7 @@ def test_stamps_at_type_limits(sec, nanosec):
     sample = serialize_message(_image("f", "mono8", 1, 1, 1, sec=sec, nanosec=nanosec))
     fields = read_image(sample)
     assert (fields.stamp_sec, fields.stamp_nanosec) == (sec, nanosec)
+    assert fields.stamp_ns == sec * 1_000_000_000 + nanosec
     assert read_stamp_sec(sample) == sec
     header = fields_header(fields)
     assert (header.stamp.sec, header.stamp.nanosec, header.frame_id) == (sec, nanosec, "f")

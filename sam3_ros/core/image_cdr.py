@@ -40,6 +40,9 @@ _ORIGIN = 4
 # A string field's length (with its terminating NUL) above this is not a frame id, an
 # encoding or a format: refused before anything is decoded.
 MAX_STRING_BYTES = 1 << 16
+# (uint32, int32) readers per byte order: built once, not per sample.
+_STRUCTS = {order: (struct.Struct(order + "I"), struct.Struct(order + "i"))
+            for order in "<>"}
 
 
 class UnsupportedEncapsulationError(ValueError):
@@ -60,6 +63,11 @@ class ImageFields:
     step: int
     data: memoryview
 
+    @property
+    def stamp_ns(self) -> int:
+        """`header.stamp` in nanoseconds."""
+        return self.stamp_sec * 1_000_000_000 + self.stamp_nanosec
+
 
 @dataclass(frozen=True, slots=True)
 class CompressedImageFields:
@@ -70,6 +78,11 @@ class CompressedImageFields:
     frame_id: str
     format: str
     data: memoryview
+
+    @property
+    def stamp_ns(self) -> int:
+        """`header.stamp` in nanoseconds."""
+        return self.stamp_sec * 1_000_000_000 + self.stamp_nanosec
 
 
 class _Reader:
@@ -94,8 +107,7 @@ class _Reader:
                 f"encapsulation 0x{kind.hex()} is not plain CDR (0x0000 or 0x0001)")
         self.view = view
         self.pos = _ORIGIN
-        self._u32 = struct.Struct(order + "I")
-        self._i32 = struct.Struct(order + "i")
+        self._u32, self._i32 = _STRUCTS[order]
 
     def _take(self, size: int, align: int, what: str) -> int:
         pos = self.pos + (-(self.pos - _ORIGIN) % align)
@@ -129,6 +141,11 @@ class _Reader:
         start = self._take(size, 1, what)
         return self.view[start:start + size]
 
+    def header(self) -> tuple[int, int, str]:
+        """`std_msgs/Header`: (stamp sec, stamp nanosec, frame id)."""
+        return (self.int32("header.stamp.sec"), self.uint32("header.stamp.nanosec"),
+                self.string("header.frame_id"))
+
 
 def read_image(sample: bytes | bytearray | memoryview) -> ImageFields:
     """The fields of a serialized `sensor_msgs/Image`, its pixels as a view of `sample`.
@@ -144,9 +161,7 @@ def read_image(sample: bytes | bytearray | memoryview) -> ImageFields:
         InvalidImageError: truncated sample or an oversized string field.
     """
     reader = _Reader(sample)
-    sec = reader.int32("header.stamp.sec")
-    nanosec = reader.uint32("header.stamp.nanosec")
-    frame_id = reader.string("header.frame_id")
+    sec, nanosec, frame_id = reader.header()
     height = reader.uint32("height")
     width = reader.uint32("width")
     encoding = reader.string("encoding")
@@ -159,9 +174,7 @@ def read_image(sample: bytes | bytearray | memoryview) -> ImageFields:
 def read_compressed_image(sample: bytes | bytearray | memoryview) -> CompressedImageFields:
     """The fields of a serialized `sensor_msgs/CompressedImage`; see `read_image`."""
     reader = _Reader(sample)
-    sec = reader.int32("header.stamp.sec")
-    nanosec = reader.uint32("header.stamp.nanosec")
-    frame_id = reader.string("header.frame_id")
+    sec, nanosec, frame_id = reader.header()
     fmt = reader.string("format")
     data = reader.octets("data")
     return CompressedImageFields(sec, nanosec, frame_id, fmt, data)

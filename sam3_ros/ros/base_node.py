@@ -514,8 +514,7 @@ class Sam3LifecycleNode(LifecycleNode):
         try:
             # Before the frame is submitted: the compute thread may take it at once, and the
             # tracker judges time jumps on the stamps noted before the frame it processes.
-            self._frame_received(fields.stamp_sec * 1_000_000_000 + fields.stamp_nanosec,
-                                 stalled)
+            self._frame_received(fields.stamp_ns, stalled)
         except Exception as err:
             self._report_frame_error(f"{type(err).__name__}: {err}")
         stream = self._stream
@@ -575,7 +574,7 @@ class Sam3LifecycleNode(LifecycleNode):
         array, encoding = self._decode(fields)
         rgb = to_rgb8(array, encoding)
         header = fields_header(fields)
-        stamp_ns = fields.stamp_sec * 1_000_000_000 + fields.stamp_nanosec
+        stamp_ns = fields.stamp_ns
         model = self._model
         return PreparedFrame(
             rgb=rgb, key=key,

@@ -161,7 +161,7 @@ class DepthOutputs:
                 self._last_sample_log_s = now
                 self._node.get_logger().warning(f"depth sample dropped: {err}")
             return
-        self._depth.put(fields.stamp_sec * 1_000_000_000 + fields.stamp_nanosec, fields)
+        self._depth.put(fields.stamp_ns, fields)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._info = msg  # one reference swap: atomic for the worker that reads it
