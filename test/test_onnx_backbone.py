@@ -10,6 +10,7 @@ mask threshold may flip).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -139,6 +140,25 @@ def test_calibration_refuses_bad_arguments(artifacts):
     with pytest.raises(ModelLoadError, match="parts must be >= 1, got 0"):
         calibrate_min_max(fp32, [{"pixel_values": np.zeros((1, 3, 112, 112), np.float32)}],
                           ["MatMul"], 0)
+
+
+@pytest.mark.parametrize(("precision", "arguments", "reason"), [
+    ("fp32", {"check_frames": 0}, "--check-frames must be >= 1, got 0"),
+    ("int8-dynamic", {"check_frames": -1}, "--check-frames must be >= 1, got -1"),
+    ("int8-static", {"calibration_frames": 0}, "--calibration-frames must be >= 1, got 0"),
+    ("int8-static", {"calibration_parts": 0}, "--calibration-parts must be >= 1, got 0"),
+    ("fp32", {"image_size": 0}, "--image-size must be >= 1, got 0"),
+    ("fp32", {"image_size": -14}, "--image-size must be >= 1, got -14"),
+])
+def test_export_refuses_bad_counts_before_loading(tmp_path, precision, arguments, reason):
+    # A missing checkpoint would fail the load: the argument's reason proves it came first.
+    with pytest.raises(ModelLoadError, match=re.escape(reason)):
+        export_backbone(str(tmp_path / "missing"), str(tmp_path / "out"), precision,
+                        prompts=[], **arguments)
+    assert not (tmp_path / "out").exists()
+    flag, value = reason.split(" must")[0], reason.rsplit(" ", 1)[1]
+    assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out"),
+                 "--precision", precision, f"{flag}={value}"]) == 1
 
 
 def _image(seed: int = 0) -> np.ndarray:

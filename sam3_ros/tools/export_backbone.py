@@ -429,12 +429,24 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         raise ModelLoadError(f"--precision must be one of {PRECISIONS}, got '{precision}'")
     if attention not in ATTENTION_FORMS:
         raise ModelLoadError(f"--attention must be one of {ATTENTION_FORMS}, got '{attention}'")
+    # Checked before the checkpoint loads: at full size a bad count would otherwise surface
+    # only after minutes of export.
+    counts = {"--check-frames": check_frames}
+    if precision == "int8-static":
+        counts |= {"--calibration-frames": calibration_frames,
+                   "--calibration-parts": calibration_parts}
+    for flag, value in counts.items():
+        if int(value) < 1:
+            raise ModelLoadError(f"{flag} must be >= 1, got {value}")
+    if image_size is not None and int(image_size) < 1:
+        raise ModelLoadError(f"--image-size must be >= 1, got {image_size}")
     threshold = DEFAULT_MIN_COSINE[precision] if min_cosine is None else float(min_cosine)
     out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     _log(f"loading {model} (cpu, float32)")
     loaded = load_sam3(model, device="cpu", dtype="float32")
-    size = int(image_size or loaded.processor.image_processor.size["height"])
+    size = int(image_size if image_size is not None
+               else loaded.processor.image_processor.size["height"])
     patch = loaded.detector.config.vision_config.backbone_config.patch_size
     if size % patch:
         raise ModelLoadError(f"--image-size {size} is not a multiple of the patch size {patch}")
