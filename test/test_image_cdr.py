@@ -186,6 +186,44 @@ def test_big_endian_cdr():
     _assert_image_fields(read_image(sample), msg)
 
 
+def _hand_written(frame_id: bytes, encoding: bytes) -> bytes:
+    """A little-endian mono8 1x1 sample whose strings are written byte for byte as given."""
+    out = bytearray(b"\x00\x01\x00\x00")
+
+    def u32(value: int) -> None:
+        out.extend(b"\x00" * (-(len(out) - 4) % 4))
+        out.extend(struct.pack("<I", value))
+
+    u32(7)
+    u32(8)
+    u32(len(frame_id))
+    out.extend(frame_id)
+    u32(1)
+    u32(1)
+    u32(len(encoding))
+    out.extend(encoding)
+    out.append(0)
+    u32(1)
+    u32(1)
+    out.append(9)
+    return bytes(out)
+
+
+# Strings that break CDR's rule (exactly one NUL, at the end) read as rclpy reads them.
+@pytest.mark.parametrize("frame_id,encoding", [
+    (b"cam\x00junk\x00", b"mono8\x00"),  # a NUL inside the frame id
+    (b"cam\x00", b"mono8\x00xx\x00"),  # ... inside the encoding
+    (b"cam", b"mono8"),  # no terminator at all
+    (b"\x00", b"mono8\x00\x00\x00"),  # padding NULs
+    (b"\xff\xfecam\x00", b"mono8\x00"),  # undecodable bytes
+])
+def test_strings_without_one_final_nul_read_as_rclpy_reads_them(frame_id, encoding):
+    sample = _hand_written(frame_id, encoding)
+    expected = deserialize_message(sample, Image)
+    _assert_image_fields(read_image(sample), expected)
+    assert expected.encoding == "mono8"
+
+
 def test_other_encapsulations_fall_back_to_rclpy():
     msg = _image("cam", "rgb8", 2, 2, 6)
     sample = serialize_message(msg)
@@ -196,6 +234,10 @@ def test_other_encapsulations_fall_back_to_rclpy():
         read_image(xcdr2)
     assert deserialize_message(xcdr2, Image) == msg
     _assert_image_fields(image_fields(xcdr2, compressed=False), msg)
+    # One rclpy cannot read either is the same InvalidImageError as a malformed plain sample.
+    for encapsulation in (b"\x00\x02", b"\xff\xff"):
+        with pytest.raises(InvalidImageError, match=f"0x{encapsulation.hex()} is not plain"):
+            image_fields(encapsulation + sample[2:], compressed=False)
 
 
 @pytest.mark.parametrize("sample", [b"", b"\x00", b"\x00\x01\x00"])

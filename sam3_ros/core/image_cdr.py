@@ -133,8 +133,12 @@ class _Reader:
             raise InvalidImageError(
                 f"serialized image: {what} of {size} bytes exceeds {MAX_STRING_BYTES}")
         start = self._take(size, 1, what)
-        # The length counts the terminating NUL; undecodable bytes are replaced, as rclpy does.
-        return bytes(self.view[start:start + max(size - 1, 0)]).decode("utf-8", "replace")
+        # As rclpy reads it: the text ends at the first NUL (the terminator the length counts,
+        # or an earlier one; none at all from a writer that left it off), and undecodable
+        # bytes are replaced.
+        raw = bytes(self.view[start:start + size])
+        end = raw.find(b"\0")
+        return (raw if end < 0 else raw[:end]).decode("utf-8", "replace")
 
     def octets(self, what: str) -> memoryview:
         size = self.uint32(what)

@@ -18,6 +18,7 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from sam3_ros.core.errors import InvalidImageError
 from sam3_ros.core.image_cdr import (
     CompressedImageFields,
     ImageFields,
@@ -70,14 +71,21 @@ def image_fields(sample: bytes | Image | CompressedImage,
         `msg.data` for a message), read-only for bytes.
 
     Raises:
-        InvalidImageError: a malformed sample (truncated, oversized strings).
+        InvalidImageError: a malformed sample (truncated, oversized strings), also one of
+            another encapsulation that rclpy's deserializer refuses.
     """
     if isinstance(sample, (bytes, bytearray, memoryview)):
         try:
             return read_compressed_image(sample) if compressed else read_image(sample)
         except UnsupportedEncapsulationError:
             # Not plain CDR (a middleware with another representation): rclpy reads it.
-            sample = deserialize_message(bytes(sample), CompressedImage if compressed else Image)
+            try:
+                sample = deserialize_message(bytes(sample),
+                                             CompressedImage if compressed else Image)
+            except Exception as err:  # rclpy raises its RMWError for any malformed sample
+                raise InvalidImageError(
+                    f"serialized image: encapsulation 0x{bytes(sample[:2]).hex()} is not "
+                    f"plain CDR and rclpy cannot read it either: {err}") from err
     stamp, data = sample.header.stamp, memoryview(sample.data)
     if compressed:
         return CompressedImageFields(stamp.sec, stamp.nanosec, sample.header.frame_id,
