@@ -263,7 +263,7 @@ _READ_ONLY_SCRIPT = """
 import sys, warnings
 import numpy as np, torch
 from transformers import Sam3ImageProcessor
-from sam3_ros.core.preprocess import DevicePreprocessor, read_only_frame
+from sam3_ros.core.preprocess import DevicePreprocessor, ignore_read_only_warning
 # What a raw camera subscription gives: a read-only view of the received bytes.
 rgb = np.frombuffer(bytes(np.arange(48 * 64 * 3, dtype=np.uint8)), np.uint8).reshape(48, 64, 3)
 assert not rgb.flags.writeable
@@ -272,11 +272,45 @@ expected = processor(images=rgb.copy(), return_tensors="pt")["pixel_values"]
 warnings.filterwarnings("error", message="The given NumPy array is not writable")
 if sys.argv[1] == "package":
     assert torch.equal(DevicePreprocessor(processor, "cpu", torch.float32)(rgb), expected)
-    with read_only_frame(rgb):
-        assert torch.equal(processor(images=rgb, return_tensors="pt")["pixel_values"], expected)
+    ignore_read_only_warning(rgb)
+    assert torch.equal(processor(images=rgb, return_tensors="pt")["pixel_values"], expected)
 else:
     processor(images=rgb, return_tensors="pt")  # torch warns: an error here
 """
+
+
+_ONCE_SCRIPT = """
+import warnings
+import numpy as np, torch
+from transformers import Sam3ImageProcessor
+from sam3_ros.core.preprocess import DevicePreprocessor
+rgb = np.frombuffer(bytes(48 * 64 * 3), np.uint8).reshape(48, 64, 3)
+preprocessor = DevicePreprocessor(Sam3ImageProcessor(size={"height": 32, "width": 32}), "cpu",
+                                  torch.float32)
+shown = []
+warnings.showwarning = lambda message, *_: shown.append(str(message))
+warnings.simplefilter("default")  # another library's warning: once per code location
+
+def library_step():
+    warnings.warn("a library's one-time notice", UserWarning)
+
+for _ in range(5):
+    preprocessor(rgb)
+    library_step()
+print(shown.count("a library's one-time notice"))
+"""
+
+
+def test_read_only_frames_leave_other_warnings_once_only():
+    # Swapping the warning filters per frame (catch_warnings) reset every module's once-only
+    # registry: another library's one-time warning came back on every frame.
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _ONCE_SCRIPT], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1"]
 
 
 @pytest.mark.parametrize("path,warns", [("package", False), ("bare processor", True)])

@@ -25,34 +25,39 @@ bus (through a reused pinned buffer, asynchronously) and the float work runs on 
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import threading
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from sam3_ros.core.errors import ConfigError, InvalidImageError
 
+_READ_ONLY_WARNING = "The given NumPy array is not writable"
+_read_only_warning_ignored = False
+_read_only_warning_lock = threading.Lock()
 
-@contextlib.contextmanager
-def read_only_frame(rgb: np.ndarray) -> Iterator[None]:
-    """Wrap a read-only frame in a tensor without torch's warning about it.
+
+def ignore_read_only_warning(rgb: np.ndarray) -> None:
+    """Before wrapping a read-only frame in a tensor: ignore torch's warning about it.
 
     The nodes' frames are views of the received sample (read-only bytes, see
-    `core.image_cdr`) and nothing writes into them; torch has no read-only tensors and would
-    warn once per process ("The given NumPy array is not writable"). Only that warning is
-    ignored, only around the wrapping.
+    `core.image_cdr`) and nothing writes into them; torch has no read-only tensors and warns
+    once per process ("The given NumPy array is not writable"). The filter for that one
+    message is installed once, process-wide, at the first read-only frame: a
+    `warnings.catch_warnings()` around every wrapping would swap the process's filters from
+    the compute thread on every frame (not thread-safe before Python 3.14) and reset every
+    module's once-only warning registry, so other libraries' one-time warnings would repeat
+    on every frame.
     """
-    if rgb.flags.writeable:
-        yield
+    global _read_only_warning_ignored
+    if rgb.flags.writeable or _read_only_warning_ignored:
         return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
-                                category=UserWarning)
-        yield
+    with _read_only_warning_lock:
+        if not _read_only_warning_ignored:
+            warnings.filterwarnings("ignore", message=_READ_ONLY_WARNING, category=UserWarning)
+            _read_only_warning_ignored = True
 
 
 PREPROCESS_MODES = ("auto", "device", "processor")
@@ -193,8 +198,8 @@ class DevicePreprocessor:
         import torch
 
         if self.device.type != "cuda":
-            with read_only_frame(rgb):
-                return torch.from_numpy(rgb)
+            ignore_read_only_warning(rgb)
+            return torch.from_numpy(rgb)
         shape = rgb.shape
         host = self._host
         # A pinned buffer whose last upload may still be in flight is not overwritten: a fresh

@@ -23,7 +23,7 @@ import numpy as np
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidImageError, InvalidPromptError
 from sam3_ros.core.model_loading import LoadedSam3
-from sam3_ros.core.preprocess import make_device_preprocessor, read_only_frame
+from sam3_ros.core.preprocess import ignore_read_only_warning, make_device_preprocessor
 from sam3_ros.core.prompts import PromptSpec, exemplar_arrays, validate_prompts
 from sam3_ros.core.text_cache import TextEmbeddingCache
 from sam3_ros.core.vision_features import VisionFeatureCache
@@ -314,8 +314,8 @@ class Sam3Segmenter:
                 f"model input must be (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
         if self._device_preprocessor is not None:
             return self._device_preprocessor(rgb)
-        with read_only_frame(rgb):
-            inputs = self.loaded.processor.image_processor(images=rgb, return_tensors="pt")
+        ignore_read_only_warning(rgb)
+        inputs = self.loaded.processor.image_processor(images=rgb, return_tensors="pt")
         return inputs["pixel_values"].to(self.loaded.device, self.loaded.dtype)
 
     def segment(
