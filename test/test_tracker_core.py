@@ -382,3 +382,42 @@ def test_config_errors(config, message):
 def test_detector_only_checkpoint_is_refused(tiny_checkpoint):
     with pytest.raises(ModelLoadError, match="video model"):
         TrackerSession(load_sam3(str(tiny_checkpoint)), TrackerConfig())
+
+
+@pytest.mark.parametrize("held_frame", [False, True])
+def test_a_failed_frame_resets_the_stream_and_the_next_frames_work(loaded, monkeypatch,
+                                                                   held_frame):
+    # The frame's requests were applied and the model's session half updated when it failed:
+    # every later frame failed too (missing memory features) until a manual reset.
+    session = _session(loaded)
+    session.add_objects([_point(1)])
+    frames = _frames(5)
+    session.process_frame(frames[0], 0)
+    session.add_objects([_point(2, 80, 60)], frame_stamp_ns=0 if held_frame else None)
+    track = session._track
+
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(session, "_track", track)
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(session, "_track", fail_once)
+    with pytest.raises(RuntimeError, match="injected"):
+        session.process_frame(frames[1], FRAME_NS)
+    assert session.last_reset_reason == (
+        "a frame failed (RuntimeError: CUDA out of memory (injected))")
+    assert session.object_ids == [] and session.memory_stats()["pending_requests"] == 0
+    assert session.process_frame(frames[2], 2 * FRAME_NS).object_ids.tolist() == []
+    session.add_objects([_point(3)])
+    for i in (3, 4):
+        assert session.process_frame(frames[i], i * FRAME_NS).object_ids.tolist() == [3]
+
+
+def test_max_objects_counts_queued_additions(loaded):
+    session = _session(loaded, max_objects=8)
+    session.add_objects([_point(i, 10.0 + i) for i in range(5)])
+    with pytest.raises(ConfigError, match=r"below the 5 objects tracked now .queued"):
+        session.set_config(TrackerConfig(max_objects=4))
+    session.set_config(TrackerConfig(max_objects=5))
+    session.process_frame(_frames(1)[0], 0)
+    session.remove_objects([0, 1, 2, 3, 4])  # within the new max_objects
+    assert session.config.max_objects == 5

@@ -16,6 +16,7 @@ from sam3_ros.core.tracker_objects import (
     FRAMES_HELD_FOR_PROMPTS,
     INT32_MAX,
     MAX_LABEL_CHARS,
+    MAX_PENDING_REQUESTS,
     CameraStamps,
     ObjectPromptSpec,
     ObjectTable,
@@ -223,6 +224,49 @@ def test_points_are_limited_per_object_and_frame():
         _add(table, [_point(2, count=3), _point(2, count=2)], refine=True)
 
 
+def _box(object_id: int, count: int = 0) -> ObjectPromptSpec:
+    return ObjectPromptSpec(object_id, "", ((10.0, 10.0, True),) * count, (5.0, 5.0, 50.0, 40.0))
+
+
+def test_box_corners_count_as_points():
+    # Refinements each bringing a box grew one object's prompt without limit (a client could
+    # queue a frame of 200,000 corner points).
+    table = ObjectTable()
+    _add(table, [_box(1, count=2)])  # 2 points + 2 corners
+    assert table.points_on(1, None) == 4
+    assert _add(table, [_box(1), _box(1)], refine=True, max_objects=4) == [1, 1]
+    assert table.points_on(1, None) == 8
+    with pytest.raises(InvalidPromptError, match=r"would have 10 points .* a box counts as 2"):
+        _add(table, [_box(1)], refine=True)
+    with pytest.raises(InvalidPromptError, match=r"7 points, at most 6 .* a box counts as 2"):
+        check_object(_box(2, count=5), "object", 6, SIZE_HW)
+    check_object(_box(2, count=4), "object", 6, SIZE_HW)
+
+
+def test_requests_waiting_for_a_frame_are_bounded():
+    # An inactive node (or a stopped camera) applies nothing: requests piled up, each one
+    # slower to check than the last, and all of them landed on one frame.
+    table = ObjectTable()
+    _add(table, [_point(1)])
+    for _ in range(MAX_PENDING_REQUESTS - 2):
+        _add(table, [_point(1)], refine=True, max_points=1000)
+    table.queue_remove([1])
+    assert len(table.pending) == MAX_PENDING_REQUESTS
+    full = f"{MAX_PENDING_REQUESTS} requests already wait for the next processed frame"
+    for call in (lambda: _add(table, [_point(2)]), lambda: table.queue_remove([1])):
+        with pytest.raises(InvalidPromptError, match=full):
+            call()
+    assert len(table.pending) == MAX_PENDING_REQUESTS
+    _apply(table, 0)
+    assert _add(table, [_point(2)]) == [2]  # a processed frame makes room
+    # Prompt changes queue their removals beyond the bound: they are the node's own.
+    table.objects[5] = TrackedObject(5, "cup", 0, 0, phrase="cup")
+    for _ in range(MAX_PENDING_REQUESTS - 1):
+        _add(table, [_point(2)], refine=True, max_points=1000)
+    table.reclassify({})
+    assert table.pending[-1].ids == [5]
+
+
 def test_refinement_on_a_held_frame_counts_the_points_held_there():
     table = ObjectTable()
     table.objects[1] = TrackedObject(1, "", -1, 0)
@@ -336,6 +380,19 @@ def test_detected_objects_take_free_ids_and_new_class_ids():
     assert table.objects[0].class_id == -1 and table.objects[INT32_MAX].class_id == -1
     table.reclassify({"mug": 0, "cup": 1})  # nothing gone: nothing queued
     assert len(table.pending) == 1
+
+
+def test_a_detected_object_given_a_label_stays_while_its_phrase_does():
+    table = ObjectTable()
+    object_id = table.add_detected("cup", 0, 0)
+    _add(table, [ObjectPromptSpec(object_id, "my red cup", ((1.0, 1.0, True),))], refine=True)
+    _apply(table, 1)
+    obj = table.objects[object_id]
+    assert (obj.label, obj.phrase, obj.class_id) == ("my red cup", "cup", 0)
+    table.reclassify({"mug": 0, "cup": 1})
+    assert not table.pending and obj.class_id == 1
+    table.reclassify({"mug": 0})
+    assert [r.ids for r in table.pending] == [[object_id]]
 
 
 @pytest.mark.parametrize(

@@ -417,8 +417,8 @@ def test_points_up_to_the_limit_are_tracked(loaded):
         session.add_objects([ObjectPromptSpec(1, points=_points(1))], refine=True)
     frames = _frames(3)
     session.process_frame(frames[0], 0)
-    # On a held frame the points already there count (box corners do not).
-    with pytest.raises(InvalidPromptError, match="would have 9 points"):
+    # On a held frame the points already there count, and a box counts as 2.
+    with pytest.raises(InvalidPromptError, match="would have 11 points"):
         session.add_objects([ObjectPromptSpec(1, points=_points(1), box=(1, 1, 50, 50))],
                             frame_stamp_ns=0, refine=True)
     # The next frame is a new frame: its own 8 points.

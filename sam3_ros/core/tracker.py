@@ -233,10 +233,19 @@ class TrackerSession:
         return max(int(tracker.num_maskmem), int(tracker.max_object_pointers_in_encoder))
 
     def set_config(self, config: TrackerConfig) -> None:
-        if config.max_objects < len(self._table.objects):
-            raise ConfigError(f"max_objects {config.max_objects} is below the "
-                              f"{len(self._table.objects)} objects tracked now")
-        self.config = config
+        """Replace the configuration (applies from the next frame).
+
+        Raises:
+            ConfigError: max_objects below the objects tracked once the queued requests
+                are applied.
+        """
+        with self._lock:
+            # Queued adds count: they enter at the next frame whatever the new limit is.
+            tracked = len(self._table.projected_ids())
+            if config.max_objects < tracked:
+                raise ConfigError(f"max_objects {config.max_objects} is below the {tracked} "
+                                  "objects tracked now (queued additions included)")
+            self.config = config
 
     def memory_stats(self) -> dict[str, int]:
         """Sizes of everything that could grow with the stream (for tests and soak runs).
@@ -284,9 +293,9 @@ class TrackerSession:
         return list(range(len(specs)))
 
     def _held_points(self, object_id: int, frame_idx: int) -> int:
-        """Points (not box corners) an object has on a held frame in the model."""
+        """Points (box corners included) an object has on a held frame in the model."""
         held = session_state.points_on_frame(self._session, object_id, frame_idx)
-        return 0 if held is None else int((held[1] < 2).sum())  # labels 2/3 are box corners
+        return 0 if held is None else int(held[1].numel())
 
     def add_objects(self, objects: Sequence[ObjectPromptSpec], frame_stamp_ns: int | None = None,
                     refine: bool = False) -> list[int]:
@@ -371,43 +380,60 @@ class TrackerSession:
             from the masks (xyxy), score = sigmoid(object score), state VISIBLE or OCCLUDED
             (occluded objects keep their id, with an empty mask and zero box).
         """
-        import torch
 
         height, width = int(rgb.shape[0]), int(rgb.shape[1])
         if pixel_values is None:
             pixel_values = self._segmenter.preprocess(rgb)
         with self._lock:
-            table = self._table
-            reason = self._camera_stamps.jump_before(int(stamp_ns), self.config.max_time_gap_s)
-            if table.image_size_hw not in (None, (height, width)):
-                reason = f"the image size changed from {table.image_size_hw} to {(height, width)}"
-            if reason is not None:
-                # Old objects, prompts in pixels and the memory bank no longer apply.
-                # Queued points/boxes were checked against the old image size.
-                same_size = table.image_size_hw in (None, (height, width))
-                self._reset_locked(keep_next_frame_adds=same_size)
-                self.last_reset_reason = reason
+            try:
+                detections = self._process_locked(rgb, stamp_ns, frame_key, pixel_values,
+                                                  height, width)
+            except BaseException as err:
+                # The frame's requests were taken off the queue and the object table and the
+                # model's session may be half updated: every later frame would fail (missing
+                # memory features). Start the stream afresh; the caller reports the error.
+                self._reset_locked()
+                self.last_reset_reason = f"a frame failed ({type(err).__name__}: {err})"
                 self.reset_count += 1
-            table.image_size_hw = (height, width)
-            self._frame_idx += 1
-            frame_idx = self._frame_idx
-            session = self._session
-            session.video_height, session.video_width = height, width
-            # What transformers' own session would count before this frame: a prompt on a held
-            # frame (a non-streaming call) normalises object-pointer offsets by it.
-            session_state.set_frames_in_stream(session, frame_idx)
-            with torch.inference_mode():
-                vision, feats, pos = self._vision_features(pixel_values, frame_key, frame_idx)
-                # Queued prompts on held frames run first: the held frames' features are all
-                # still cached until this frame's features are added.
-                new_inputs = self._apply_requests(frame_idx)
-                session.cache.cache_vision_features(
-                    frame_idx, {"vision_feats": feats, "vision_pos_embeds": pos})
-                table.hold_frame(frame_idx, stamp_ns)
-                new_inputs += self._detect_new_objects(rgb, vision, frame_idx, height, width)
-                session.obj_with_new_inputs = new_inputs
-                detections = self._track(pixel_values, frame_idx, height, width)
-            self._prune(frame_idx)
+                raise
+        return detections
+
+    def _process_locked(self, rgb: np.ndarray, stamp_ns: int, frame_key: Hashable | None,
+                        pixel_values: Any, height: int, width: int) -> Detections:
+        """`process_frame` under the session lock."""
+        import torch
+
+        table = self._table
+        reason = self._camera_stamps.jump_before(int(stamp_ns), self.config.max_time_gap_s)
+        if table.image_size_hw not in (None, (height, width)):
+            reason = f"the image size changed from {table.image_size_hw} to {(height, width)}"
+        if reason is not None:
+            # Old objects, prompts in pixels and the memory bank no longer apply.
+            # Queued points/boxes were checked against the old image size.
+            same_size = table.image_size_hw in (None, (height, width))
+            self._reset_locked(keep_next_frame_adds=same_size)
+            self.last_reset_reason = reason
+            self.reset_count += 1
+        table.image_size_hw = (height, width)
+        self._frame_idx += 1
+        frame_idx = self._frame_idx
+        session = self._session
+        session.video_height, session.video_width = height, width
+        # What transformers' own session would count before this frame: a prompt on a held
+        # frame (a non-streaming call) normalises object-pointer offsets by it.
+        session_state.set_frames_in_stream(session, frame_idx)
+        with torch.inference_mode():
+            vision, feats, pos = self._vision_features(pixel_values, frame_key, frame_idx)
+            # Queued prompts on held frames run first: the held frames' features are all
+            # still cached until this frame's features are added.
+            new_inputs = self._apply_requests(frame_idx)
+            session.cache.cache_vision_features(
+                frame_idx, {"vision_feats": feats, "vision_pos_embeds": pos})
+            table.hold_frame(frame_idx, stamp_ns)
+            new_inputs += self._detect_new_objects(rgb, vision, frame_idx, height, width)
+            session.obj_with_new_inputs = new_inputs
+            detections = self._track(pixel_values, frame_idx, height, width)
+        self._prune(frame_idx)
         return detections
 
     def _vision_features(self, pixel_values: Any, frame_key: Hashable | None,

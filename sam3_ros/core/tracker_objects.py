@@ -26,6 +26,18 @@ FRAMES_HELD_FOR_PROMPTS = 4
 INT32_MAX = 2**31 - 1
 """Largest object id: ids travel in int32 message fields."""
 MAX_LABEL_CHARS = 256
+MAX_PENDING_REQUESTS = 64
+"""Most add/refine/remove requests waiting for the next processed frame. Every request is
+applied at the start of one frame (a prompt on a held frame runs the model there), so the
+queue bounds what one frame may cost; an inactive node or a stopped camera applies nothing,
+and without a bound a client's requests would pile up until the next frame."""
+BOX_POINTS = 2
+"""A box enters the model as two corner points: it counts as 2 of max_points_per_object."""
+
+
+def prompt_points(spec: ObjectPromptSpec) -> int:
+    """Points an object prompt puts into the model: its points, plus 2 for a box."""
+    return len(spec.points) + (BOX_POINTS if spec.box is not None else 0)
 """Longest accepted object label."""
 CAMERA_STAMPS_PENDING = 4096
 """Most camera stamps noted and not yet processed that are remembered (a model lagging
@@ -57,6 +69,8 @@ class TrackedObject:
         object_id: Its id, within [0, INT32_MAX].
         label: Echoed on its detections.
         class_id: Index of the text prompt that detected it; -1 for a point/box object.
+        phrase: The text prompt that detected it ("" for a point/box object); a new label
+            given by a refinement leaves it, so the object stays while its phrase does.
         first_frame_idx: Stream frame it started on (its age is counted from there).
         lost_frames: Consecutive frames the object has been occluded.
     """
@@ -66,6 +80,7 @@ class TrackedObject:
     class_id: int
     first_frame_idx: int
     lost_frames: int = 0
+    phrase: str = ""
 
 
 @dataclass
@@ -129,11 +144,12 @@ def check_object(spec: ObjectPromptSpec, what: str, max_points_per_object: int,
     except TypeError:
         raise InvalidPromptError(f"{what}: points must be a sequence of (x, y, positive) "
                                  f"triples") from None
+    count += BOX_POINTS if spec.box is not None else 0
     if count > max_points_per_object:
         raise InvalidPromptError(f"{what}: {count} points, at most "
                                  f"{max_points_per_object} per object allowed "
-                                 "(max_points_per_object)")
-    if not count and spec.box is None:
+                                 "(max_points_per_object; a box counts as 2)")
+    if count == 0:
         raise InvalidPromptError(f"{what}: give points and/or a box")
     try:
         for j, point in enumerate(spec.points):
@@ -276,18 +292,22 @@ class ObjectTable:
     def points_on(self, object_id: int, frame_idx: int | None, held: int = 0) -> int:
         """Points an object will have on a frame (None = next frame) once the queue is applied.
 
+        Box corners count (`prompt_points`): refinements each bringing a box would otherwise
+        grow one object's prompt on a frame without limit.
+
         Args:
             object_id: The object.
             frame_idx: A held frame, or None for the next frame.
-            held: Points (not box corners) the object already has on that held frame in the
-                model.
+            held: Points (box corners included) the object already has on that held frame in
+                the model.
         """
         count = held
         for request in self.pending:
             if request.kind == "remove" and object_id in request.ids:
                 count = 0
             elif request.kind != "remove" and request.frame_idx == frame_idx:
-                count += sum(len(o.points) for o in request.objects if o.object_id == object_id)
+                count += sum(prompt_points(o) for o in request.objects
+                             if o.object_id == object_id)
         return count
 
     def queue_add(self, objects: Sequence[ObjectPromptSpec], frame_stamp_ns: int | None,
@@ -312,6 +332,7 @@ class ObjectTable:
         Raises:
             InvalidPromptError: with the reason; nothing is queued.
         """
+        self._check_queue_room()
         frame_idx = self.frame_for_stamp(frame_stamp_ns)
         known = self.projected_ids()
         ids: list[int] = []
@@ -346,11 +367,13 @@ class ObjectTable:
             if refine:
                 held = held_points(oid, frame_idx) if frame_idx is not None else 0
                 total = self.points_on(oid, frame_idx, held)
-            total += sum(len(s.points) for s, i in zip(objects, ids, strict=True) if i == oid)
+            total += sum(prompt_points(s) for s, i in zip(objects, ids, strict=True)
+                         if i == oid)
             if total > max_points_per_object:
                 raise InvalidPromptError(
                     f"object {oid} would have {total} points on that frame, at most "
-                    f"{max_points_per_object} allowed (max_points_per_object)")
+                    f"{max_points_per_object} allowed (max_points_per_object; a box counts "
+                    "as 2)")
         resolved = [ObjectPromptSpec(oid, s.label, tuple(tuple(p) for p in s.points),
                                      None if s.box is None else tuple(s.box))
                     for oid, s in zip(ids, objects, strict=True)]
@@ -366,12 +389,20 @@ class ObjectTable:
             InvalidPromptError: an id is not tracked once the queue is applied; nothing is
                 queued.
         """
+        self._check_queue_room()
         known = self.projected_ids()
         unknown = sorted(set(object_ids) - known)
         if unknown:
             raise InvalidPromptError(f"unknown object id(s) {unknown} (tracked: "
                                      f"{sorted(known)})")
         self.pending.append(Request("remove", ids=object_ids))
+
+    def _check_queue_room(self) -> None:
+        if len(self.pending) >= MAX_PENDING_REQUESTS:
+            raise InvalidPromptError(
+                f"{len(self.pending)} requests already wait for the next processed frame (at "
+                f"most {MAX_PENDING_REQUESTS}); they are applied when the node processes a "
+                "frame (is it active and receiving images?)")
 
     def reclassify(self, class_of_label: dict[str, int]) -> None:
         """New text prompts: detected objects take their phrase's new class id.
@@ -385,7 +416,7 @@ class ObjectTable:
         gone = []
         for obj in self.objects.values():
             if obj.class_id >= 0:
-                obj.class_id = class_of_label.get(obj.label, -1)
+                obj.class_id = class_of_label.get(obj.phrase, -1)
                 if obj.class_id < 0:
                     gone.append(obj.object_id)
         if gone:
@@ -419,7 +450,8 @@ class ObjectTable:
         """Start a text-detected object on a frame under the next free id; return the id."""
         object_id = free_id(set(self.objects), self.next_id)
         self.next_id = object_id + 1
-        self.objects[object_id] = TrackedObject(object_id, label, class_id, frame_idx)
+        self.objects[object_id] = TrackedObject(object_id, label, class_id, frame_idx,
+                                                phrase=label)
         return object_id
 
     def count_lost(self, object_ids: Sequence[int], occluded: Sequence[bool],

@@ -56,7 +56,8 @@ TRACKER_PARAMS: tuple[ParamSpec, ...] = (
               "Drop a text-detected object occluded for more than this many frames (0 = never; "
               "point/box objects only by remove_objects)", min_value=0, max_value=1_000_000),
     ParamSpec("max_points_per_object", 64,
-              "Most prompt points one object may have on one frame (add_objects, refine)",
+              "Most prompt points one object may have on one frame (add_objects, refine; a box "
+              "counts as 2)",
               min_value=1, max_value=1024),
     ParamSpec("max_prompt_frames", 64,
               "Prompted frames kept per object (transformers reads every one; an object "
@@ -149,12 +150,15 @@ class TrackerNode(Sam3LifecycleNode):
     def _process(self, rgb: np.ndarray, stamp_ns: int, frame_key: Any,
                  warmup: bool = False, pixel_values: Any = None) -> tuple[Detections, int]:
         session = self._session
-        detections = session.process_frame(rgb, stamp_ns=stamp_ns, frame_key=frame_key,
-                                           pixel_values=pixel_values)
-        reason = session.last_reset_reason
-        if reason:
-            self.get_logger().warning(f"tracker reset: {reason}")
-            session.last_reset_reason = None
+        try:
+            detections = session.process_frame(rgb, stamp_ns=stamp_ns, frame_key=frame_key,
+                                               pixel_values=pixel_values)
+        finally:
+            # Also when the frame failed: the session then resets itself and says why.
+            reason = session.last_reset_reason
+            if reason:
+                self.get_logger().warning(f"tracker reset: {reason}")
+                session.last_reset_reason = None
         return detections, session.prompt_generation
 
     def _class_names(self) -> tuple[list[str], int]:
