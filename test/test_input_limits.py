@@ -101,6 +101,17 @@ def test_check_refuses_out_of_range(spec, value, match):
     assert match in spec.check(value)
 
 
+@pytest.mark.parametrize("x_min,x_max", [(1000.121, 1000.124), (0.1, 0.2), (12345678.5, 12345679.0),
+                                         (1e-7, 3e-7), (10.0, 80.0)])
+def test_prompt_boxes_keep_every_digit(x_min, x_max):
+    # `:g` saved 1000.121 .. 1000.124 as "1000.12 .. 1000.12": an empty box, refused when read.
+    prompts = [PromptSpec("a", (BoxExemplar(x_min, 5.0, x_max, 9.0, True),)),
+               PromptSpec("b", (BoxExemplar(x_min, 5.0, x_max + 1e-3, 9.0, True),))]
+    items = format_prompt_boxes(prompts)
+    assert parse_prompt_boxes(["a", "b"], items) == prompts
+    assert list(validate_prompts(parse_prompt_boxes(["a", "b"], items), 64)) == prompts
+
+
 def test_prompt_boxes_round_trip():
     prompts = [PromptSpec("person"), PromptSpec("", (BoxExemplar(1, 2, 3.5, 4, False),)),
                PromptSpec("cup", (BoxExemplar(10, 20, 80, 90), BoxExemplar(0, 0, 5, 5)))]

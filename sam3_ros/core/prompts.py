@@ -173,9 +173,20 @@ def format_prompt_boxes(prompts: Sequence[PromptSpec]) -> list[str]:
     + positive, - negative), so `ros2 param dump` saves a prompt set `parse_prompt_boxes`
     restores. [""] when no prompt has boxes (ROS cannot type an empty list).
     """
-    items = [f"{i} {b.x_min:g} {b.y_min:g} {b.x_max:g} {b.y_max:g} {'+' if b.positive else '-'}"
+    items = [f"{i} {_number(b.x_min)} {_number(b.y_min)} {_number(b.x_max)} {_number(b.y_max)} "
+             f"{'+' if b.positive else '-'}"
              for i, prompt in enumerate(prompts) for b in prompt.exemplars]
     return items or [""]
+
+
+def _number(value: float) -> str:
+    """The shortest text that parses back to exactly `value` ("10", "0.1", "1000.121").
+
+    `:g` kept 6 digits: a narrow box saved as an empty one and two boxes that differ past
+    the sixth digit as duplicates, both refused when the parameters were read back.
+    """
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def parse_prompt_boxes(texts: Sequence[str], items: Sequence[str]) -> list[PromptSpec]:
