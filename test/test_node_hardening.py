@@ -326,6 +326,16 @@ def test_prompt_parameters_follow_the_services(side_by_side):
     assert list(_get_param(client, "segmenter", "prompts").string_array_value) == ["person", ""]
     assert list(_get_param(client, "segmenter", "prompt_boxes").string_array_value) == [
         "1 10 20 80.5 90 -"]
+    # A set the parameters cannot show (33 x 32 boxes > 1024 items) is refused: it was
+    # applied with success while prompt_boxes kept the old value, so a later `prompts`
+    # change re-read the old boxes.
+    huge = [Prompt(text=f"p{i}", exemplar_boxes=[box] * 32) for i in range(33)]
+    response = client.call(SetPrompts, f"{NS}/segmenter/set_prompts",
+                           SetPrompts.Request(prompts=huge))
+    assert not response.success
+    assert response.message == ("1056 exemplar boxes in the set; the prompt_boxes parameter "
+                                "holds at most 1024")
+    assert list(_get_param(client, "segmenter", "prompts").string_array_value) == ["person", ""]
     assert client.call(SetPrompts, f"{NS}/segmenter/set_prompts",
                        SetPrompts.Request(texts=["person"])).success
 

@@ -186,3 +186,24 @@ def test_config_errors(config, message):
 def test_bad_model_input_is_a_clear_error(loaded, bad):
     with pytest.raises(InvalidImageError, match=r"\(H, W, 3\) uint8 RGB"):
         _session(loaded, [PromptSpec("mug")]).process(bad)
+
+
+@pytest.mark.parametrize(("prompts", "config", "reason"), [
+    ([PromptSpec("a"), PromptSpec("b"), PromptSpec("c")], {"max_prompts": 2}, "at most 2"),
+    ([PromptSpec("a" * 300)], {"score_threshold": 0.9}, "prompt 0"),
+    (None, {"max_prompts": 1}, "max_prompts 1 is below the 2 prompts now active"),
+])
+def test_a_refused_update_changes_nothing(loaded, prompts, config, reason):
+    # One parameter call applied its changes one by one: a refused call left the earlier ones.
+    from sam3_ros.core.bytetrack import ByteTracker
+
+    tracker = ByteTracker()
+    session = SegmenterSession(Sam3Segmenter(loaded), SegmenterConfig(score_threshold=0.3),
+                               [PromptSpec("mug"), PromptSpec("cup")], tracker=tracker)
+    before = (session.prompts, session.config)
+    with pytest.raises((InvalidPromptError, ConfigError), match=reason):
+        session.update(prompts, SegmenterConfig(**config), ByteTracker())
+    assert (session.prompts, session.config) == before and session._tracker is tracker
+    session.update([PromptSpec("a")], SegmenterConfig(max_prompts=1), None)
+    assert session.prompts.labels == ("a",) and session.config.max_prompts == 1
+    assert session._tracker is None and session.prompts.generation == 1

@@ -14,7 +14,7 @@ pytest.importorskip("sam3_ros.msg")
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomically  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sam3_ros.msg import BoxPrompt, DetectionArray, LabelInfo, Prompt  # noqa: E402
 from sam3_ros.srv import SetPrompts  # noqa: E402
@@ -226,6 +226,27 @@ def test_parameters_validated_live(harness):
     result = harness.send_until_result(_frame(5), sec=400)
     assert len(result.detections) == 0  # the random model never scores 0.99
     assert harness.set_params(score_threshold=SCORE_THRESHOLD)[0].successful
+
+
+def test_a_refused_atomic_parameter_change_changes_nothing(harness):
+    # rclpy hands an atomic call's parameters to the node together; they were applied one by
+    # one, so the new prompts ran although the call was refused.
+    def prompts() -> list[str]:
+        request = GetParameters.Request(names=["prompts"])
+        return list(harness.client.call(GetParameters, f"{harness.ns}/segmenter/get_parameters",
+                                        request).values[0].string_array_value)
+
+    before = prompts()
+    request = SetParametersAtomically.Request(parameters=[
+        _param("prompts", ["atomic_a", "atomic_b", "atomic_c"]), _param("max_prompts", 2)])
+    result = harness.client.call(
+        SetParametersAtomically, f"{harness.ns}/segmenter/set_parameters_atomically",
+        request).result
+    assert not result.successful and "2" in result.reason
+    assert prompts() == before
+    detected = harness.send_until_result(_frame(8), sec=450)
+    assert {d.label for d in detected.detections} <= set(before)
+    assert harness.set_params(max_prompts=64)[0].successful
 
 
 def test_bad_frames_are_skipped_and_the_node_keeps_running(harness):

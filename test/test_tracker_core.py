@@ -421,3 +421,18 @@ def test_max_objects_counts_queued_additions(loaded):
     session.process_frame(_frames(1)[0], 0)
     session.remove_objects([0, 1, 2, 3, 4])  # within the new max_objects
     assert session.config.max_objects == 5
+
+
+def test_a_refused_update_changes_nothing(loaded):
+    session = _session(loaded, score_threshold=0.5)
+    session.set_text_prompts(["mug"])
+    generation = session.prompt_generation
+    with pytest.raises(InvalidPromptError):
+        session.update(TrackerConfig(score_threshold=0.95), ["x" * 250])
+    assert session.config.score_threshold == 0.5 and session.text_prompts == ("mug",)
+    session.add_objects([_point(1), _point(2, 80, 60)])
+    with pytest.raises(ConfigError, match="below the 2 objects"):
+        session.update(TrackerConfig(max_objects=1), ["cup"])
+    assert session.text_prompts == ("mug",) and session.prompt_generation == generation
+    session.update(TrackerConfig(score_threshold=0.95), ["cup"])
+    assert session.config.score_threshold == 0.95 and session.text_prompts == ("cup",)

@@ -429,6 +429,11 @@ class Sam3Segmenter:
         }
 
 
+KEEP: Any = object()
+"""`SegmenterSession.update`'s default for the tracker: keep the current one (None is a
+valid value: no tracking)."""
+
+
 class SegmenterSession:
     """State of one camera stream for the segmenter: the live prompt set and, optionally,
     ByteTrack ids with the stamp of the last tracked frame.
@@ -471,22 +476,50 @@ class SegmenterSession:
         Raises:
             InvalidPromptError: the set is invalid; the previous set stays active.
         """
-        with self._lock:
-            self._generation += 1
-            try:
-                encoded = self._encode(prompts)
-            except InvalidPromptError:
-                self._generation -= 1
-                raise
-            self._prompts = encoded
-        self.reset_tracks()  # class ids changed meaning
-        return list(range(len(encoded.specs)))
+        self.update(prompts=prompts)
+        return list(range(len(prompts)))  # validated: one class per prompt
 
     def set_config(self, config: SegmenterConfig) -> None:
-        if config.max_prompts < len(self._prompts.specs):
-            raise ConfigError(f"max_prompts {config.max_prompts} is below the "
-                              f"{len(self._prompts.specs)} prompts now active")
-        self.config = config
+        """Replace thresholds and limits (see `update`)."""
+        self.update(config=config)
+
+    def update(self, prompts: Sequence[PromptSpec] | None = None,
+               config: SegmenterConfig | None = None, tracker: Any = KEEP) -> None:
+        """Apply a new prompt set, configuration and ByteTrack together, or none of them.
+
+        One parameter call may change several of them; applying them one by one left the
+        earlier ones in place when a later one was refused (a refused call must change
+        nothing). Everything is validated, and the prompts encoded, before anything is
+        swapped in.
+
+        Args:
+            prompts: The new prompt set (validated against the new `max_prompts`); None keeps.
+            config: New thresholds and limits; None keeps.
+            tracker: New ByteTrack (None = no tracking); `KEEP` keeps. New prompts or a new
+                tracker restart the ids (class ids changed meaning).
+
+        Raises:
+            InvalidPromptError: the prompt set is invalid.
+            ConfigError: `max_prompts` is below the prompts that would be active.
+        """
+        config = self.config if config is None else config
+        with self._lock:
+            encoded = None
+            if prompts is not None:
+                specs = validate_prompts(prompts, config.max_prompts, self._image_size_hw)
+                encoded = self.segmenter.encode_prompts(specs, generation=self._generation + 1)
+            count = len((self._prompts if encoded is None else encoded).specs)
+            if config.max_prompts < count:
+                raise ConfigError(f"max_prompts {config.max_prompts} is below the {count} "
+                                  "prompts now active")
+            if encoded is not None:
+                self._generation += 1
+                self._prompts = encoded
+            self.config = config
+        if tracker is not KEEP:
+            self.set_tracker(tracker)
+        elif encoded is not None:
+            self.reset_tracks()
 
     def set_tracker(self, tracker: ByteTracker | None) -> None:
         """Replace ByteTrack (new settings); ids restart."""

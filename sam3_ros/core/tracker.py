@@ -233,19 +233,43 @@ class TrackerSession:
         return max(int(tracker.num_maskmem), int(tracker.max_object_pointers_in_encoder))
 
     def set_config(self, config: TrackerConfig) -> None:
-        """Replace the configuration (applies from the next frame).
+        """Replace the configuration (applies from the next frame; see `update`)."""
+        self.update(config=config)
+
+    def update(self, config: TrackerConfig | None = None,
+               texts: Sequence[str] | None = None) -> None:
+        """Apply a new configuration and text prompts together, or neither.
+
+        One parameter call may change both; applying them one by one left the configuration
+        in place when the prompts were refused. The prompts are validated and encoded first
+        (outside the lock: a frame in flight does not wait for it).
+
+        Args:
+            config: The new configuration; None keeps.
+            texts: New text prompts (as `set_text_prompts`); None keeps.
 
         Raises:
+            InvalidPromptError: a prompt is invalid.
             ConfigError: max_objects below the objects tracked once the queued requests
                 are applied.
         """
+        specs = encoded = None
+        if texts is not None:
+            specs = validate_prompts([PromptSpec(t) for t in texts], 64) if texts else ()
+            encoded = self._segmenter.encode_prompts(specs) if specs else None
         with self._lock:
-            # Queued adds count: they enter at the next frame whatever the new limit is.
-            tracked = len(self._table.projected_ids())
-            if config.max_objects < tracked:
-                raise ConfigError(f"max_objects {config.max_objects} is below the {tracked} "
-                                  "objects tracked now (queued additions included)")
-            self.config = config
+            if config is not None:
+                # Queued adds count: they enter at the next frame whatever the new limit is.
+                tracked = len(self._table.projected_ids())
+                if config.max_objects < tracked:
+                    raise ConfigError(f"max_objects {config.max_objects} is below the "
+                                      f"{tracked} objects tracked now (queued additions "
+                                      "included)")
+                self.config = config
+            if specs is not None:
+                self._text_prompts, self._encoded_prompts = tuple(specs), encoded
+                self.prompt_generation += 1
+                self._table.reclassify({spec.label: i for i, spec in enumerate(specs)})
 
     def memory_stats(self) -> dict[str, int]:
         """Sizes of everything that could grow with the stream (for tests and soak runs).
@@ -282,15 +306,8 @@ class TrackerSession:
         Raises:
             InvalidPromptError: empty or duplicate phrases, or a phrase too long to encode.
         """
-        specs = validate_prompts([PromptSpec(t) for t in texts], 64) if texts else ()
-        # Encoding runs outside the lock: a frame in flight does not wait for it.
-        encoded = self._segmenter.encode_prompts(specs) if specs else None
-        class_of_label = {spec.label: i for i, spec in enumerate(specs)}
-        with self._lock:
-            self._text_prompts, self._encoded_prompts = tuple(specs), encoded
-            self.prompt_generation += 1
-            self._table.reclassify(class_of_label)
-        return list(range(len(specs)))
+        self.update(texts=texts)
+        return list(range(len(texts)))  # validated: one class per phrase
 
     def _held_points(self, object_id: int, frame_idx: int) -> int:
         """Points (box corners included) an object has on a held frame in the model."""

@@ -29,9 +29,16 @@ from sam3_ros.core.prompts import (
     format_prompt_boxes,
     parse_prompt_boxes,
 )
-from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
+from sam3_ros.core.segmenter import KEEP, Sam3Segmenter, SegmenterConfig, SegmenterSession
 from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
-from sam3_ros.ros.params import DEPTH_PARAMS, IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
+from sam3_ros.ros.params import (
+    DEPTH_PARAMS,
+    IO_PARAMS,
+    MAX_LIST_ITEMS,
+    MODEL_PARAMS,
+    ParamSpec,
+    spec_table,
+)
 from sam3_ros.srv import SetPrompts
 
 SEGMENTER_PARAMS: tuple[ParamSpec, ...] = (
@@ -148,20 +155,26 @@ class SegmenterNode(Sam3LifecycleNode):
 
     # ------------------------------------------------------------------- live parameters
     def _apply_live_parameters(self, changes: dict[str, Any]) -> str | None:
+        # Everything of one call is built and checked before any of it applies (`update`).
         try:
+            prompts = None
             if "prompts" in changes or "prompt_boxes" in changes:
-                self._session.set_prompts(parse_prompt_boxes(
+                prompts = parse_prompt_boxes(
                     changes.get("prompts", self.param("prompts")),
-                    changes.get("prompt_boxes", self.param("prompt_boxes"))))
-                self._publish_label_info()
+                    changes.get("prompt_boxes", self.param("prompt_boxes")))
+            config = None
             if any(name in changes for name in _SEGMENTER_CONFIG_PARAMS):
-                self._session.set_config(self._segmenter_config(**{
-                    k: v for k, v in changes.items() if k in _SEGMENTER_CONFIG_PARAMS}))
+                config = self._segmenter_config(**{
+                    k: v for k, v in changes.items() if k in _SEGMENTER_CONFIG_PARAMS})
+            tracker = KEEP
             if any(name in changes for name in _TRACK_PARAMS):
-                self._session.set_tracker(self._bytetracker(**{
-                    k: v for k, v in changes.items() if k in _TRACK_PARAMS}))
+                tracker = self._bytetracker(**{
+                    k: v for k, v in changes.items() if k in _TRACK_PARAMS})
+            self._session.update(prompts, config, tracker)
         except (InvalidPromptError, ConfigError) as err:
             return str(err)
+        if prompts is not None:
+            self._publish_label_info()
         return None
 
     # --------------------------------------------------------------------------- services
@@ -176,6 +189,13 @@ class SegmenterNode(Sam3LifecycleNode):
         try:
             specs = prompt_specs_from_msgs(list(request.texts), list(request.prompts),
                                            self.param("max_prompts"))
+            # The parameters must be able to show the set (`ros2 param dump` saves it, a later
+            # `prompts` change re-reads the boxes from them): refused, not half shown.
+            boxes = sum(len(spec.exemplars) for spec in specs)
+            if boxes > MAX_LIST_ITEMS:
+                raise InvalidPromptError(
+                    f"{boxes} exemplar boxes in the set; the prompt_boxes parameter holds at "
+                    f"most {MAX_LIST_ITEMS}")
             # On the compute thread: no frame runs between the new prompts and the track
             # reset inside set_prompts, and ByteTrack is never touched concurrently.
             class_ids = run_on_compute_thread(self._session.set_prompts, specs)

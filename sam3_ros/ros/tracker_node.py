@@ -165,15 +165,18 @@ class TrackerNode(Sam3LifecycleNode):
         return list(self._session.text_prompts), self._session.prompt_generation
 
     def _apply_live_parameters(self, changes: dict[str, Any]) -> str | None:
+        # Both are checked before either applies (`update`).
         try:
+            config = None
             if any(name in changes for name in _CONFIG_PARAMS):
-                self._session.set_config(self._tracker_config(**{
-                    k: v for k, v in changes.items() if k in _CONFIG_PARAMS}))
-            if "prompts" in changes:
-                self._session.set_text_prompts(_texts(changes["prompts"]))
-                self._publish_label_info()
+                config = self._tracker_config(**{
+                    k: v for k, v in changes.items() if k in _CONFIG_PARAMS})
+            texts = _texts(changes["prompts"]) if "prompts" in changes else None
+            self._session.update(config, texts)
         except (InvalidPromptError, ConfigError) as err:
             return str(err)
+        if texts is not None:
+            self._publish_label_info()
         return None
 
     # --------------------------------------------------------------------------- services
