@@ -207,3 +207,40 @@ def test_a_refused_update_changes_nothing(loaded, prompts, config, reason):
     session.update([PromptSpec("a")], SegmenterConfig(max_prompts=1), None)
     assert session.prompts.labels == ("a",) and session.config.max_prompts == 1
     assert session._tracker is None and session.prompts.generation == 1
+
+
+@pytest.mark.parametrize(("max_detections", "memory_mb", "height", "width", "limit"), [
+    (100, 1024, 480, 640, 100),
+    (10_000, 1024, 480, 640, 3495),
+    (10_000, 1024, 1080, 1920, 517),
+    (10_000, 1024, 4096, 4096, 64),
+    (10_000, 1, 4096, 4096, 1),  # one mask is over the budget: the best one is still kept
+    (5, 1, 1, 1, 5),
+])
+def test_detection_limit_keeps_masks_within_memory(max_detections, memory_mb, height, width,
+                                                   limit):
+    config = SegmenterConfig(max_detections=max_detections, max_mask_memory_mb=memory_mb)
+    assert config.detection_limit(height, width) == limit
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5])
+def test_max_mask_memory_must_be_a_positive_integer(value):
+    with pytest.raises(ConfigError, match=f"max_mask_memory_mb must be an integer >= 1, got "
+                                          f"{value}"):
+        SegmenterConfig(max_mask_memory_mb=value)
+
+
+def test_masks_stay_within_the_memory_budget(loaded):
+    # Valid parameters (score_threshold 0, max_detections 10000) let one large frame allocate
+    # instances x pixels bytes of masks: 168 GB at 16 MP with the real model.
+    rgb = np.random.default_rng(3).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    session = _session(loaded, [PromptSpec("mug"), PromptSpec("cup")], score_threshold=0.0,
+                       max_detections=10_000, max_mask_memory_mb=3)
+    detections, _ = session.process(rgb)
+    assert len(detections) == 3 and detections.masks.shape == (3, 1024, 1024)
+    assert session.frames_at_mask_memory_cap == 1
+    unlimited, _ = _session(loaded, [PromptSpec("mug"), PromptSpec("cup")], score_threshold=0.0,
+                            max_detections=10_000, max_mask_memory_mb=65536).process(rgb)
+    assert len(unlimited) > 3  # the cap took effect: these are its highest scores
+    np.testing.assert_array_equal(detections.scores, unlimited.scores[:3])
+    np.testing.assert_array_equal(detections.masks, unlimited.masks[:3])

@@ -48,6 +48,10 @@ class SegmenterConfig:
         max_prompts: Largest accepted prompt set.
         prompts_per_batch: Prompts decoded together in one batch (memory vs. speed); the vision
             backbone still runs once per frame for all of them.
+        max_mask_memory_mb: Most memory (MiB) a frame's full-size masks may take (one byte
+            per pixel per instance): with many instances on a large image (10,000 at
+            16 MP would be 168 GB) fewer than `max_detections` are kept, highest scores
+            first, never fewer than 1.
     """
 
     score_threshold: float = 0.5
@@ -55,16 +59,23 @@ class SegmenterConfig:
     max_detections: int = 100
     max_prompts: int = 64
     prompts_per_batch: int = 16
+    max_mask_memory_mb: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("score_threshold", "mask_threshold"):
             value = getattr(self, name)
             if not (0.0 <= value <= 1.0):
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
-        for name in ("max_detections", "max_prompts", "prompts_per_batch"):
+        for name in ("max_detections", "max_prompts", "prompts_per_batch", "max_mask_memory_mb"):
             value = getattr(self, name)
             if int(value) != value or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value}")
+
+    def detection_limit(self, height: int, width: int) -> int:
+        """Most instances kept on a (height x width) frame: `max_detections`, fewer when
+        their masks would exceed `max_mask_memory_mb` (at least 1)."""
+        fit = (self.max_mask_memory_mb << 20) // max(1, height * width)
+        return max(1, min(self.max_detections, fit))
 
 
 @dataclass(frozen=True)
@@ -337,7 +348,7 @@ class Sam3Segmenter:
 
         Returns:
             Detections with full-size masks, sorted by descending score, at most
-            `config.max_detections`; class_ids index `prompts.specs`.
+            `config.detection_limit(H, W)`; class_ids index `prompts.specs`.
 
         Raises:
             InvalidImageError: the image is not (H, W, 3) uint8.
@@ -395,7 +406,7 @@ class Sam3Segmenter:
             if all_scores.numel() == 0:
                 return Detections.empty(height, width)
             order = torch.argsort(all_scores, descending=True, stable=True)
-            order = order[: config.max_detections]
+            order = order[: config.detection_limit(height, width)]
             scale = torch.tensor([width, height, width, height], device=all_scores.device)
             xyxy = torch.cat(boxes)[order] * scale
         with torch.inference_mode(), self._stage("masks"):
@@ -461,6 +472,9 @@ class SegmenterSession:
         self._generation = 0
         self._image_size_hw: tuple[int, int] | None = None
         self._prompts = self._encode(prompts)
+        self.frames_at_mask_memory_cap = 0
+        """Frames whose instances were cut to `max_mask_memory_mb` before `max_detections`
+        (more may have scored above the threshold)."""
 
     @property
     def prompts(self) -> EncodedPrompts:
@@ -552,6 +566,9 @@ class SegmenterSession:
         prompts, config = self._prompts, self.config
         detections = self.segmenter.segment(rgb, prompts, config, frame_key, pixel_values)
         self._image_size_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+        limit = config.detection_limit(*self._image_size_hw)
+        if limit < config.max_detections and len(detections) == limit:
+            self.frames_at_mask_memory_cap += 1
         tracker = self._tracker
         if tracker is not None and track:
             last = self._last_stamp_ns

@@ -667,11 +667,16 @@ class Sam3LifecycleNode(LifecycleNode):
                          drawing_skipped=self._render_skipped,
                          mean_publish_ms=(self._publish_sum_ms / self._published
                                           if self._published else float("nan")))
+        stats.update(self._session_stats())
         stats.update({f"runtime_{k}": v for k, v in self._runtime.stats.as_dict().items()})
         if self._model is not None:
             stats["backbone_calls"] = self._model.feature_cache.backbone_calls
         stats["model_loads"] = self._hub.loads
         return stats
+
+    def _session_stats(self) -> dict[str, float]:
+        """Counters of this node's session for the diagnostics (none by default)."""
+        return {}
 
     def _guarded_diagnostics(self) -> None:
         try:

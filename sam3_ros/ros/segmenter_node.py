@@ -54,6 +54,10 @@ SEGMENTER_PARAMS: tuple[ParamSpec, ...] = (
               max_value=1.0),
     ParamSpec("max_detections", 100, "Most instances per frame (highest scores)", min_value=1,
               max_value=10000),
+    ParamSpec("max_mask_memory_mb", 1024,
+              "Most memory (MiB) one frame's full-size masks may take (1 byte per pixel per "
+              "instance); fewer than max_detections are kept beyond it (diagnostics: "
+              "frames_at_mask_memory_cap)", min_value=1, max_value=65536),
     ParamSpec("max_prompts", 64, "Largest accepted prompt set", min_value=1, max_value=1024),
     ParamSpec("prompts_per_batch", 16,
               "Prompts decoded together; the backbone runs once per frame regardless",
@@ -73,7 +77,7 @@ SEGMENTER_PARAMS: tuple[ParamSpec, ...] = (
 PARAMS = spec_table(MODEL_PARAMS, IO_PARAMS, SEGMENTER_PARAMS, DEPTH_PARAMS)
 
 _SEGMENTER_CONFIG_PARAMS = ("score_threshold", "mask_threshold", "max_detections",
-                            "max_prompts", "prompts_per_batch")
+                            "max_prompts", "prompts_per_batch", "max_mask_memory_mb")
 _TRACK_PARAMS = ("track_ids", "track_high_score", "track_low_score", "track_new_score",
                  "track_max_lost_frames")
 
@@ -139,6 +143,11 @@ class SegmenterNode(Sam3LifecycleNode):
 
     def _release_session(self) -> None:
         self._session = None
+
+    def _session_stats(self) -> dict[str, float]:
+        session = self._session
+        return {} if session is None else {
+            "frames_at_mask_memory_cap": session.frames_at_mask_memory_cap}
 
     def _preprocess(self, rgb: np.ndarray) -> Any:
         return self._session.segmenter.preprocess(rgb)
