@@ -124,13 +124,14 @@ class SegmenterNode(Sam3LifecycleNode):
     def _bytetracker(self, **override: Any) -> ByteTracker | None:
         values = {name: self.param(name) for name in _TRACK_PARAMS}
         values.update(override)
-        if not values["track_ids"]:
-            return None
-        return ByteTracker(ByteTrackConfig(
+        # Checked with tracking off too: contradictory stages are refused when set, not
+        # later when track_ids is switched on.
+        config = ByteTrackConfig(
             high_score_threshold=values["track_high_score"],
             low_score_threshold=values["track_low_score"],
             new_track_threshold=values["track_new_score"],
-            max_lost_frames=values["track_max_lost_frames"]))
+            max_lost_frames=values["track_max_lost_frames"])
+        return ByteTracker(config) if values["track_ids"] else None
 
     def _create_session(self, model: SharedModel) -> None:
         segmenter = Sam3Segmenter(model.loaded, model.feature_cache,
