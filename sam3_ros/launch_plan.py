@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 NODE_KINDS = ("segmenter", "tracker", "pipeline")
+STREAM_KINDS = ("segmenter", "tracker")
+"""Node kinds one camera of a several-camera process may run."""
 
 # name -> (default, description). '' means "unset: the params file or the node's default".
 LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
@@ -30,7 +32,9 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "namespace": ("", "Namespace of the node(s), e.g. the camera's name"),
     "cameras": ("", "Several cameras in one process with one model: a YAML list \"[front, "
                     "wrist]\"; each camera gets the node(s) of `node` in <namespace>/<camera>, "
-                    "reading the relative `image` topic there ('' = one camera)"),
+                    "reading the relative `image` topic there; per camera kinds with "
+                    "\"[front, wrist:tracker]\" or \"{front: segmenter, wrist: [segmenter, "
+                    "tracker]}\" ('' = one camera)"),
     "max_batch": ("", "Most camera frames in one backbone pass, pipeline/cameras only "
                       "('' = 4)"),
     "image": ("image", "Camera image topic (raw); with input_kind:=compressed, "
@@ -139,11 +143,34 @@ def parameter_overrides(values: dict[str, str]) -> dict[str, Any]:
     return overrides
 
 
-def parse_cameras(text: str, namespace: str) -> list[str]:
-    """`cameras:=...` text -> the cameras' namespaces (under `namespace`).
+def split_camera(item: str) -> tuple[str, list[str] | None]:
+    """`front`, `wrist:tracker` or `base:segmenter+tracker` -> (camera, its node kinds or None
+    for the process's default kinds).
 
     Raises:
-        LaunchArgumentError: not a list of names, or a name listed twice.
+        ValueError: an unknown or repeated node kind.
+    """
+    camera, _, kinds_text = item.strip().partition(":")
+    if not camera.strip().strip("/"):
+        raise ValueError(f"camera '{item}': no camera name")
+    if not _:
+        return camera.strip(), None
+    kinds = [k.strip() for k in kinds_text.split("+")]
+    if not kinds or any(k not in STREAM_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"camera '{item}': node kinds after ':' are segmenter, tracker or "
+                         "segmenter+tracker")
+    return camera.strip(), kinds
+
+
+def parse_cameras(text: str, namespace: str) -> list[str]:
+    """`cameras:=...` text -> the pipeline's camera arguments (namespaces under `namespace`,
+    with `:kind+kind` where a camera names its own node kinds).
+
+    Accepts a list (`[front, wrist:tracker]`) or a mapping of camera -> kind or kinds
+    (`{front: segmenter, wrist: [segmenter, tracker]}`).
+
+    Raises:
+        LaunchArgumentError: not a list of names, a name listed twice, an unknown kind.
     """
     try:
         value = yaml.safe_load(text)
@@ -151,15 +178,33 @@ def parse_cameras(text: str, namespace: str) -> list[str]:
         value = None
     if isinstance(value, str):
         value = [value]
+    if isinstance(value, dict):
+        items = []
+        for camera, kinds in value.items():
+            kinds = [kinds] if isinstance(kinds, str) else kinds
+            if not isinstance(camera, str) or not isinstance(kinds, list) or not kinds or \
+                    not all(isinstance(k, str) for k in kinds):
+                raise LaunchArgumentError(
+                    f"cameras:={text!r}: a mapping gives each camera a kind or a list of "
+                    "kinds, e.g. \"{front: segmenter, wrist: [segmenter, tracker]}\"")
+            items.append(f"{camera}:{'+'.join(kinds)}")
+        value = items
     if not isinstance(value, list) or not value or not all(
             isinstance(v, str) and v.strip() for v in value):
         raise LaunchArgumentError(f"cameras:={text!r}: expected a list of camera names, "
                                   "e.g. \"[front, wrist]\"")
     base = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    names = [f"{base}/{v.strip().strip('/')}" for v in value]
+    names, arguments = [], []
+    for item in value:
+        try:
+            camera, kinds = split_camera(item)
+        except ValueError as err:
+            raise LaunchArgumentError(f"cameras:={text!r}: {err}") from None
+        names.append(f"{base}/{camera.strip('/')}")
+        arguments.append(names[-1] + (f":{'+'.join(kinds)}" if kinds else ""))
     if len(set(names)) != len(names):
         raise LaunchArgumentError(f"cameras:={text!r}: a camera is listed twice")
-    return names
+    return arguments
 
 
 def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:

@@ -78,6 +78,15 @@ def test_prompts_refuse_what_is_not_phrases(text):
     ({"cameras": "{a: 1}"}, "cameras"),
     ({"cameras": "[]"}, "cameras"),
     ({"cameras": "[front, front]"}, "listed twice"),
+    ({"cameras": "[front, front:tracker]"}, "listed twice"),
+    ({"cameras": "[front, wrist:detector]"}, "node kinds after ':'"),
+    ({"cameras": "[wrist:tracker+tracker]"}, "node kinds after ':'"),
+    ({"cameras": "['wrist:']"}, "node kinds after ':'"),
+    ({"cameras": "[wrist:]"}, "expected a list of camera names"),
+    ({"cameras": "[':tracker']"}, "no camera name"),
+    ({"cameras": "{front: 3}"}, "a mapping gives each camera"),
+    ({"cameras": "{front: []}"}, "a mapping gives each camera"),
+    ({"cameras": "{front: [segmenter, detector]}"}, "node kinds after ':'"),
     ({"cameras": "[front, wrist]", "image": "/front/image"}, "relative topic"),
     ({"cameras": "[front, wrist]", "name": "seg"}, "name cannot be set"),
     ({"node": "pipeline", "max_batch": "0"}, "max_batch"),
@@ -133,6 +142,17 @@ def test_cameras_start_one_pipeline_process_with_namespaced_cameras(kind, nodes)
     assert result.arguments == ["--cameras", "/robot/front", "/robot/wrist", "--nodes", nodes,
                                 "--max-batch", "2"]
     assert dict(result.remappings)["image"] == "color/image_raw"
+
+
+@pytest.mark.parametrize("cameras", [
+    "[front, wrist:tracker, base:segmenter+tracker]",
+    "{front: segmenter, wrist: tracker, base: [segmenter, tracker]}",
+])
+def test_cameras_may_name_their_own_node_kinds(cameras):
+    result = plan(_values(cameras=cameras, namespace="robot"), PROFILE)
+    front = "/robot/front" if cameras.startswith("[") else "/robot/front:segmenter"
+    assert result.arguments == ["--cameras", front, "/robot/wrist:tracker",
+                                "/robot/base:segmenter+tracker", "--nodes", "segmenter"]
 
 
 def test_one_camera_name_and_max_batch_for_the_pipeline():

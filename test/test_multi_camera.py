@@ -57,6 +57,9 @@ def _image_msg(rgb: np.ndarray, sec: int, frame_id: str) -> Image:
     (["--max-batch", "17"], "--max-batch must be in"),
     (["--cameras", *[f"c{i}" for i in range(17)]], "at most 16"),
     (["--frobnicate"], "unknown arguments"),
+    (["--cameras", "front:detector"], "node kinds after ':'"),
+    (["--cameras", "front:tracker", "front"], "listed twice"),
+    (["--cameras", ":tracker"], "no camera name"),
 ])
 def test_pipeline_arguments_refused_with_reason(argv, reason):
     with pytest.raises(PipelineArgumentError, match=reason):
@@ -69,6 +72,15 @@ def test_pipeline_arguments_accept_comma_and_space_lists():
     assert args.cameras == ["front", "wrist", "/robot/base"]
     assert args.kinds == ["tracker"] and args.max_batch == 2
     assert parse_arguments([]).cameras == []
+    assert parse_arguments([]).streams == [(None, ["segmenter", "tracker"])]
+
+
+def test_pipeline_cameras_may_name_their_own_node_kinds():
+    args = parse_arguments(["--cameras", "front,wrist:tracker", "/robot/base:segmenter+tracker",
+                            "--nodes", "segmenter"])
+    assert args.cameras == ["front", "wrist", "/robot/base"]
+    assert args.streams == [("front", ["segmenter"]), ("wrist", ["tracker"]),
+                            ("/robot/base", ["segmenter", "tracker"])]
 
 
 class Cameras:
@@ -200,6 +212,52 @@ def test_one_cameras_prompts_and_lifecycle_leave_the_others_alone(tiny_checkpoin
         activate = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))
         assert client.call(ChangeState, "/front/segmenter/change_state", activate).success
         cameras.send_all_until_results(4)
+    finally:
+        client.close()
+        node.stop()
+
+
+def test_cameras_mix_a_segmenter_and_a_tracker_in_one_process(tiny_checkpoint):
+    # front runs a segmenter, wrist a tracker: one process, one model load.
+    cmd = node_command("pipeline", {
+        "model": str(tiny_checkpoint), "device": "cpu", "autostart": True,
+        "prompts": ["mug"], "score_threshold": SCORE_THRESHOLD,
+        "publish_overlay": False, "publish_mask_image": False,
+    }, args=["--cameras", "front", "wrist:tracker", "--nodes", "segmenter"])
+    node = NodeProcess(cmd)
+    client = Client("multi_camera_mixed_client")
+    try:
+        topics = {"front": "/front/segmenter/detections", "wrist": "/wrist/tracker/detections"}
+        pubs = {n: client.node.create_publisher(Image, f"/{n}/image", 10) for n in topics}
+        for topic in topics.values():
+            client.subscribe(DetectionArray, topic)
+        client.subscribe(DiagnosticArray, "/diagnostics")
+        for sec in (1, 2):
+            msgs = {n: _image_msg(_frame(i), sec, f"{n}_optical") for i, n in enumerate(topics)}
+
+            def got(msgs=msgs, sec=sec):
+                missing = [n for n, t in topics.items()
+                           if not [d for d in client.messages(t) if d.header.stamp.sec == sec]]
+                for n in missing:
+                    pubs[n].publish(msgs[n])
+                return not missing
+
+            wait_for(got, 120, f"both cameras' results of stamp {sec}", node, poll_s=0.3)
+        for name, topic in topics.items():
+            assert {d.header.frame_id for d in client.messages(topic)} == {f"{name}_optical"}
+        nodes = {f"{ns.rstrip('/')}/{n}" for n, ns in client.node.get_node_names_and_namespaces()}
+        assert {"/front/segmenter", "/wrist/tracker"} <= nodes
+        assert not {"/front/tracker", "/wrist/segmenter"} & nodes
+
+        def model_loads():
+            for msg in reversed(client.messages("/diagnostics")):
+                for status in msg.status:
+                    values = {kv.key: kv.value for kv in status.values}
+                    if status.name.startswith("/wrist/tracker") and "model_loads" in values:
+                        return values["model_loads"]
+            return None
+
+        assert wait_for(model_loads, 10, "diagnostics", node) == "1"
     finally:
         client.close()
         node.stop()

@@ -4,6 +4,8 @@ By default the segmenter and the tracker of one camera (`/segmenter/...`, `/trac
 With `--cameras`, one node per camera and kind, each in the camera's namespace with its own
 parameters, prompts, outputs, services and lifecycle (`/front/segmenter/detections`,
 `/wrist/tracker/add_objects`); every node reads the relative topic `image` in its namespace.
+A camera runs the `--nodes` kinds, or its own: `--cameras front wrist:tracker
+base:segmenter+tracker`.
 All nodes share one `ModelHub` (the video model is loaded once; its detector serves the
 segmenters) and the process runtime: each cycle of the compute thread takes the newest frame
 of every camera and encodes them in one batched backbone pass (`core.runtime`). A frame seen
@@ -25,11 +27,12 @@ import sys
 
 from sam3_ros.core.model_hub import ModelHub
 from sam3_ros.core.runtime import Runtime
+from sam3_ros.launch_plan import STREAM_KINDS, split_camera
 from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
 from sam3_ros.ros.segmenter_node import SegmenterNode
 from sam3_ros.ros.tracker_node import TrackerNode
 
-NODE_KINDS = ("segmenter", "tracker")
+NODE_KINDS = STREAM_KINDS
 MAX_CAMERAS = 16
 MAX_BATCH_LIMIT = 16
 _NAMESPACE = re.compile(r"^/?[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
@@ -49,7 +52,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pipeline", add_help=True, exit_on_error=False)
     parser.add_argument("--cameras", nargs="*", default=[],
                         help="camera namespaces, one node per camera and kind "
-                             "(comma or space separated); none: one camera, no namespace")
+                             "(comma or space separated; CAMERA:tracker or "
+                             "CAMERA:segmenter+tracker for a camera's own kinds); none: one "
+                             "camera, no namespace")
     parser.add_argument("--nodes", default="segmenter,tracker",
                         help="node kinds per camera: segmenter, tracker or both (comma list)")
     parser.add_argument("--max-batch", type=int, default=4,
@@ -60,8 +65,16 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         raise PipelineArgumentError(str(err)) from None
     if unknown:
         raise PipelineArgumentError(f"unknown arguments: {' '.join(unknown)}")
-    cameras = [c for item in args.cameras for c in item.split(",") if c.strip()]
-    cameras = [c.strip() for c in cameras]
+    items = [c.strip() for item in args.cameras for c in item.split(",") if c.strip()]
+    cameras, camera_kinds = [], {}
+    for item in items:
+        try:
+            camera, own_kinds = split_camera(item)
+        except ValueError as err:
+            raise PipelineArgumentError(str(err)) from None
+        cameras.append(camera)
+        if own_kinds is not None:
+            camera_kinds[camera] = own_kinds
     for camera in cameras:
         if not _NAMESPACE.match(camera):
             raise PipelineArgumentError(
@@ -78,16 +91,20 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         raise PipelineArgumentError(f"--max-batch must be in 1..{MAX_BATCH_LIMIT}, "
                                     f"got {args.max_batch}")
     args.cameras, args.kinds = cameras, kinds
+    # Every camera's node kinds (its own, or --nodes); None: one camera without a namespace.
+    args.streams = [(c, camera_kinds.get(c, kinds)) for c in cameras] or [(None, kinds)]
     return args
 
 
 def make_nodes(cameras: list[str], kinds: list[str], hub: ModelHub,
-               runtime: Runtime | None = None) -> list[Sam3LifecycleNode]:
-    """One node per camera and kind, sharing `hub` (and `runtime`)."""
+               runtime: Runtime | None = None,
+               camera_kinds: dict[str, list[str]] | None = None) -> list[Sam3LifecycleNode]:
+    """One node per camera and kind, sharing `hub` (and `runtime`); a camera in
+    `camera_kinds` gets its own kinds instead of `kinds`."""
     classes = {"segmenter": SegmenterNode, "tracker": TrackerNode}
     nodes: list[Sam3LifecycleNode] = []
     for camera in cameras or [None]:
-        for kind in kinds:
+        for kind in (camera_kinds or {}).get(camera, kinds):
             extra = {"namespace": "/" + camera.lstrip("/")} if camera else {}
             nodes.append(classes[kind](kind, model_hub=hub, runtime=runtime, **extra))
     return nodes
@@ -106,8 +123,10 @@ def main(args: list[str] | None = None) -> int:
     # With a segmenter and a tracker per camera, up to two frames per camera: the one a
     # lagging reader (a tracker behind the segmenter of its camera) still reads, and the
     # camera's newest; both can be encoded in one pass. Held only until both have read them.
-    frames = len(options.kinds) * max(1, len(options.cameras))  # kinds: no duplicates
-    hub = ModelHub(with_tracker="tracker" in options.kinds,
+    frames = sum(len(kinds) for _, kinds in options.streams)  # kinds: no duplicates
+    hub = ModelHub(with_tracker=any("tracker" in kinds for _, kinds in options.streams),
                    feature_capacity=max(4, options.max_batch, frames),
                    max_batch=min(options.max_batch, frames))
-    return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub), args)
+    camera_kinds = {camera: kinds for camera, kinds in options.streams if camera}
+    return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub,
+                                        camera_kinds=camera_kinds), args)
