@@ -43,12 +43,20 @@ class StampBuffer(Generic[T]):
 
     Items may arrive out of order; an item with a stamp already held replaces it. When full, the
     oldest stamp is dropped (not the oldest arrival), so a late, old message cannot push out
-    newer ones. `what` names the stream in the reasons.
+    newer ones. An item more than `jump_back_ns` older than the newest held means the stream
+    went back in time (a bag played in a loop, a simulation reset, a clock step): the buffer
+    starts afresh with it; otherwise a full buffer of "future" stamps would refuse every new
+    item until deactivation. `what` names the stream in the reasons.
     """
 
-    def __init__(self, capacity: int = 8, what: str = "depth image"):
+    def __init__(self, capacity: int = 8, what: str = "depth image",
+                 jump_back_ns: int = 1_000_000_000):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if jump_back_ns < 0:
+            raise ValueError(f"jump_back_ns must be >= 0, got {jump_back_ns}")
+        self._jump_back_ns = jump_back_ns
+        self.jumps_back = 0
         self._capacity = capacity
         self._what = what
         self._stamps: list[int] = []
@@ -64,6 +72,10 @@ class StampBuffer(Generic[T]):
         """Add an item (cheap: call it from a subscription callback)."""
         with self._lock:
             self.received += 1
+            if self._stamps and self._stamps[-1] - stamp_ns > self._jump_back_ns:
+                self.jumps_back += 1
+                self._stamps.clear()
+                self._items.clear()
             i = bisect.bisect_left(self._stamps, stamp_ns)
             if i < len(self._stamps) and self._stamps[i] == stamp_ns:
                 self._items[i] = item
