@@ -140,3 +140,70 @@ def test_pairing_out_of_order_duplicates_and_capacity():
     assert len(buf) == 0
     with pytest.raises(ValueError):
         StampBuffer(capacity=0)
+
+
+def test_pairing_restarts_when_the_stream_goes_back_in_time():
+    # A bag played in a loop: a full buffer of newer stamps refused every new depth image
+    # (each was "older than everything held") until the node was deactivated.
+    second = 1_000_000_000
+    buf: StampBuffer[str] = StampBuffer(capacity=3)
+    for i in range(3):
+        buf.put(900 * second + i, f"late{i}")
+    buf.put(899 * second + second // 2, "within a second: an out-of-order old one, dropped")
+    assert len(buf) == 3 and buf.jumps_back == 0
+    buf.put(5 * second, "looped")
+    assert buf.jumps_back == 1 and len(buf) == 1
+    assert buf.nearest(5 * second, 0).item == "looped"
+    for stamp in (6, 7, 8):
+        buf.put(stamp * second, f"d{stamp}")
+    assert buf.nearest(8 * second, 0).item == "d8" and len(buf) == 3
+    with pytest.raises(ValueError, match="jump_back_ns"):
+        StampBuffer(jump_back_ns=-1)
+
+
+K_640 = [200.0, 0.0, 319.5, 0.0, 200.0, 239.5, 0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(("k", "d", "model", "reason"), [
+    # Some drivers leave the model name empty: pinhole rays would be silently wrong.
+    (K_640, [-0.3, 0.1, 0.0, 0.0, 0.0], "", "5 non-zero distortion coefficients but no"),
+    (K_640, [0.0] * 15, "plumb_bob", "D has 15 values, at most 14"),
+    (K_640, [0.0] * 2_000_000, "", "D has 2000000 values, at most 14"),
+    (K_640, [0.1, float("nan"), 0.0, 0.0, 0.0], "plumb_bob", r"non-finite values \(D\[1\] = nan\)"),
+    # Finite and > 0, but every ray would be inf.
+    ([1e-300, 0.0, 319.5, 0.0, 200.0, 239.5, 0.0, 0.0, 1.0], [], "", "focal lengths"),
+    ([200.0, 0.0, 1e300, 0.0, 200.0, 239.5, 0.0, 0.0, 1.0], [], "", "principal point"),
+])
+def test_unusable_camera_infos_are_refused_with_a_short_reason(k, d, model, reason):
+    with pytest.raises(InvalidCameraError, match=reason) as info:
+        camera_model_from_fields(640, 480, k, d, model)
+    assert len(str(info.value)) < 300
+
+
+def test_fisheye_rays_project_back_onto_their_pixels():
+    # OpenCV's fisheye.undistortPoints stopped ~20 px short in the corners of this lens.
+    import cv2
+
+    camera = camera_model_from_fields(640, 480, K_640, [0.3, 0.2, 0.1, 0.1], "equidistant")
+    rays = ray_grid(camera)
+    assert rays.valid is None
+    xyz = np.stack([rays.ray_x[::37, ::41], rays.ray_y[::37, ::41],
+                    np.ones((13, 16), np.float32)], -1).reshape(-1, 1, 3).astype(np.float64)
+    back, _ = cv2.fisheye.projectPoints(xyz, np.zeros(3), np.zeros(3), camera.k_matrix,
+                                        np.asarray(camera.dist_coeffs))
+    vv, uu = np.mgrid[0:480:37, 0:640:41]
+    pixels = np.stack([uu, vv], -1).reshape(-1, 2)
+    assert np.abs(back.reshape(-1, 2) - pixels).max() < 1e-3
+
+
+@pytest.mark.parametrize(("d", "model"), [
+    ([-0.2, 0.0, 0.0, 0.0], "equidistant"),  # OpenCV answered -1e6 (its failure marker)
+    ([-0.05, 0.0, 0.0, 0.0], "equidistant"),  # ... or rays of 1e5 on the wrong side
+    ([-0.4, 0.0, 0.0, 0.0, 0.0], "plumb_bob"),  # ... or the pinhole ray
+])
+def test_pixels_a_lens_model_cannot_invert_have_no_ray(d, model):
+    rays = ray_grid(camera_model_from_fields(640, 480, K_640, d, model))
+    assert rays.valid is not None and rays.valid[240, 320] == 1 and rays.valid[0, 0] == 0
+    assert np.isnan(rays.ray_x[rays.valid == 0]).all()
+    ok = rays.valid == 1
+    assert np.isfinite(rays.ray_x[ok]).all() and np.abs(rays.ray_x[ok]).max() < 1e3

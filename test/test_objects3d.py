@@ -494,3 +494,24 @@ def test_batched_objects_match_a_per_object_reference(case):
     np.testing.assert_array_equal(np.stack([cloud["x"], cloud["y"], cloud["z"]]), objs.points)
     np.testing.assert_array_equal(
         cloud["instance"], np.repeat(dets.object_ids, np.diff(objs.point_offsets)))
+
+
+@pytest.mark.parametrize(("d", "model"), [([-0.2, 0.0, 0.0, 0.0], "equidistant"),
+                                          ([-0.4, 0.0, 0.0, 0.0, 0.0], "plumb_bob")])
+def test_pixels_without_a_ray_are_no_points_and_spare_the_other_objects(d, model):
+    # Corner rays came out as OpenCV's -1e6 failure marker (a "valid" object at -1e6 m) or
+    # NaN (one NaN point failed the eigen-decomposition of every object of the frame).
+    camera = camera_model_from_fields(W, H, [200.0, 0.0, 319.5, 0.0, 200.0, 239.5, 0, 0, 1],
+                                      d, model)
+    rays = ray_grid(camera)
+    assert rays.valid is not None and not rays.valid[:40, :40].any()
+    assert 0 < rays.valid[80:230, 100:300].mean() < 1
+    masks = [_rect(0, 0, 40, 40), _rect(300, 220, 340, 260), _rect(100, 80, 300, 230)]
+    _, objects = _run(masks, np.full((H, W), 1.0, np.float32), cfg=Depth3DConfig(),
+                      camera=camera)
+    assert objects.valid.tolist() == [False, True, True]
+    assert np.isfinite(objects.centroid_m).all()
+    np.testing.assert_allclose(objects.centroid_m[1], [0.0, 0.0, 1.0], atol=0.01)
+    # The partly covered object keeps its points with rays: all on the wall, none at -1e6.
+    assert objects.num_points[2] > 0 and abs(objects.centroid_m[2][2] - 1.0) < 1e-6
+    assert np.abs(objects.centroid_m).max() < 10

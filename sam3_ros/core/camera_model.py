@@ -54,6 +54,13 @@ _DEFAULT_SCALE_M = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}
 # takes for each (plumb_bob: k1 k2 p1 p2 k3; rational_polynomial adds k4 k5 k6; equidistant is
 # OpenCV's fisheye model k1..k4).
 _COEFFS = {"plumb_bob": (4, 5, 8), "rational_polynomial": (8, 12, 14), "equidistant": (4,)}
+MAX_COEFFS = 14
+"""The most distortion coefficients of any supported model (checked before converting D)."""
+RAY_REPROJECTION_PX = 0.5
+"""A pixel whose undistorted ray projects back further than this from it has no ray: the
+lens model cannot be inverted there (OpenCV then returns the pinhole ray or -1e6)."""
+MAX_RAY = 1e3
+"""Largest |x/z| or |y/z| of a viewing ray (89.94 degrees off the axis)."""
 
 
 class InvalidCameraError(Sam3RosError, ValueError):
@@ -105,13 +112,20 @@ class CameraModel:
                            self.distortion_model, self.dist_coeffs)
 
 
-def _finite_floats(name: str, values: Sequence[float], length: int | None) -> tuple[float, ...]:
+def _finite_floats(name: str, values: Sequence[float], length: int | None,
+                   max_length: int | None = None) -> tuple[float, ...]:
     if length is not None and len(values) != length:
         raise InvalidCameraError(f"camera info {name} must have {length} values, got "
                                  f"{len(values)}")
+    if max_length is not None and len(values) > max_length:
+        # Before converting: a hostile D of millions of values costs nothing.
+        raise InvalidCameraError(f"camera info {name} has {len(values)} values, at most "
+                                 f"{max_length}")
     out = tuple(float(v) for v in values)
     if not all(math.isfinite(v) for v in out):
-        raise InvalidCameraError(f"camera info {name} has non-finite values: {list(out)}")
+        bad = next(i for i, v in enumerate(out) if not math.isfinite(v))
+        raise InvalidCameraError(f"camera info {name} has non-finite values ({name}[{bad}] = "
+                                 f"{out[bad]})")
     return out
 
 
@@ -163,8 +177,14 @@ def camera_model_from_fields(width: int, height: int, k: Sequence[float], d: Seq
     else:
         kv = _finite_floats("K", k, 9)
         fx, cx, fy, cy = kv[0], kv[2], kv[4], kv[5]
-        coeffs = _finite_floats("D", d, None)
+        coeffs = _finite_floats("D", d, None, MAX_COEFFS)
         model = distortion_model if any(c != 0.0 for c in coeffs) else ""
+        if any(c != 0.0 for c in coeffs) and not model:
+            # Some drivers leave the name empty: guessing from len(D) would be wrong for 8
+            # (plumb_bob or rational_polynomial); pinhole rays would be silently wrong.
+            raise InvalidCameraError(
+                f"camera info has {len(coeffs)} non-zero distortion coefficients but no "
+                f"distortion_model (supported: {', '.join(_COEFFS)})")
         if model:
             allowed = _COEFFS.get(model)
             if allowed is None:
@@ -179,6 +199,16 @@ def camera_model_from_fields(width: int, height: int, k: Sequence[float], d: Seq
             coeffs = ()
     if not (fx > 0.0 and fy > 0.0):
         raise InvalidCameraError(f"camera info focal lengths must be > 0, got fx={fx} fy={fy}")
+    # Bounds far outside any real lens that keep every ray finite (fx = 1e-300 made rays inf).
+    size = max(int(width), int(height))
+    if not (1e-3 * size <= fx <= 1e3 * size and 1e-3 * size <= fy <= 1e3 * size):
+        raise InvalidCameraError(f"camera info focal lengths fx={fx} fy={fy} are outside "
+                                 f"[{1e-3 * size:g}, {1e3 * size:g}] px for a {width}x{height} "
+                                 "image")
+    if not (-10 * int(width) <= cx <= 11 * int(width)
+            and -10 * int(height) <= cy <= 11 * int(height)):
+        raise InvalidCameraError(f"camera info principal point ({cx}, {cy}) is more than 10 "
+                                 f"image sizes outside the {width}x{height} image")
     return CameraModel(int(width), int(height), fx, fy, cx, cy, model, coeffs)
 
 
@@ -248,11 +278,15 @@ class RayGrid:
         camera: The model the rays belong to (at the depth image's resolution).
         ray_x / ray_y: (height, width) float32; broadcast views (no per-pixel memory) when the
             camera has no distortion.
+        valid: (height, width) uint8, 1 where the pixel has a ray; None when every pixel
+            has one. A strongly distorted lens model cannot be inverted far from the centre
+            (its rays there are NaN and the pixels are left out of the 3D outputs).
     """
 
     camera: CameraModel
     ray_x: np.ndarray
     ray_y: np.ndarray
+    valid: np.ndarray | None = None
 
 
 def _undistort(points_px: np.ndarray, camera: CameraModel) -> np.ndarray:
@@ -264,12 +298,68 @@ def _undistort(points_px: np.ndarray, camera: CameraModel) -> np.ndarray:
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-10)
     src = points_px.reshape(-1, 1, 2)
     if camera.distortion_model == "equidistant":
-        out = cv2.fisheye.undistortPoints(src, k, d, criteria=criteria)
-    elif hasattr(cv2, "undistortPointsIter"):  # OpenCV 4.x (Humble's 4.5)
+        return _undistort_equidistant(points_px, camera)
+    if hasattr(cv2, "undistortPointsIter"):  # OpenCV 4.x (Humble's 4.5)
         out = cv2.undistortPointsIter(src, k, d, None, None, criteria)
     else:  # OpenCV 5 folded the criteria into undistortPoints
         out = cv2.undistortPoints(src, k, d, criteria=criteria)
     return out.reshape(-1, 2)
+
+
+def _undistort_equidistant(points_px: np.ndarray, camera: CameraModel) -> np.ndarray:
+    """The fisheye model's inverse by Newton's method on the angle, per pixel.
+
+    theta_d = theta (1 + k1 theta^2 + k2 theta^4 + k3 theta^6 + k4 theta^8) is solved for the
+    angle theta off the axis (OpenCV's fisheye.undistortPoints stopped ~20 px short near the
+    corners of a 200 px focal length lens). Where the model has no inverse (it folds back),
+    the result is wrong or not finite and `ray_grid`'s reprojection check drops it.
+    """
+    k1, k2, k3, k4 = camera.dist_coeffs
+    x_d = (points_px[:, 0] - camera.cx) / camera.fx
+    y_d = (points_px[:, 1] - camera.cy) / camera.fy
+    theta_d = np.hypot(x_d, y_d)
+    theta = theta_d.copy()
+    with np.errstate(all="ignore"):
+        for _ in range(30):  # quadratic convergence: a handful of steps where it converges
+            t2 = theta * theta
+            residual = theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4)))) - theta_d
+            if not np.abs(residual).max() > 1e-12:  # NaN (no inverse somewhere) keeps going
+                break
+            slope = 1 + t2 * (3 * k1 + t2 * (5 * k2 + t2 * (7 * k3 + t2 * 9 * k4)))
+            theta = theta - residual / slope
+        folded = (theta < 0) | (theta >= np.pi / 2)
+        scale = np.where(theta_d > 0, np.tan(theta) / np.where(theta_d > 0, theta_d, 1), 1.0)
+    scale[folded] = np.nan
+    return np.stack([x_d * scale, y_d * scale], axis=1)
+
+
+def _reprojection_error_px(rays: np.ndarray, points_px: np.ndarray,
+                           camera: CameraModel) -> np.ndarray:
+    """(N,) distance of each ray's projection through the lens model from its pixel."""
+    k = camera.k_matrix
+    d = np.asarray(camera.dist_coeffs, np.float64)
+    if camera.distortion_model != "equidistant" and len(d) <= 12:
+        # OpenCV's distortion model in numpy: projectPoints took 1.2 s at 1280x720.
+        c = np.zeros(12)
+        c[:len(d)] = d
+        k1, k2, p1, p2, k3, k4, k5, k6, s1, s2, s3, s4 = c
+        x, y = rays[:, 0], rays[:, 1]
+        with np.errstate(all="ignore"):
+            r2 = x * x + y * y
+            radial = ((1 + r2 * (k1 + r2 * (k2 + r2 * k3)))
+                      / (1 + r2 * (k4 + r2 * (k5 + r2 * k6))))
+            xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) + r2 * (s1 + r2 * s2)
+            yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y + r2 * (s3 + r2 * s4)
+            return np.hypot(xd * camera.fx + camera.cx - points_px[:, 0],
+                            yd * camera.fy + camera.cy - points_px[:, 1])
+    xyz = np.concatenate([rays, np.ones((len(rays), 1))], axis=1).reshape(-1, 1, 3)
+    zero = np.zeros(3)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if camera.distortion_model == "equidistant":
+            back, _ = cv2.fisheye.projectPoints(xyz, zero, zero, k, d)
+        else:
+            back, _ = cv2.projectPoints(xyz, zero, zero, k, d)
+        return np.linalg.norm(back.reshape(-1, 2) - points_px, axis=1)
 
 
 def ray_grid(camera: CameraModel) -> RayGrid:
@@ -288,9 +378,21 @@ def ray_grid(camera: CameraModel) -> RayGrid:
                        np.broadcast_to(ys[:, None], (h, w)))
     vv, uu = np.mgrid[0:h, 0:w]
     pts = np.stack([uu.ravel(), vv.ravel()], axis=1).astype(np.float64)
-    rays = _undistort(pts, camera).astype(np.float32)
+    rays64 = _undistort(pts, camera)
+    # Where the iterative inverse did not converge, OpenCV returns a wrong ray silently (the
+    # pinhole one, or -1e6 as a marker): checked by projecting every ray back.
+    finite = np.isfinite(rays64).all(axis=1) & (np.abs(rays64) <= MAX_RAY).all(axis=1)
+    ok = finite.copy()
+    ok[finite] = _reprojection_error_px(rays64[finite], pts[finite],
+                                        camera) <= RAY_REPROJECTION_PX
+    rays = rays64.astype(np.float32)
+    rays[~ok] = np.nan
     ray_x = rays[:, 0].reshape(h, w)
     ray_y = rays[:, 1].reshape(h, w)
     ray_x.flags.writeable = False
     ray_y.flags.writeable = False
-    return RayGrid(camera, ray_x, ray_y)
+    valid = None
+    if not ok.all():
+        valid = ok.reshape(h, w).view(np.uint8)
+        valid.flags.writeable = False
+    return RayGrid(camera, ray_x, ray_y, valid)

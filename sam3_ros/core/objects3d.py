@@ -383,6 +383,9 @@ def _sampled_windows(crops: Sequence[MaskCrop], colour_hw: tuple[int, int],
             mask_u8 = _erode(np.ascontiguousarray(mask_u8), -(-cfg.erode_px // step), (
                 gx0 < step, gy0 < step, gx0 + gw * step >= wd, gy0 + gh * step >= hd))
         rows, cols = slice(gy0, gy0 + gh * step, step), slice(gx0, gx0 + gw * step, step)
+        if rays.valid is not None:
+            # Pixels without a ray (lens model not invertible there) are no points.
+            mask_u8 = mask_u8 & rays.valid[rows, cols]
         out.objects.append(i)
         out.grids.append((gx0, gy0, step, gw, out.size))
         out.masks.append(mask_u8)

@@ -14,6 +14,7 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from sam3_ros.core.camera_model import (
+    MAX_COEFFS,
     MAX_DEPTH_PIXELS,
     CameraModel,
     camera_model_from_fields,
@@ -39,8 +40,10 @@ __all__ = [
 
 def camera_info_key(msg: CameraInfo) -> tuple:
     """Everything of a CameraInfo that the camera model depends on (hashable): the model is
-    rebuilt, and the rays recomputed, only when this changes."""
-    return (msg.width, msg.height, tuple(msg.k), tuple(msg.d), msg.distortion_model,
+    rebuilt, and the rays recomputed, only when this changes. A D longer than any model's
+    is keyed by its length (refused anyway) instead of copied on every frame."""
+    d = tuple(msg.d) if len(msg.d) <= MAX_COEFFS else ("too long", len(msg.d))
+    return (msg.width, msg.height, tuple(msg.k), d, msg.distortion_model,
             tuple(msg.p), msg.binning_x, msg.binning_y, msg.roi.width, msg.roi.height)
 
 

@@ -32,7 +32,13 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from sam3_ros.core.camera_model import CameraModel, RayGrid, default_depth_scale, ray_grid
+from sam3_ros.core.camera_model import (
+    CameraModel,
+    InvalidCameraError,
+    RayGrid,
+    default_depth_scale,
+    ray_grid,
+)
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import Sam3RosError
 from sam3_ros.core.objects3d import (
@@ -86,7 +92,7 @@ class DepthOutputs:
         self._depth: StampBuffer[Image] = StampBuffer(DEPTH_BUFFER_FRAMES)
         self._info: CameraInfo | None = None
         self._info_count = 0
-        self._camera: tuple[tuple, CameraModel] | None = None
+        self._camera: tuple[tuple, CameraModel | str] | None = None  # str: why refused
         self._rays: RayGrid | None = None
         self._marker_ids: frozenset[int] = frozenset()
         # Detection3D / Marker objects reused frame after frame (worker thread only).
@@ -241,8 +247,15 @@ class DepthOutputs:
     def _camera_model(self, info: CameraInfo, rectified: bool) -> CameraModel:
         key = (camera_info_key(info), rectified)
         if self._camera is None or self._camera[0] != key:
-            self._camera = (key, camera_model_from_info(info, rectified))
-        return self._camera[1]
+            # A refused camera info is remembered too: not validated again on every frame.
+            try:
+                self._camera = (key, camera_model_from_info(info, rectified))
+            except InvalidCameraError as err:
+                self._camera = (key, str(err))
+        result = self._camera[1]
+        if isinstance(result, str):
+            raise InvalidCameraError(result)
+        return result
 
     def _rays_for(self, camera: CameraModel, depth_hw: tuple[int, int]) -> RayGrid:
         # A distorted 1280x720 grid takes a fraction of a second: computed once per camera.
