@@ -143,3 +143,28 @@ def test_checkpoint_kinds_refused_with_what_they_lack(tmp_path, config, with_tra
     with pytest.raises(ModelLoadError) as info:
         load_sam3(str(tmp_path), with_tracker=with_tracker)
     assert message in str(info.value)
+
+
+def test_the_last_release_frees_the_weights_while_users_still_hold_the_model(tiny_checkpoint):
+    # The backbone and the feature cache still held the detector when the hub's release ran
+    # gc + empty_cache: on a GPU the memory stayed reserved after cleanup.
+    import gc
+    import weakref
+
+    from sam3_ros.core.model_hub import ModelHub, ModelKey
+
+    hub = ModelHub()
+    key = ModelKey(str(tiny_checkpoint), "cpu", "float32", "none")
+    shared = hub.acquire(key)
+    assert hub.acquire(key) is shared
+    session = SegmenterSession(Sam3Segmenter(shared.loaded, shared.feature_cache),
+                               SegmenterConfig(), [PromptSpec("mug")])
+    session.process(np.zeros((48, 64, 3), np.uint8), frame_key=("frame", 1))
+    detector = weakref.ref(shared.loaded.detector)
+    del session
+    hub.release(shared)
+    gc.collect()
+    assert detector() is not None  # one user left
+    hub.release(shared)  # the last one; `shared` is still referenced here, as by a node
+    assert detector() is None
+    assert shared.backbone is None and shared.feature_cache.backbone is None

@@ -570,3 +570,87 @@ def test_tracker_slower_than_the_camera_keeps_its_objects(tiny_checkpoint):
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+_LIFECYCLE_FAILURES = """
+import sys
+import rclpy
+from rclpy.lifecycle import TransitionCallbackReturn as R
+from rclpy.parameter import Parameter
+from sam3_ros.core.model_hub import ModelHub
+from sam3_ros.ros.segmenter_node import SegmenterNode
+
+checkpoint = sys.argv[1]
+context = rclpy.Context()
+rclpy.init(context=context)
+base = [Parameter("model", value=checkpoint), Parameter("device", value="cpu"),
+        Parameter("warmup", value=False)]
+
+
+def subscriptions(node):
+    return sorted(s.topic_name for s in node.subscriptions)
+
+
+def set_prompts_servers(node):
+    return len([s for s in node.services if s.srv_name.endswith("/set_prompts")])
+
+
+try:
+    # A bad qos_overrides value for camera_info: activate fails after the image and depth
+    # subscriptions were made; each retry leaked another pair.
+    node = SegmenterNode("seg_qos", context=context, parameter_overrides=[
+        *base, Parameter("depth_enabled", value=True),
+        Parameter("qos_overrides./camera_info.subscription.reliability", value="bogus")])
+    assert node.trigger_configure() == R.SUCCESS
+    for _ in range(3):
+        assert node.trigger_activate() == R.FAILURE
+        assert subscriptions(node) == [], subscriptions(node)
+    assert node.trigger_cleanup() == R.SUCCESS
+    node.destroy_node()
+
+    # Creating the outputs fails inside configure: the model was acquired (and leaked, with
+    # a second set of services at the next configure).
+    hub = ModelHub()
+    node = SegmenterNode("seg_outputs", context=context, model_hub=hub,
+                         parameter_overrides=base)
+    create = node._create_outputs
+
+    def failing():
+        node._create_outputs = create
+        create()
+        raise RuntimeError("rmw: cannot create publisher (injected)")
+
+    node._create_outputs = failing
+    assert node.trigger_configure() == R.FAILURE
+    assert hub._models == {} and set_prompts_servers(node) == 0 and not node._configured
+    assert node.trigger_configure() == R.SUCCESS and set_prompts_servers(node) == 1
+
+    # An error inside activate after subscribing: the transition fails cleanly, inactive.
+    publish = node._publish_label_info
+
+    def failing_publish():
+        node._publish_label_info = publish
+        raise RuntimeError("injected")
+
+    node._publish_label_info = failing_publish
+    assert node.trigger_activate() == R.FAILURE
+    assert subscriptions(node) == [] and node._stream is None
+    assert node._state_machine.current_state[1] == "inactive"
+    assert node.trigger_activate() == R.SUCCESS and subscriptions(node) == ["/image"]
+    assert node.trigger_deactivate() == R.SUCCESS and node.trigger_cleanup() == R.SUCCESS
+    assert hub._models == {} and set_prompts_servers(node) == 0
+    node.destroy_node()
+finally:
+    rclpy.shutdown(context=context)
+print("LIFECYCLE_OK")
+"""
+
+
+def test_failed_transitions_leave_nothing_behind(tiny_checkpoint):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _LIFECYCLE_FAILURES, str(tiny_checkpoint)],
+                            capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "LIFECYCLE_OK" in result.stdout, output[-4000:]

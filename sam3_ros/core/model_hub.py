@@ -66,6 +66,17 @@ class SharedModel:
         self.batch_sizes = tuple(range(1, max(1, min(max_batch, feature_capacity)) + 1))
         """Backbone batch sizes this model can see (prepared during configure)."""
 
+    def release(self) -> None:
+        """Drop every reference to the weights, then free them (GPU memory included).
+
+        The backbone and the feature cache (features, position encodings) hold the detector
+        and device tensors: with them alive, `LoadedSam3.release`'s `empty_cache` found the
+        weights still referenced and the GPU memory stayed reserved.
+        """
+        self.feature_cache.release()
+        self.backbone = None
+        self.loaded.release()
+
     def prepare(self, log: Callable[[str], None] | None = None) -> None:
         """Do the backbone's slow first-call work now (`torch_compile`: compile every batch
         size in `batch_sizes`); a no-op when done before or when there is none. Call on the
@@ -144,5 +155,4 @@ class ModelHub:
                 self._models[shared.key] = (model, users - 1)
                 return
             del self._models[shared.key]
-            model.feature_cache.clear()
-            model.loaded.release()
+            model.release()

@@ -225,3 +225,12 @@ class VisionFeatureCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def release(self) -> None:
+        """Forget every tensor and the backbone (the model is being freed); unusable after."""
+        with self._lock:
+            self._entries.clear()
+            self._pinned = frozenset()
+            self._awaited = {}
+            self._shared_position = None
+            self.backbone = None

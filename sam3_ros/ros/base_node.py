@@ -320,12 +320,15 @@ class Sam3LifecycleNode(LifecycleNode):
         except Exception as err:  # configure must fail with a reason, never crash the node
             reason = str(err) if isinstance(err, Sam3RosError) else f"{type(err).__name__}: {err}"
             self.get_logger().error(f"configure failed: {reason}")
-            if self._model is not None:
-                self._release_session()
-                run_on_compute_thread(self._hub.release, self._model)
-            self._model = None
+            self._release_model()
             return TransitionCallbackReturn.FAILURE
-        self._create_outputs()
+        try:
+            self._create_outputs()
+        except Exception as err:  # e.g. a publisher's bad qos_overrides value
+            self.get_logger().error(f"configure failed: cannot create the outputs: {err}")
+            self._destroy_outputs()
+            self._release_model()
+            return TransitionCallbackReturn.FAILURE
         self._configured = True
         self.get_logger().info(
             f"configured: model '{self._model.loaded.source}' on {self._model.loaded.device} "
@@ -349,7 +352,25 @@ class Sam3LifecycleNode(LifecycleNode):
         if self.param("warmup"):
             self._warm_up()
 
+    def _release_model(self) -> None:
+        """Drop the session and give the model back to the hub (the last user frees it)."""
+        self._release_session()
+        model, self._model = self._model, None
+        if model is not None:
+            # The node holds no reference while the hub frees it (GPU memory included).
+            run_on_compute_thread(self._hub.release, model)
+
     def on_activate(self, state: State) -> TransitionCallbackReturn:
+        try:
+            return self._activate(state)
+        except Exception as err:
+            # Whatever was started is stopped: a retry starts from scratch.
+            self.get_logger().error(f"activate failed: {type(err).__name__}: {err}")
+            self._stop_worker()
+            super().on_deactivate(state)  # the lifecycle publishers stay disabled
+            return TransitionCallbackReturn.FAILURE
+
+    def _activate(self, state: State) -> TransitionCallbackReturn:
         self._outputs.reopen()
         self._reset_counters()
         # Subscribe first: if that fails (e.g. a bad qos_overrides value) no thread is left
@@ -370,6 +391,7 @@ class Sam3LifecycleNode(LifecycleNode):
             self._depth.subscribe()
         except Exception as err:
             self.get_logger().error(f"activate failed: cannot subscribe: {err}")
+            self._stop_worker()  # the subscriptions made before the failing one
             return TransitionCallbackReturn.FAILURE
         self._image_source = self._subscription.topic_name
         result = super().on_activate(state)  # enables the lifecycle publishers
@@ -391,12 +413,25 @@ class Sam3LifecycleNode(LifecycleNode):
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         self._stop_worker()
         self._destroy_outputs()
-        self._release_session()
-        if self._model is not None:
-            run_on_compute_thread(self._hub.release, self._model)
-        self._model = None
+        self._release_model()
         self._configured = False
         self.get_logger().info("cleaned up: model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        """A transition callback raised: release everything, back to unconfigured (a fresh
+        configure starts from scratch; without this the model, services and subscriptions
+        stayed, and the next configure made a second set)."""
+        self.get_logger().error(f"error during a transition from '{state.label}': releasing "
+                                "everything, back to unconfigured")
+        try:
+            self._stop_worker()
+            self._destroy_outputs()
+            self._release_model()
+        except Exception as err:
+            self.get_logger().error(f"error processing failed: {type(err).__name__}: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self._configured = False
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
@@ -436,13 +471,13 @@ class Sam3LifecycleNode(LifecycleNode):
         qos = 10
         # Lifecycle publishers: nothing goes out while the node is inactive.
         lifecycle_pub = self.create_lifecycle_publisher
-        self._output_pubs = {
-            "detections": lifecycle_pub(DetectionArray, "~/detections", qos),
-            "mask": lifecycle_pub(Image, "~/mask", qos),
-            "overlay": lifecycle_pub(Image, "~/overlay", qos),
-            "label_info": lifecycle_pub(LabelInfo, "~/label_info", LABEL_INFO_QOS),
-            "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 1),
-        }
+        # One by one into the dict: if one fails, `_destroy_outputs` finds the others.
+        pubs = self._output_pubs = {}
+        pubs["detections"] = lifecycle_pub(DetectionArray, "~/detections", qos)
+        pubs["mask"] = lifecycle_pub(Image, "~/mask", qos)
+        pubs["overlay"] = lifecycle_pub(Image, "~/overlay", qos)
+        pubs["label_info"] = lifecycle_pub(LabelInfo, "~/label_info", LABEL_INFO_QOS)
+        pubs["diagnostics"] = self.create_publisher(DiagnosticArray, "/diagnostics", 1)
         vision_cls = _vision_msgs_array_type()
         if vision_cls is not None:
             self._output_pubs["vision_detections"] = lifecycle_pub(

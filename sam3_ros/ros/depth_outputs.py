@@ -114,12 +114,12 @@ class DepthOutputs:
         if not self._enabled:
             return
         node, qos = self._node, 10
-        self._pubs = {
-            "detections_3d": node.create_lifecycle_publisher(
-                Detection3DArray, "~/detections_3d", qos),
-            "points": node.create_lifecycle_publisher(PointCloud2, "~/points", qos),
-            "markers": node.create_lifecycle_publisher(MarkerArray, "~/markers", qos),
-        }
+        # One by one: if one fails, `destroy_publishers` finds the others.
+        pubs = self._pubs = {}
+        pubs["detections_3d"] = node.create_lifecycle_publisher(
+            Detection3DArray, "~/detections_3d", qos)
+        pubs["points"] = node.create_lifecycle_publisher(PointCloud2, "~/points", qos)
+        pubs["markers"] = node.create_lifecycle_publisher(MarkerArray, "~/markers", qos)
         vision_msgs = _vision_msgs()
         if vision_msgs is not None:
             self._pubs["vision_detections_3d"] = node.create_lifecycle_publisher(
@@ -142,13 +142,15 @@ class DepthOutputs:
             self._frames_3d = self._frames_without_3d = 0
             self._reason = ""
         options = QoSOverridingOptions.with_default_policies()
-        self._subs = [
+        # Kept as they are created: if camera_info's fails (a bad qos_overrides value), the
+        # depth subscription is destroyed by `unsubscribe` with it, not leaked.
+        self._subs.append(
             # raw: the depth image is read in place like the camera's (`core.image_cdr`).
             self._node.create_subscription(Image, "depth", self._on_depth, DEPTH_QOS,
-                                           qos_overriding_options=options, raw=True),
+                                           qos_overriding_options=options, raw=True))
+        self._subs.append(
             self._node.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
-                                           CAMERA_INFO_QOS, qos_overriding_options=options),
-        ]
+                                           CAMERA_INFO_QOS, qos_overriding_options=options))
 
     def unsubscribe(self) -> None:
         """deactivate (before the worker stops: a late `publish` finds no new depth)."""
