@@ -640,6 +640,19 @@ try:
     assert node.trigger_deactivate() == R.SUCCESS and node.trigger_cleanup() == R.SUCCESS
     assert hub._models == {} and set_prompts_servers(node) == 0
     node.destroy_node()
+
+    # A node given its own runtime loads, warms and takes calls on that runtime's thread,
+    # the one its frames run on (they ran on the process default's).
+    from sam3_ros.core.runtime import Runtime
+
+    own = Runtime(max_batch=1, name="own_runtime")
+    default_calls = Runtime.default().stats.calls
+    node = SegmenterNode("seg_own", context=context, runtime=own, parameter_overrides=base)
+    assert node.trigger_configure() == R.SUCCESS
+    node.set_parameters([Parameter("score_threshold", value=0.4)])
+    assert own.stats.calls == 2 and Runtime.default().stats.calls == default_calls
+    assert node.trigger_cleanup() == R.SUCCESS and own.stats.calls == 3
+    node.destroy_node()
 finally:
     rclpy.shutdown(context=context)
 print("LIFECYCLE_OK")

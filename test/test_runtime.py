@@ -287,6 +287,31 @@ def test_a_stream_leaving_mid_cycle_gets_nothing_after_removal(runtime):
     assert runtime.streams() == [slow_stream]
 
 
+class _Escaping(BaseException):
+    """Not an Exception: passes every `except Exception` of the cycle."""
+
+
+def test_nothing_escaping_a_cycle_ends_the_compute_thread(runtime):
+    # It ended the thread for good: every later call (configure, set_prompts, parameters)
+    # then waited forever.
+    cache = FakeCache()
+    handler = Handler("cam", cache)
+    stream = runtime.add_stream("cam", handler)
+
+    def escaping_prepare(item):
+        handler.prepare = Handler.prepare.__get__(handler)
+        raise _Escaping("from a handler")
+
+    handler.prepare = escaping_prepare
+    stream.submit(1, handler.key(1))
+    _wait(lambda: "runtime loop: _Escaping: from a handler" in runtime.last_batch_error)
+    assert runtime.thread.is_alive()
+    assert runtime.call(divmod, 7, 2) == (3, 1)
+    stream.submit(2, handler.key(2))
+    _wait(lambda: stream.stats.processed == 1)
+    assert handler.delivered[0][0] == 2
+
+
 def test_calls_run_between_cycles_and_pass_results_and_errors(runtime):
     assert runtime.call(divmod, 7, 2) == (3, 1)
     with pytest.raises(ZeroDivisionError):

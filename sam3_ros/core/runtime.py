@@ -298,33 +298,47 @@ class Runtime:
 
     # ------------------------------------------------------------------------------- loop
     def _loop(self) -> None:
+        # Nothing may end this thread: every call made later would wait for it forever.
         while True:
-            with self._cond:
-                self._cond.wait_for(
-                    lambda: self._calls or any(s._has_item for s in self._streams))
-                if self._calls:
-                    request = self._calls.pop(0)
-                    taken = None
-                else:
-                    request = None
-                    taken = self._take_locked()
-                    self._in_cycle = {stream for stream, _, _ in taken}
-            started = time.perf_counter()
-            if request is not None:
-                try:
-                    request.result = request.fn(*request.args, **request.kwargs)
-                except BaseException as err:  # handed to the caller, never kills the thread
-                    request.error = err
-                self.stats.calls += 1
-                request.done.set()
+            try:
+                self._serve_once()
+            except BaseException as err:
+                self.last_batch_error = f"runtime loop: {type(err).__name__}: {err}"
+                with self._cond:
+                    # What was waiting may be what failed: dropped, not retried forever.
+                    for stream in self._streams:
+                        if stream._has_item:
+                            stream._item, stream._has_item = None, False
+                            stream.stats.dropped += 1
+
+    def _serve_once(self) -> None:
+        """Run one call or one cycle (waits for either)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._calls or any(s._has_item for s in self._streams))
+            if self._calls:
+                request = self._calls.pop(0)
+                taken = None
             else:
-                try:
-                    self._cycle(taken)
-                finally:
-                    with self._cond:
-                        self._in_cycle = set()
-                        self._cond.notify_all()
-            self.stats.busy_s += time.perf_counter() - started
+                request = None
+                taken = self._take_locked()
+                self._in_cycle = {stream for stream, _, _ in taken}
+        started = time.perf_counter()
+        if request is not None:
+            try:
+                request.result = request.fn(*request.args, **request.kwargs)
+            except BaseException as err:  # handed to the caller, never kills the thread
+                request.error = err
+            self.stats.calls += 1
+            request.done.set()
+        else:
+            try:
+                self._cycle(taken)
+            finally:
+                with self._cond:
+                    self._in_cycle = set()
+                    self._cond.notify_all()
+        self.stats.busy_s += time.perf_counter() - started
 
     def _take_locked(self) -> list[tuple[Stream, Any, float]]:
         """The newest item of waiting streams in round-robin order, at most `max_batch`

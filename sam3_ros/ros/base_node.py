@@ -59,7 +59,6 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import Sam3RosError
 from sam3_ros.core.image_cdr import CompressedImageFields, ImageFields
@@ -260,7 +259,7 @@ class Sam3LifecycleNode(LifecycleNode):
                 return self._refuse(reason)
             changes[p.name] = value
         if changes and self._configured and not self._syncing_parameters:
-            reason = run_on_compute_thread(self._apply_live_parameters, changes)
+            reason = self._runtime.call(self._apply_live_parameters, changes)
             if reason is not None:
                 return self._refuse(reason)
         for name in changes:
@@ -316,7 +315,7 @@ class Sam3LifecycleNode(LifecycleNode):
                 self._parameter_errors.values()))
             return TransitionCallbackReturn.FAILURE
         try:
-            run_on_compute_thread(self._load_and_warm_up)
+            self._runtime.call(self._load_and_warm_up)
         except Exception as err:  # configure must fail with a reason, never crash the node
             reason = str(err) if isinstance(err, Sam3RosError) else f"{type(err).__name__}: {err}"
             self.get_logger().error(f"configure failed: {reason}")
@@ -358,7 +357,7 @@ class Sam3LifecycleNode(LifecycleNode):
         model, self._model = self._model, None
         if model is not None:
             # The node holds no reference while the hub frees it (GPU memory included).
-            run_on_compute_thread(self._hub.release, model)
+            self._runtime.call(self._hub.release, model)
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         try:

@@ -18,7 +18,6 @@ import numpy as np
 from std_srvs.srv import Trigger
 
 from sam3_ros.core.bytetrack import ByteTrackConfig, ByteTracker
-from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
@@ -208,7 +207,7 @@ class SegmenterNode(Sam3LifecycleNode):
                     f"most {MAX_LIST_ITEMS}")
             # On the compute thread: no frame runs between the new prompts and the track
             # reset inside set_prompts, and ByteTrack is never touched concurrently.
-            class_ids = run_on_compute_thread(self._session.set_prompts, specs)
+            class_ids = self._runtime.call(self._session.set_prompts, specs)
         except InvalidPromptError as err:
             response.success, response.message = False, str(err)
             self.get_logger().warning(f"set_prompts refused: {err}")
@@ -225,7 +224,7 @@ class SegmenterNode(Sam3LifecycleNode):
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        run_on_compute_thread(self._session.reset)
+        self._runtime.call(self._session.reset)
         response.success = True
         response.message = "segmenter reset (tracking ids restart at 0)"
         return response

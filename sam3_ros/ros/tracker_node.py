@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 from std_srvs.srv import Trigger
 
-from sam3_ros.core.compute_thread import run_on_compute_thread
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
@@ -203,7 +202,7 @@ class TrackerNode(Sam3LifecycleNode):
             texts = list(request.texts) + [p.text for p in request.prompts]
             if len(texts) > 64:
                 raise InvalidPromptError(f"{len(texts)} prompts given, at most 64 allowed")
-            class_ids = run_on_compute_thread(self._session.set_text_prompts, texts)
+            class_ids = self._runtime.call(self._session.set_text_prompts, texts)
         except InvalidPromptError as err:
             return self._refused(response, "set_prompts", err)
         # The parameter follows the service, so `ros2 param dump` saves the active prompts.
