@@ -516,3 +516,31 @@ def test_a_reader_that_fails_every_frame_does_not_hold_its_cameras_frames(runtim
         _after_cycle(runtime)
         assert not cache.contains(segmenter.key(value))
     assert len(tracker.errors) == 5
+
+
+def test_a_camera_leaving_mid_cycle_leaves_no_features_behind(runtime):
+    # Its frame was encoded in the cycle (batched with another camera's) but never read: no
+    # stream of its camera was left to release it, and capacity eviction never came.
+    cache, _ = _real_cache(capacity=4)
+    front = CameraHandler("front", cache, process_s=0.3)  # its process does not sleep: below
+    wrist = CameraHandler("wrist", cache)
+    front_stream = runtime.add_stream("front", front, source="/front/image")
+    wrist_stream = runtime.add_stream("wrist", wrist, source="/wrist/image")
+    process = front.process
+
+    def slow_process(frame):
+        front.processing.set()
+        time.sleep(front.process_s)
+        return process(frame)
+
+    front.process = slow_process
+    _submit_in_one_cycle(runtime, [front_stream, wrist_stream], [front, wrist], 1)
+    assert front.processing.wait(5)
+    runtime.remove_stream(wrist_stream)  # deactivated while the cycle is in front's heads
+    front.process_s = 0.0
+    for value in range(2, 6):
+        front_stream.submit(value, front.key(value))
+        _wait(lambda value=value: front_stream.stats.processed >= value)
+    _after_cycle(runtime)
+    assert not cache.contains(wrist.key(1))
+    assert list(cache._entries) == []

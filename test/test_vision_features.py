@@ -211,14 +211,17 @@ def test_a_camera_in_a_later_batch_does_not_pin_the_earlier_batch():
 
 
 @pytest.mark.parametrize(("last_read", "released"), [
-    ([], []),
-    ([("/a", 2)], [("/a", 1), ("/a", 2)]),  # the one reader of /a read both
-    ([("/a", 1)], [("/a", 1)]),  # ... only the first: frame 2 stays
-    ([("/a", 2), ("/a", 1)], [("/a", 1)]),  # a second reader is behind frame 2
+    # A camera nobody reads any more (its readers left while its frame was cached): its
+    # frames go (they were kept until capacity eviction, which might never come).
+    ([], [("/a", 1), ("/a", 2), ("/b", 9)]),
+    ([("/a", 2)], [("/a", 1), ("/a", 2), ("/b", 9)]),  # the one reader of /a read both
+    ([("/a", 1)], [("/a", 1), ("/b", 9)]),  # ... only the first: frame 2 stays
+    ([("/a", 2), ("/a", 1)], [("/a", 1), ("/b", 9)]),  # a second reader is behind frame 2
     ([("/a", 3), ("/b", 7)], [("/a", 1), ("/a", 2)]),  # /b's frame 9 is ahead of its reader
-    ([("/c", 50)], []),  # nobody reads /a or /b
-    ([("/a", 2), ("/a", None)], []),  # a declared reader of /a that has read nothing yet
-    ([("/b", 9), (None, None)], [("/b", 9)]),  # an undeclared reader that has read nothing
+    ([("/c", 50)], [("/a", 1), ("/a", 2), ("/b", 9)]),  # nobody reads /a or /b
+    ([("/a", 2), ("/a", None)], [("/b", 9)]),  # a declared reader of /a that read nothing yet
+    # An undeclared reader that has read nothing may read any camera: nobody's frames go.
+    ([("/b", 9), (None, None)], [("/b", 9)]),
 ])
 def test_release_read_drops_what_every_reader_of_the_camera_read(last_read, released):
     cache = VisionFeatureCache(Backbone(), capacity=8)

@@ -178,16 +178,24 @@ class VisionFeatureCache:
                 declared) and the key of the latest frame it processed (None: none yet).
         """
         newest: dict[str, list[tuple[int, int]]] = {}
+        unknown_reader = False  # a reader of a camera not known yet may read any camera
         for source, key in readers:
             if isinstance(key, FrameKey):
                 newest.setdefault(key.source, []).append((key.stamp_sec, key.stamp_nanosec))
             elif source is not None:
                 newest.setdefault(source, []).append((-1, -1))  # behind every frame
+            else:
+                unknown_reader = True
         with self._lock:
             self._pinned = frozenset()
             awaited: dict[Hashable, int] = {}
-            for key in [k for k in self._entries if isinstance(k, FrameKey)
-                        and k.source in newest]:
+            for key in [k for k in self._entries if isinstance(k, FrameKey)]:
+                if key.source not in newest:
+                    # Every reader of its camera left (cleanup, deactivate) while it was
+                    # cached: nobody will read it, and capacity eviction may never reach it.
+                    if not unknown_reader:
+                        del self._entries[key]
+                    continue
                 stamp = (key.stamp_sec, key.stamp_nanosec)
                 if all(read >= stamp for read in newest[key.source]):
                     del self._entries[key]
