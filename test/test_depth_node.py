@@ -187,6 +187,15 @@ def test_half_resolution_16uc1_depth(harness):
     _check_consistent(detections, objects, 0.75, exact_xy=False)
 
 
+def test_depth_of_another_frame_id_is_warned_about_once(harness):
+    # Unregistered depth of the same aspect ratio passes every size check: said once per
+    # pair of frame ids (these tests' depth says "depth_frame_ignored").
+    for sec in (35, 36):
+        harness.send(sec, depth=_depth(sec, 0.75), info=_camera_info(sec))
+    warning = "depth frame_id 'depth_frame_ignored' differs from the colour camera's"
+    assert harness.node.output().count(warning) == 1
+
+
 def test_late_depth_skips_3d_then_recovers(harness):
     # Depth 200 ms older than the colour frame: outside depth_max_dt (50 ms).
     late = _depth(39)

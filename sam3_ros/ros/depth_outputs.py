@@ -93,6 +93,7 @@ class DepthOutputs:
         self._info: CameraInfo | None = None
         self._info_count = 0
         self._camera: tuple[tuple, CameraModel | str] | None = None  # str: why refused
+        self._frames_warned: set[tuple[str, str]] = set()  # (depth, colour) frame ids
         self._rays: RayGrid | None = None
         self._marker_ids: frozenset[int] = frozenset()
         # Detection3D / Marker objects reused frame after frame (worker thread only).
@@ -233,6 +234,18 @@ class DepthOutputs:
             depth = depth_msg_to_numpy(depth_msg)
         except Sam3RosError as err:
             return f"depth image: {err}", pairing.dt_ns
+        colour_frame = info.header.frame_id or header.frame_id
+        if depth_msg.frame_id and colour_frame and depth_msg.frame_id != colour_frame and \
+                (depth_msg.frame_id, colour_frame) not in self._frames_warned and \
+                len(self._frames_warned) < 16:
+            # Depth must be registered to the colour image (e.g. RealSense
+            # aligned_depth_to_color); the raw depth of another optical frame with the same
+            # aspect ratio passes every size check and gives wrong 3D.
+            self._frames_warned.add((depth_msg.frame_id, colour_frame))
+            self._node.get_logger().warning(
+                f"depth frame_id '{depth_msg.frame_id}' differs from the colour camera's "
+                f"'{colour_frame}': depth must be registered to the colour image (e.g. "
+                "aligned_depth_to_color); 3D outputs assume it is")
         scale = param("depth_scale") or default_depth_scale(depth_msg.encoding)
         colour_hw = (detections.image_height_px, detections.image_width_px)
         check_registration(colour_hw, depth.shape, (camera.height_px, camera.width_px))
