@@ -30,19 +30,18 @@ def _actions(context: LaunchContext) -> list:
     common = {
         "package": "sam3_ros",
         "executable": launch_plan.executable,
-        # None, not '': launch_ros turns '' into `__ns:=/`, which would override the
-        # namespace of every node of the process (the cameras' included).
-        "namespace": launch_plan.namespace or None,
         "parameters": launch_plan.parameters,
         "remappings": launch_plan.remappings,
         "ros_arguments": launch_plan.ros_arguments,
         "arguments": launch_plan.arguments,
         "output": "screen",
     }
+    namespace = launch_plan.action_namespace
     if launch_plan.lifecycle:
-        actions.append(LifecycleNode(name=launch_plan.name, **common))
+        actions.append(LifecycleNode(name=launch_plan.name, namespace=namespace, **common))
     else:
-        actions.append(Node(**common))  # no name=: it would give both nodes the same name
+        # No name=: it would give every node of the process the same name.
+        actions.append(Node(namespace=namespace, **common))
     return actions
 
 

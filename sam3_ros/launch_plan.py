@@ -98,6 +98,19 @@ class LaunchPlan:
     environment: dict[str, str] = field(default_factory=dict)
     arguments: list[str] = field(default_factory=list)
 
+    @property
+    def action_namespace(self) -> str | None:
+        """The `namespace` to give the launch_ros action.
+
+        A LifecycleNode needs a string ('' = root): it watches <namespace>/<name>/
+        transition_event, and None made that an invalid topic name (the launch failed). A
+        plain Node gets None when unset: launch_ros turns '' into `__ns:=/`, which would
+        override the namespace of every node of the process (the cameras' included).
+        """
+        if self.lifecycle:
+            return self.namespace or ""
+        return self.namespace or None
+
 
 def parse_prompts(text: str) -> list[str]:
     """`prompts:=...` text -> list of phrases: a YAML list, or one phrase without brackets.

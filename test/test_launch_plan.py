@@ -155,6 +155,20 @@ def test_cameras_may_name_their_own_node_kinds(cameras):
                                 "/robot/base:segmenter+tracker", "--nodes", "segmenter"]
 
 
+@pytest.mark.parametrize(("args", "namespace"), [
+    # A LifecycleNode needs a string: None made `ros2 launch sam3_ros segmenter.launch.py`
+    # (no namespace) fail with an invalid transition_event topic name.
+    ({}, ""),
+    ({"node": "tracker", "namespace": "wrist"}, "wrist"),
+    # The pipeline's Node gets None: '' would become __ns:=/ over the cameras' namespaces.
+    ({"node": "pipeline"}, None),
+    ({"cameras": "[front, wrist]"}, None),
+    ({"node": "pipeline", "namespace": "robot"}, "robot"),
+])
+def test_the_action_namespace_suits_the_launch_ros_action(args, namespace):
+    assert plan(_values(**args), PROFILE).action_namespace == namespace
+
+
 def test_one_camera_name_and_max_batch_for_the_pipeline():
     assert plan(_values(cameras="front"), PROFILE).arguments == [
         "--cameras", "/front", "--nodes", "segmenter"]
