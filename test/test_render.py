@@ -145,6 +145,33 @@ def test_label_image_indices_and_overlap_priority():
     np.testing.assert_array_equal(labels, expected)
 
 
+@pytest.mark.parametrize("scores", [[0.2, 0.9, 0.5], [0.5, 0.5, 0.9]])
+def test_overlaps_go_to_the_higher_score_in_any_order(scores):
+    # The tracker's detections come sorted by object id: its overlaps went to the lower id.
+    masks = np.stack([_blob(0, 20, 0, 30), _blob(10, 30, 20, 50), _blob(15, 40, 25, 60)])
+    det = _detections(masks, object_ids=[1, 2, 3])
+    det = Detections(det.xyxy, np.array(scores), det.class_ids, H, W, masks=masks,
+                     object_ids=det.object_ids, labels=det.labels)
+    expected = np.zeros((H, W), np.uint8)
+    # Highest score last; of equal scores the lower index last.
+    for index in sorted(range(3), key=lambda i: (scores[i], -i)):
+        expected[masks[index]] = index + 1
+    np.testing.assert_array_equal(label_image(det), expected)
+    image = np.full((H, W, 3), 100, np.uint8)
+    out = draw_overlay(image, det, "rgb8", alpha=1.0, draw_boxes=False, draw_labels=False)
+    for y, x in ((16, 26), (12, 22), (25, 45)):
+        on_top = expected[y, x] - 1
+        np.testing.assert_array_equal(out[y, x], color_for(int(det.object_ids[on_top])))
+
+
+def test_overlay_survives_boxes_far_outside_the_image():
+    # A misbehaving model: finite but huge boxes made cv2.rectangle raise (overlay lost).
+    masks = np.stack([_blob(0, 20, 0, 30), _blob(10, 30, 20, 50)])
+    det = _detections(masks, boxes=[[-3e9, -3e9, 3e9, 3e38], [3e9, 3e9, 4e9, 4e9]])
+    out = draw_overlay(np.zeros((H, W, 3), np.uint8), det, "rgb8")
+    assert out.shape == (H, W, 3)
+
+
 def test_label_image_with_shared_crops_is_identical():
     rng = np.random.default_rng(3)
     masks = rng.random((8, H, W)) < 0.05

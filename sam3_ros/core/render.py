@@ -175,8 +175,8 @@ def label_image(detections: Detections, dtype: np.dtype | type | None = None,
     published DetectionArray (`detections[value - 1]` gives object id, class, label, score);
     0 = background. The index, not the object id, is used so that values stay small (mono8 up
     to 254 instances) and every value maps to an entry of the same frame's DetectionArray.
-    Where instances overlap, the higher-scoring one wins: detections come sorted by
-    descending score, so the lower index wins.
+    Where instances overlap, the higher-scoring one wins (ties: the lower index), whatever
+    the order: the segmenter's detections come sorted by score, the tracker's by object id.
 
     README line: "`mask`: label image aligned to the input; pixel = 1 + the instance's index in
     `detections` (0 = background; overlaps go to the higher score); mono8, mono16 above 254
@@ -206,12 +206,24 @@ def label_image(detections: Detections, dtype: np.dtype | type | None = None,
         return labels
     windows = _windows(detections, crops)
     # Paint the lowest score first so that higher scores overwrite it; only inside windows.
-    for index in range(n - 1, -1, -1):
+    for index in _lowest_score_first(detections):
         x0, y0, x1, y1 = windows[index]
         if x1 > x0:
             region = labels[y0:y1, x0:x1]
             region[detections.masks[index, y0:y1, x0:x1]] = index + 1
     return labels
+
+
+def _lowest_score_first(detections: Detections) -> list[int]:
+    """Indices in painting order: lowest score first, ties by descending index (so that
+    of equal scores the lower index ends up on top)."""
+    n = len(detections)
+    scores = detections.scores
+    if n < 2 or bool((scores[:-1] >= scores[1:]).all()):
+        return list(range(n - 1, -1, -1))  # sorted by descending score (the segmenter's)
+    # A stable ascending sort of the reversed order keeps descending index among ties.
+    reverse = np.arange(n - 1, -1, -1)
+    return reverse[np.argsort(scores[reverse], kind="stable")].tolist()
 
 
 def color_for(object_id: int) -> tuple[int, int, int]:
@@ -269,7 +281,7 @@ def draw_overlay(image: np.ndarray, detections: Detections, encoding: str = "rgb
     if draw_masks and detections.masks is not None and n and alpha > 0.0:
         windows = _windows(detections, crops)
         # Lowest score first, so that the highest-scoring mask ends up on top.
-        for index in range(n - 1, -1, -1):
+        for index in _lowest_score_first(detections):
             x0, y0, x1, y1 = windows[index]
             if x1 <= x0:
                 continue
@@ -280,11 +292,15 @@ def draw_overlay(image: np.ndarray, detections: Detections, encoding: str = "rgb
     if not (draw_boxes or draw_labels):
         return out
     boxes = detections.xyxy.tolist()
-    for index in range(n - 1, -1, -1):
+    height, width = out.shape[:2]
+    for index in _lowest_score_first(detections):
         color = colors[index]
         box = boxes[index]
         if not all(math.isfinite(v) for v in box):
             continue
+        # Far outside the image (a misbehaving model): OpenCV cannot take such coordinates.
+        box = [min(max(v, -limit), 2 * limit)
+               for v, limit in zip(box, (width, height, width, height), strict=True)]
         # Max edges are exclusive: the last pixel inside the box is max - 1.
         p0 = (round(box[0]), round(box[1]))
         p1 = (round(box[2]) - 1, round(box[3]) - 1)
