@@ -40,6 +40,18 @@ def test_defaults_and_dtypes():
         ({"masks": np.zeros((3, 8, 10), np.uint8)}, "masks: expected dtype bool, got uint8"),
         ({"labels": ("a",)}, "labels: expected 3 strings, got 1"),
         ({"image_height_px": 0}, "image size must be positive"),
+        # Casts wrapped or truncated silently: 2**31 became -2**31, 1.9 became 1.
+        ({"object_ids": np.array([0, 1, 2**31])},
+         "object_ids: values must be in [-2147483648, 2147483647] (int32), got [0, 2147483648]"),
+        ({"class_ids": np.array([0, 1, -(2**31) - 1])}, "class_ids: values must be in"),
+        ({"age_frames": np.array([0, -1, 2])}, "age_frames: values must be in [0, 4294967295]"),
+        ({"object_ids": np.array([0.0, 1.9, 2.0])}, "object_ids: expected integers, got float64 "
+                                                    "values with fractions"),
+        ({"object_ids": np.array(["a", "b", "c"])}, "object_ids: expected integers, got <U1"),
+        ({"states": np.array([0, 1, 7])}, "states: expected 0 (visible) or 1 (occluded), got "
+                                          "[0, 1, 7]"),
+        ({"states": np.array([0, 1, 256])}, "states: values must be in [0, 255]"),
+        ({"labels": ("a", None, "c")}, "labels: expected strings, got ['NoneType', 'str']"),
     ],
 )
 def test_invalid_fields_say_expected_and_actual(overrides, message):

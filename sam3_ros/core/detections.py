@@ -22,7 +22,21 @@ def _check(name: str, array: np.ndarray, shape: tuple, dtype) -> np.ndarray:
         raise InvalidDetectionsError(f"{name}: expected shape {shown}, got {array.shape}")
     if dtype is bool and array.dtype != np.bool_:
         raise InvalidDetectionsError(f"{name}: expected dtype bool, got {array.dtype}")
-    return array if array.dtype == dtype else array.astype(dtype)
+    if array.dtype == dtype:
+        return array
+    if np.dtype(dtype).kind in "iu" and array.size:
+        # A cast would wrap (2**31 -> -2**31) or truncate (1.9 -> 1) silently.
+        info = np.iinfo(dtype)
+        if array.dtype.kind not in "biuf":
+            raise InvalidDetectionsError(f"{name}: expected integers, got {array.dtype}")
+        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+            raise InvalidDetectionsError(f"{name}: expected integers, got {array.dtype} values "
+                                         "with fractions")
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            raise InvalidDetectionsError(f"{name}: values must be in [{info.min}, {info.max}] "
+                                         f"({np.dtype(dtype)}), got [{low}, {high}]")
+    return array.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -76,11 +90,18 @@ class Detections:
         setter(self, "object_ids", _check("object_ids", object_ids, (n,), np.int32))
         states = np.full(n, STATE_VISIBLE, np.uint8) if self.states is None else self.states
         setter(self, "states", _check("states", states, (n,), np.uint8))
+        if n and not np.isin(self.states, (STATE_VISIBLE, STATE_OCCLUDED)).all():
+            raise InvalidDetectionsError(
+                f"states: expected {STATE_VISIBLE} (visible) or {STATE_OCCLUDED} (occluded), "
+                f"got {sorted(set(self.states.tolist()))}")
         ages = np.zeros(n, np.uint32) if self.age_frames is None else self.age_frames
         setter(self, "age_frames", _check("age_frames", ages, (n,), np.uint32))
-        labels = ("",) * n if not self.labels and n else tuple(self.labels)
+        labels = ("",) * n if len(self.labels) == 0 and n else tuple(self.labels)
         if len(labels) != n:
             raise InvalidDetectionsError(f"labels: expected {n} strings, got {len(labels)}")
+        if not all(isinstance(label, str) for label in labels):
+            raise InvalidDetectionsError("labels: expected strings, got "
+                                         f"{sorted({type(v).__name__ for v in labels})}")
         setter(self, "labels", labels)
 
     def __len__(self) -> int:
