@@ -272,3 +272,61 @@ def test_hub_snapshot_weights_are_identified_by_their_blob_name(tiny_checkpoint,
     monkeypatch.setattr(text_cache, "_file_sha256", lambda p: hashed.append(p) or original(p))
     assert checkpoint_fingerprint(snapshot) == checkpoint_fingerprint(tiny_checkpoint)
     assert hashed and not [p for p in hashed if p.parent.name == "blobs"]  # only the copy
+
+
+def test_eviction_touches_only_the_caches_own_entries(tiny_checkpoint, tmp_path):
+    # text_cache_dir given a checkpoint folder by mistake: its model.safetensors was the
+    # oldest file over the byte bound and was deleted first.
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "notes.safetensors").write_bytes(b"user data")
+    os.utime(folder / "model.safetensors", (1, 1))
+    before = {p.name: p.stat().st_size for p in folder.iterdir()}
+    cache = TextEmbeddingCache(folder, max_entries=1, max_bytes=1)
+    cache.store({"checkpoint_sha256": "x"}, "mug", torch.ones(32, 8),
+                torch.ones(32, dtype=torch.int64))
+    after = {p.name: p.stat().st_size for p in folder.iterdir()}
+    assert {n: s for n, s in after.items() if n in before} == before
+    assert cache.entries() == [] or all(TextEmbeddingCache.is_entry(p) for p in cache.entries())
+
+
+def test_a_full_disk_only_warns(tmp_path, monkeypatch, caplog):
+    # safetensors raises its own error (not an OSError) when the disk is full: set_prompts
+    # answered "internal error" and configure failed.
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    cache = TextEmbeddingCache(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        cache.store({"checkpoint_sha256": "x"}, "mug", torch.ones(32, 8),
+                    torch.ones(32, dtype=torch.int64))
+    assert "No space left" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_damaged_digest_memo_is_recomputed_and_failed_writes_leave_no_files(tiny_checkpoint,
+                                                                           tmp_path):
+    import json
+
+    from sam3_ros.core.text_cache import checkpoint_fingerprint
+
+    cache = TextEmbeddingCache(tmp_path / "cache")
+    expected = checkpoint_fingerprint(tiny_checkpoint)
+    assert cache.fingerprint(tiny_checkpoint) == expected
+    memo_path = tmp_path / "cache" / "file_digests.json"
+    memo = json.loads(memo_path.read_text())
+    for entry in memo.values():
+        del entry["sha256"]  # a damaged memo raised KeyError and failed configure
+    memo_path.write_text(json.dumps(memo))
+    assert TextEmbeddingCache(tmp_path / "cache").fingerprint(tiny_checkpoint) == expected
+    memo_path.unlink()
+    memo_path.mkdir()  # the memo cannot be written: warned, and no temporary files pile up
+    for _ in range(3):
+        assert TextEmbeddingCache(tmp_path / "cache").fingerprint(tiny_checkpoint) == expected
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp-")]

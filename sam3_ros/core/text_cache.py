@@ -84,8 +84,9 @@ class _FileDigests:
         with self._lock:
             memo = self._load()
             entry = memo.get(str(real))
-            if isinstance(entry, dict) and entry.get("stat") == stamp:
-                return str(entry["sha256"])
+            if isinstance(entry, dict) and entry.get("stat") == stamp and \
+                    isinstance(entry.get("sha256"), str):
+                return entry["sha256"]
         sha = _file_sha256(real)
         with self._lock:
             memo = self._load()
@@ -99,12 +100,15 @@ class _FileDigests:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         _log.warning("text cache: cannot write %s: %s", path, err)
 
 
@@ -175,6 +179,14 @@ class TextEmbeddingCache:
         name = hashlib.sha256(self.entry_key(model_key, text).encode()).hexdigest()[:40]
         return self.directory / f"{name}{ENTRY_SUFFIX}"
 
+    @staticmethod
+    def is_entry(path: Path) -> bool:
+        """Whether a file is one of this cache's entries: 40 hex digits + the suffix. Other
+        files (a checkpoint's model.safetensors in a folder given by mistake) are never
+        touched."""
+        stem = path.name[:-len(ENTRY_SUFFIX)] if path.name.endswith(ENTRY_SUFFIX) else ""
+        return len(stem) == 40 and all(c in "0123456789abcdef" for c in stem)
+
     # ---------------------------------------------------------------------------- entries
     def load(self, model_key: dict[str, Any], text: str) -> tuple[Any, Any] | None:
         """The cached (features (T, D), attention_mask (T,)) CPU tensors, or None."""
@@ -227,15 +239,14 @@ class TextEmbeddingCache:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-        except OSError as err:
+        except Exception as err:  # OSError, and safetensors' own error for a full disk
             _log.warning("text cache: cannot write %s: %s", path, err)
             return
         self.evict()
 
     def entries(self) -> list[Path]:
         try:
-            return [p for p in self.directory.iterdir()
-                    if p.suffix == ENTRY_SUFFIX and not p.name.startswith(".")]
+            return [p for p in self.directory.iterdir() if self.is_entry(p)]
         except OSError:
             return []
 
@@ -259,7 +270,7 @@ class TextEmbeddingCache:
             if p.name.startswith(".tmp-"):
                 if now - st.st_mtime > _STALE_TMP_S:
                     p.unlink(missing_ok=True)
-            elif p.suffix == ENTRY_SUFFIX:
+            elif self.is_entry(p):
                 stats.append((st.st_mtime, st.st_size, p))
         stats.sort(key=lambda s: (s[0], s[2].name))
         total = sum(s[1] for s in stats)
