@@ -294,6 +294,63 @@ def _copy_fp32(artifacts, tmp_path):
     return tmp_path / "sam3_backbone_112px_fp32_mha.json"
 
 
+@pytest.mark.parametrize("other", ["[]", '"hello"', "null", "{bad json"])
+def test_other_json_files_do_not_hide_the_artifact(loaded, artifacts, tmp_path, other):
+    # data.get on a list raised AttributeError out of the search: configure failed although
+    # the right artifact was there.
+    _copy_fp32(artifacts, tmp_path)
+    (tmp_path / "a_notes.json").write_text(other)
+    backbone = create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
+    assert backbone.artifact.sidecar_path.name == "sam3_backbone_112px_fp32_mha.json"
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (lambda d: d.update(outputs=d["outputs"][:-1],
+                        output_shapes_batch1=d["output_shapes_batch1"][:-1]), "outputs"),
+    (lambda d: d.update(outputs=[d["outputs"][0], d["outputs"][2], d["outputs"][1],
+                                 *d["outputs"][3:]]), "outputs"),
+    (lambda d: d.update(outputs=[*d["outputs"][:-1], "fpn_zz"]), "outputs"),
+    (lambda d: d.update(output_shapes_batch1=[[1, 2, 3], *d["output_shapes_batch1"][1:]]),
+     "output last_hidden_state is"),
+    (lambda d: d.update(files={"../escape": 1}), "not a sam3_ros backbone sidecar"),
+    (lambda d: d.update(files=["x"]), "not a sam3_ros backbone sidecar"),
+])
+def test_a_sidecar_that_does_not_describe_its_graph_is_refused(loaded, artifacts, tmp_path,
+                                                               edit, reason):
+    # Same checkpoint hash, edited outputs: it loaded and the heads read the wrong FPN
+    # levels (masks silently wrong) or every frame failed.
+    sidecar = _copy_fp32(artifacts, tmp_path)
+    data = json.loads(sidecar.read_text())
+    edit(data)
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=reason):
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
+
+
+def test_export_staging_is_unique_and_stale_staging_is_removed(tiny_checkpoint, tmp_path):
+    import os
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / f".staging-{os.getpid()}"  # a killed export of a process with this pid
+    mine.mkdir()
+    (mine / "big.onnx.data").write_bytes(b"x" * 10)
+    old = time.time() - 2 * 24 * 3600
+    os.utime(mine, (old, old))
+    fresh = out / ".staging-other"  # an export running now
+    fresh.mkdir()
+    old_umask = os.umask(0o022)
+    try:
+        export_backbone(str(tiny_checkpoint), str(out), "int8-dynamic", check_frames=1,
+                        prompts=[])
+    finally:
+        os.umask(old_umask)
+    assert not mine.exists() and fresh.exists()
+    for path in out.glob("sam3_backbone_*"):
+        assert path.stat().st_mode & 0o777 == 0o644, path  # the quantiser wrote 0600
+
+
 def test_foreign_and_stale_artifacts_refused(loaded, artifacts, tmp_path, tmp_path_factory):
     from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
 

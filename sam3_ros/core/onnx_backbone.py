@@ -221,6 +221,9 @@ def write_sidecar(onnx_path: Path, key: ArtifactKey, output_names: list[str],
     return path
 
 
+MAX_SIDECAR_BYTES = 1 << 20
+
+
 def read_artifact(sidecar_path: Path) -> Artifact:
     """Parse one sidecar.
 
@@ -228,18 +231,23 @@ def read_artifact(sidecar_path: Path) -> Artifact:
         ModelLoadError: unreadable, not ours, or its files are missing or changed size.
     """
     try:
+        # Any other JSON file in the folder (notes, a FIFO, a huge dump) is no sidecar: it
+        # must not stop the search for the one that is.
+        if not sidecar_path.is_file() or sidecar_path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise ValueError("not a regular file of at most 1 MiB")
         data = json.loads(sidecar_path.read_text())
-        if data.get("kind") != SIDECAR_KIND:
-            raise ValueError(f"kind is {data.get('kind')!r}")
+        if not isinstance(data, dict) or data.get("kind") != SIDECAR_KIND:
+            raise ValueError(f"kind is {data.get('kind') if isinstance(data, dict) else None!r}")
         key = ArtifactKey(**data["key"])
         onnx_path = sidecar_path.with_name(data["onnx_file"])
-        names = tuple(data["outputs"])
+        names = tuple(str(n) for n in data["outputs"])
         shapes = tuple(tuple(int(v) for v in s) for s in data["output_shapes_batch1"])
-        files = {str(k): int(v) for k, v in data["files"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        files = {str(k): int(v) for k, v in dict(data["files"]).items()}
+        paths = {name: sidecar_path.with_name(name) for name in files}  # no paths: ValueError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ModelLoadError(f"{sidecar_path}: not a sam3_ros backbone sidecar ({err})") from None
     for name, size in files.items():
-        path = sidecar_path.with_name(name)
+        path = paths[name]
         if not path.is_file():
             raise ModelLoadError(f"{sidecar_path}: its file {name} is missing")
         if path.stat().st_size != size:
@@ -462,5 +470,37 @@ def _onnxruntime_factory(loaded: Any, options: Mapping[str, Any]) -> OnnxRuntime
                          PROVIDER_ATTENTION[provider])
     artifact = find_artifact(str(opts["artifact_dir"]), wanted, loaded.source)
     session = make_session(artifact.onnx_path, provider, opts, loaded.device.index or 0)
-    return OnnxRuntimeBackbone(session, artifact, loaded.detector.vision_encoder.neck,
-                               loaded.device, loaded.dtype, provider)
+    neck = loaded.detector.vision_encoder.neck
+    check_graph(session, artifact, len(neck.fpn_layers))
+    return OnnxRuntimeBackbone(session, artifact, neck, loaded.device, loaded.dtype, provider)
+
+
+def check_graph(session: Any, artifact: Artifact, fpn_levels: int) -> None:
+    """The graph, its sidecar and the checkpoint agree on inputs, outputs and their shapes.
+
+    The checkpoint hash in the key says whose weights these are, not that the sidecar
+    describes its graph: an edited sidecar (outputs dropped, swapped or renamed) loaded, and
+    the heads then read the wrong FPN levels (masks silently wrong) or every frame failed.
+
+    Raises:
+        ModelLoadError: with what differs.
+    """
+    expected = ["last_hidden_state"] + [f"fpn_{i}" for i in range(fpn_levels)]
+    graph = [o.name for o in session.get_outputs()]
+    inputs = [i.name for i in session.get_inputs()]
+    where = f"{artifact.onnx_path.name} ({artifact.sidecar_path.name})"
+    if inputs != [INPUT_NAME]:
+        raise ModelLoadError(f"{where}: graph inputs {inputs}, expected ['{INPUT_NAME}']")
+    if graph != expected or list(artifact.output_names) != expected:
+        raise ModelLoadError(f"{where}: outputs {graph} in the graph and "
+                             f"{list(artifact.output_names)} in the sidecar, the checkpoint's "
+                             f"backbone has {expected}: export again")
+    if len(artifact.output_shapes) != len(expected):
+        raise ModelLoadError(f"{where}: the sidecar has {len(artifact.output_shapes)} output "
+                             f"shapes for {len(expected)} outputs: export again")
+    for output, shape in zip(session.get_outputs(), artifact.output_shapes, strict=True):
+        static = list(output.shape[1:])
+        if len(shape) != len(output.shape) or any(
+                isinstance(d, int) and d != s for d, s in zip(static, shape[1:], strict=True)):
+            raise ModelLoadError(f"{where}: output {output.name} is {output.shape} in the "
+                                 f"graph, {list(shape)} in the sidecar: export again")

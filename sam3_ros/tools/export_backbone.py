@@ -45,6 +45,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -465,8 +466,10 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         return px.to(torch.float32).contiguous()
 
     pixel_batches = [preprocess(f) for f in frames]
-    staging = out_dir / f".staging-{os.getpid()}"
-    staging.mkdir()
+    _remove_stale_staging(out_dir)
+    # A fresh name (not the pid: a container reuses pids, and a killed export's folder with
+    # the same name made the next one fail).
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
     try:
         fp32_stem = artifact_stem("fp32", size, attention)
         fp32_path = staging / f"{fp32_stem}.onnx"
@@ -545,8 +548,13 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         for src in [path]:
             final = out_dir / src.name
             final.with_suffix(".json").unlink(missing_ok=True)
+            umask = os.umask(0)
+            os.umask(umask)
             for part in (src, src.with_name(src.name + ".data")):
                 if part.is_file():
+                    # onnxruntime's quantiser writes its weights owner-only (0600): a node
+                    # running as another user could not load them.
+                    os.chmod(part, 0o666 & ~umask)
                     os.replace(part, out_dir / part.name)
             installed.append(final)
         meta = {"exporter": report["exporter"], "torch_version": torch.__version__,
@@ -561,6 +569,23 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+STALE_STAGING_S = 24 * 3600
+"""A staging folder untouched this long was left by an export that was killed (SIGKILL, the
+out-of-memory killer): it is removed by the next export into the folder."""
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    now = time.time()
+    for folder in out_dir.glob(".staging-*"):
+        try:
+            stale = folder.is_dir() and now - folder.stat().st_mtime > STALE_STAGING_S
+        except OSError:
+            continue
+        if stale:
+            _log(f"removing {folder.name}, left by an export that did not finish")
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
