@@ -330,3 +330,22 @@ def test_damaged_digest_memo_is_recomputed_and_failed_writes_leave_no_files(tiny
     for _ in range(3):
         assert TextEmbeddingCache(tmp_path / "cache").fingerprint(tiny_checkpoint) == expected
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_checkpoint_files_replaced_after_loading_turn_the_cache_off(tiny_checkpoint, tmp_path,
+                                                                   caplog):
+    # The hash was computed at the first prompt encoding, after loading: embeddings of the
+    # weights in memory were stored under the key of the files that replaced them.
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    model = load_sam3(str(folder))
+    assert model.checkpoint_stamps is not None
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # new file contents (and mtime) after loading
+    with caplog.at_level(logging.WARNING):
+        session = _session(model, ["mug"], TextEmbeddingCache(tmp_path / "cache"))
+    assert "changed after it was loaded" in caplog.text
+    assert session.segmenter.text_cache is None
+    assert not list((tmp_path / "cache").glob("*.safetensors"))

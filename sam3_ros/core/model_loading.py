@@ -76,6 +76,10 @@ class LoadedSam3:
             checkpoint's files for the text-embedding cache.
         model_type: The checkpoint's config model_type ("sam3", "sam3_video",
             "sam3_lite_text").
+        checkpoint_stamps: `text_cache.checkpoint_stamps` of a local folder taken before its
+            files were read (None for a hub id, whose snapshot files never change): the text
+            cache is keyed by the files' hash, computed later, so files replaced in between
+            would store the old weights' embeddings under the new files' key.
     """
 
     source: str
@@ -87,6 +91,7 @@ class LoadedSam3:
     quantization: str = "none"
     checkpoint_dir: Path | None = None
     model_type: str = "sam3"
+    checkpoint_stamps: tuple | None = None
 
     def release(self) -> None:
         """Drop the weights and free cached GPU memory (lifecycle cleanup)."""
@@ -274,6 +279,15 @@ def load_sam3(source: str, device: str = "cpu", dtype: str = "float32",
     config = checkpoint_config(source)
     check_checkpoint_kind(config, source, with_tracker)
     model_type = str(config.get("model_type"))
+    local = _local_folder(source)
+    stamps = None
+    if local is not None:
+        from sam3_ros.core.text_cache import checkpoint_stamps
+
+        try:
+            stamps = checkpoint_stamps(local)
+        except OSError:
+            stamps = None
     detector_cls = _lite_text_model_class() if model_type == "sam3_lite_text" else Sam3Model
     processor = _from_pretrained(Sam3Processor, source)
     video_model = None
@@ -288,7 +302,7 @@ def load_sam3(source: str, device: str = "cpu", dtype: str = "float32",
                        torch_device)
     return LoadedSam3(source, detector, processor, video_model, torch_device, torch_dtype,
                       quantization=quantization, checkpoint_dir=resolved_checkpoint_dir(source),
-                      model_type=model_type)
+                      model_type=model_type, checkpoint_stamps=stamps)
 
 
 def _lite_text_model_class() -> Any:

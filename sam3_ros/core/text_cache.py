@@ -118,6 +118,16 @@ def checkpoint_files(folder: Path) -> list[Path]:
                   if p.suffix in _FINGERPRINT_SUFFIXES and p.is_file())
 
 
+def checkpoint_stamps(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, size, mtime ns, inode) of every fingerprinted file: cheap, to tell whether the
+    files changed between two moments (e.g. loading and hashing)."""
+    stamps = []
+    for path in checkpoint_files(folder):
+        st = path.stat()
+        stamps.append((path.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(stamps)
+
+
 def checkpoint_fingerprint(folder: Path, digests: _FileDigests | None = None) -> str:
     """sha256 over the names and contents of a checkpoint folder's config, tokenizer and
     weight files (`checkpoint_files`)."""
