@@ -168,3 +168,17 @@ def test_the_last_release_frees_the_weights_while_users_still_hold_the_model(tin
     hub.release(shared)  # the last one; `shared` is still referenced here, as by a node
     assert detector() is None
     assert shared.backbone is None and shared.feature_cache.backbone is None
+
+
+@pytest.mark.parametrize("spelling", ["/data/ckpt/", "/data/ckpt/.", "/data//ckpt",
+                                      "/data/x/../ckpt"])
+def test_one_folder_spelled_two_ways_is_one_model_key(spelling):
+    # '/data/ckpt/' and '/data/ckpt' were two keys: two nodes loaded the model twice.
+    from sam3_ros.core.model_hub import ModelKey
+
+    def params(model):
+        return {"model": model, "device": "cpu", "dtype": "float32", "quantization": "none",
+                "backend": "torch", "torch_compile": "none"}.__getitem__
+
+    assert ModelKey.from_params(params(spelling)) == ModelKey.from_params(params("/data/ckpt"))
+    assert ModelKey.from_params(params("facebook/sam3")).source == "facebook/sam3"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +38,10 @@ class ModelKey:
         """The key a node's parameters name (model, device, dtype, quantization, backend and
         the backend's own parameters, e.g. onnx_* for onnxruntime)."""
         backend = param("backend")
-        return cls(param("model"), param("device"), param("dtype"), param("quantization"),
+        model = str(param("model"))
+        # '/data/ckpt/' and '/data/ckpt' are one checkpoint: one load, not two.
+        source = os.path.normpath(model) if model.strip() else model
+        return cls(source, param("device"), param("dtype"), param("quantization"),
                    backend, backend_options(backend, param))
 
 
