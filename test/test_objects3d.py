@@ -323,6 +323,8 @@ def test_marker_plan_stable_ids_and_deletes():
     {"min_depth_m": 0.0}, {"min_depth_m": 2.0, "max_depth_m": 1.0},
     {"max_depth_m": float("inf")}, {"erode_px": -1}, {"min_points": 0},
     {"box_percentile": 50.0}, {"outlier_mad_k": -1.0}, {"max_object_points": 0},
+    # Too few samples for min_points after erosion: every large object was invalid, silently.
+    {"max_object_points": 30, "min_points": 20}, {"max_object_points": 10},
 ])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):

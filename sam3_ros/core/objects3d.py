@@ -67,6 +67,11 @@ CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("instance", "
 """Point layout of the object cloud: x, y, z metres (float32), instance = object id, class id."""
 
 
+MIN_SAMPLES_PER_POINT_NEEDED = 4
+"""max_object_points >= this x min_points: a square sampled on ~n grid points keeps
+(sqrt(n) - 2)^2 after a one-step erosion, at least n / 4 for n >= 16."""
+
+
 @dataclass(frozen=True)
 class Depth3DConfig:
     """How object points are selected from the depth pixels under a mask.
@@ -98,6 +103,12 @@ class Depth3DConfig:
             raise ValueError("erode_px >= 0, min_points >= 1 and max_object_points >= 1 needed")
         if not (0.0 <= self.box_percentile < 50.0) or not (self.outlier_mad_k >= 0.0):
             raise ValueError("box_percentile in [0, 50) and outlier_mad_k >= 0 needed")
+        if self.max_object_points < MIN_SAMPLES_PER_POINT_NEEDED * self.min_points:
+            # Sampled objects keep about max_object_points points before the erosion (rounded
+            # up to whole grid steps) and the outlier rejection: fewer than this made every
+            # large object invalid without saying why.
+            raise ValueError(f"max_object_points ({self.max_object_points}) must be at least "
+                             f"{MIN_SAMPLES_PER_POINT_NEEDED} x min_points ({self.min_points})")
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,8 @@ DEPTH_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("min_points", 20, "Depth points needed for a valid 3D object", min_value=1,
               max_value=1000000),
     ParamSpec("max_object_points", 2000,
-              "Larger objects are sampled on a pixel grid down to about this many points",
+              "Larger objects are sampled on a pixel grid down to about this many points "
+              "(at least 4 x min_points)",
               min_value=10, max_value=1000000),
     ParamSpec("publish_points", True, "Publish the objects' points on `points` (PointCloud2)"),
     ParamSpec("points_stride", 2, "Point spacing of `points` in depth pixels", min_value=1,
