@@ -151,7 +151,12 @@ def test_pairing_restarts_when_the_stream_goes_back_in_time():
         buf.put(900 * second + i, f"late{i}")
     buf.put(899 * second + second // 2, "within a second: an out-of-order old one, dropped")
     assert len(buf) == 3 and buf.jumps_back == 0
-    buf.put(5 * second, "looped")
+    buf.put(3 * second, "one straggler (a relay's late burst): no restart")
+    assert len(buf) == 3 and buf.jumps_back == 0
+    buf.put(900 * second + 3, "newer again")
+    buf.put(4 * second, "looped")
+    assert len(buf) == 3 and buf.jumps_back == 0
+    buf.put(5 * second, "looped")  # the second in a row: the stream went back in time
     assert buf.jumps_back == 1 and len(buf) == 1
     assert buf.nearest(5 * second, 0).item == "looped"
     for stamp in (6, 7, 8):

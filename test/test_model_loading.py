@@ -182,3 +182,12 @@ def test_one_folder_spelled_two_ways_is_one_model_key(spelling):
 
     assert ModelKey.from_params(params(spelling)) == ModelKey.from_params(params("/data/ckpt"))
     assert ModelKey.from_params(params("facebook/sam3")).source == "facebook/sam3"
+
+
+def test_a_relative_folder_stays_a_folder_in_the_model_key():
+    # normpath turned './missing_ckpt' into 'missing_ckpt', which reads as a hub id.
+    from sam3_ros.core.model_hub import ModelKey
+
+    params = {"model": "./missing_ckpt", "device": "cpu", "dtype": "float32",
+              "quantization": "none", "backend": "torch", "torch_compile": "none"}
+    assert ModelKey.from_params(params.__getitem__).source == "./missing_ckpt"

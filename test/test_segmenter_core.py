@@ -216,6 +216,7 @@ def test_a_refused_update_changes_nothing(loaded, prompts, config, reason):
     (10_000, 1024, 4096, 4096, 64),
     (10_000, 1, 4096, 4096, 1),  # one mask is over the budget: the best one is still kept
     (5, 1, 1, 1, 5),
+    (10_000, 1024.0, 480, 640, 3495),  # a float that is an integer is accepted: and works
 ])
 def test_detection_limit_keeps_masks_within_memory(max_detections, memory_mb, height, width,
                                                    limit):

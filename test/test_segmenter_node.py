@@ -221,9 +221,6 @@ def test_parameters_validated_live(harness):
     assert not results[0].successful and "reload" in results[0].reason
     results = harness.set_params(prompts=[])
     assert not results[0].successful and "at least one prompt" in results[0].reason
-    # ByteTrack's stages are checked with tracking off too (not first when switched on).
-    results = harness.set_params(track_low_score=0.9)
-    assert not results[0].successful and "low_score_threshold" in results[0].reason
     results = harness.set_params(score_threshold=0.99)
     assert results[0].successful
     result = harness.send_until_result(_frame(5), sec=400)

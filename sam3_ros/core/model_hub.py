@@ -39,8 +39,9 @@ class ModelKey:
         the backend's own parameters, e.g. onnx_* for onnxruntime)."""
         backend = param("backend")
         model = str(param("model"))
-        # '/data/ckpt/' and '/data/ckpt' are one checkpoint: one load, not two.
-        source = os.path.normpath(model) if model.strip() else model
+        # '/data/ckpt/' and '/data/ckpt' are one checkpoint: one load, not two. Only paths
+        # (normpath would turn './ckpt' into 'ckpt', which reads as a hub id).
+        source = os.path.normpath(model) if model.startswith(("/", "~")) else model
         return cls(source, param("device"), param("dtype"), param("quantization"),
                    backend, backend_options(backend, param))
 

@@ -211,6 +211,7 @@ class Runtime:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.stats = RuntimeStats()
         self.last_batch_error = ""
+        self._taking = False  # choosing a cycle's frames (see _loop)
         self._thread.start()
 
     # ------------------------------------------------------------------------------ process
@@ -305,11 +306,14 @@ class Runtime:
             except BaseException as err:
                 self.last_batch_error = f"runtime loop: {type(err).__name__}: {err}"
                 with self._cond:
-                    # What was waiting may be what failed: dropped, not retried forever.
-                    for stream in self._streams:
-                        if stream._has_item:
-                            stream._item, stream._has_item = None, False
-                            stream.stats.dropped += 1
+                    if self._taking:
+                        # Choosing the frames failed: they would fail again on every turn of
+                        # this loop; dropped instead (a cycle's own frames were taken already).
+                        self._taking = False
+                        for stream in self._streams:
+                            if stream._has_item:
+                                stream._item, stream._has_item = None, False
+                                stream.stats.dropped += 1
 
     def _serve_once(self) -> None:
         """Run one call or one cycle (waits for either)."""
@@ -321,7 +325,9 @@ class Runtime:
                 taken = None
             else:
                 request = None
+                self._taking = True
                 taken = self._take_locked()
+                self._taking = False
                 self._in_cycle = {stream for stream, _, _ in taken}
         started = time.perf_counter()
         if request is not None:

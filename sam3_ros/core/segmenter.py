@@ -74,7 +74,7 @@ class SegmenterConfig:
     def detection_limit(self, height: int, width: int) -> int:
         """Most instances kept on a (height x width) frame: `max_detections`, fewer when
         their masks would exceed `max_mask_memory_mb` (at least 1)."""
-        fit = (self.max_mask_memory_mb << 20) // max(1, height * width)
+        fit = int(self.max_mask_memory_mb) * 2**20 // max(1, height * width)
         return max(1, min(self.max_detections, fit))
 
 

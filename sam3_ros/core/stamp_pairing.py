@@ -43,10 +43,11 @@ class StampBuffer(Generic[T]):
 
     Items may arrive out of order; an item with a stamp already held replaces it. When full, the
     oldest stamp is dropped (not the oldest arrival), so a late, old message cannot push out
-    newer ones. An item more than `jump_back_ns` older than the newest held means the stream
-    went back in time (a bag played in a loop, a simulation reset, a clock step): the buffer
-    starts afresh with it; otherwise a full buffer of "future" stamps would refuse every new
-    item until deactivation. `what` names the stream in the reasons.
+    newer ones. Two items in a row more than `jump_back_ns` older than the newest held mean
+    the stream went back in time (a bag played in a loop, a simulation reset, a clock step):
+    the buffer starts afresh with the second; otherwise a full buffer of "future" stamps
+    would refuse every new item until deactivation. A single straggler (a relay's late burst)
+    changes nothing. `what` names the stream in the reasons.
     """
 
     def __init__(self, capacity: int = 8, what: str = "depth image",
@@ -57,6 +58,7 @@ class StampBuffer(Generic[T]):
             raise ValueError(f"jump_back_ns must be >= 0, got {jump_back_ns}")
         self._jump_back_ns = jump_back_ns
         self.jumps_back = 0
+        self._behind_in_a_row = 0
         self._capacity = capacity
         self._what = what
         self._stamps: list[int] = []
@@ -73,9 +75,14 @@ class StampBuffer(Generic[T]):
         with self._lock:
             self.received += 1
             if self._stamps and self._stamps[-1] - stamp_ns > self._jump_back_ns:
-                self.jumps_back += 1
-                self._stamps.clear()
-                self._items.clear()
+                self._behind_in_a_row += 1
+                if self._behind_in_a_row >= 2:
+                    self.jumps_back += 1
+                    self._behind_in_a_row = 0
+                    self._stamps.clear()
+                    self._items.clear()
+            else:
+                self._behind_in_a_row = 0
             i = bisect.bisect_left(self._stamps, stamp_ns)
             if i < len(self._stamps) and self._stamps[i] == stamp_ns:
                 self._items[i] = item

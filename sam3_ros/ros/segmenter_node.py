@@ -123,14 +123,15 @@ class SegmenterNode(Sam3LifecycleNode):
     def _bytetracker(self, **override: Any) -> ByteTracker | None:
         values = {name: self.param(name) for name in _TRACK_PARAMS}
         values.update(override)
-        # Checked with tracking off too: contradictory stages are refused when set, not
-        # later when track_ids is switched on.
-        config = ByteTrackConfig(
+        # Checked only with tracking on: stages set one by one (ros2 param load applies them
+        # alphabetically) would otherwise be refused on the way to a consistent set.
+        if not values["track_ids"]:
+            return None
+        return ByteTracker(ByteTrackConfig(
             high_score_threshold=values["track_high_score"],
             low_score_threshold=values["track_low_score"],
             new_track_threshold=values["track_new_score"],
-            max_lost_frames=values["track_max_lost_frames"])
-        return ByteTracker(config) if values["track_ids"] else None
+            max_lost_frames=values["track_max_lost_frames"]))
 
     def _create_session(self, model: SharedModel) -> None:
         segmenter = Sam3Segmenter(model.loaded, model.feature_cache,
