@@ -278,10 +278,11 @@ def draw_overlay(image: np.ndarray, detections: Detections, encoding: str = "rgb
     colors = [color_for(int(object_id)) for object_id in detections.object_ids]
     if encoding == "bgr8":
         colors = [color[::-1] for color in colors]
+    # Lowest score first, so that the highest-scoring mask and label end up on top.
+    order = _lowest_score_first(detections)
     if draw_masks and detections.masks is not None and n and alpha > 0.0:
         windows = _windows(detections, crops)
-        # Lowest score first, so that the highest-scoring mask ends up on top.
-        for index in _lowest_score_first(detections):
+        for index in order:
             x0, y0, x1, y1 = windows[index]
             if x1 <= x0:
                 continue
@@ -293,7 +294,7 @@ def draw_overlay(image: np.ndarray, detections: Detections, encoding: str = "rgb
         return out
     boxes = detections.xyxy.tolist()
     height, width = out.shape[:2]
-    for index in _lowest_score_first(detections):
+    for index in order:
         color = colors[index]
         box = boxes[index]
         if not all(math.isfinite(v) for v in box):

@@ -482,7 +482,7 @@ class SegmenterSession:
         self._lock = threading.Lock()
         self._generation = 0
         self._image_size_hw: tuple[int, int] | None = None
-        self._prompts = self._encode(prompts)
+        self._prompts = self._encode(prompts, config.max_prompts)
         self.frames_at_mask_memory_cap = 0
         """Frames whose instances were cut to `max_mask_memory_mb` before `max_detections`
         (more may have scored above the threshold)."""
@@ -491,9 +491,10 @@ class SegmenterSession:
     def prompts(self) -> EncodedPrompts:
         return self._prompts
 
-    def _encode(self, prompts: Sequence[PromptSpec]) -> EncodedPrompts:
-        specs = validate_prompts(prompts, self.config.max_prompts, self._image_size_hw)
-        return self.segmenter.encode_prompts(specs, generation=self._generation)
+    def _encode(self, prompts: Sequence[PromptSpec], max_prompts: int,
+                generation: int = 0) -> EncodedPrompts:
+        specs = validate_prompts(prompts, max_prompts, self._image_size_hw)
+        return self.segmenter.encode_prompts(specs, generation=generation)
 
     def set_prompts(self, prompts: Sequence[PromptSpec]) -> list[int]:
         """Replace the prompt set; returns the class id of each prompt (its index).
@@ -531,8 +532,7 @@ class SegmenterSession:
         with self._lock:
             encoded = None
             if prompts is not None:
-                specs = validate_prompts(prompts, config.max_prompts, self._image_size_hw)
-                encoded = self.segmenter.encode_prompts(specs, generation=self._generation + 1)
+                encoded = self._encode(prompts, config.max_prompts, self._generation + 1)
             count = len((self._prompts if encoded is None else encoded).specs)
             if config.max_prompts < count:
                 raise ConfigError(f"max_prompts {config.max_prompts} is below the {count} "

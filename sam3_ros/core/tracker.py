@@ -398,7 +398,6 @@ class TrackerSession:
             from the masks (xyxy), score = sigmoid(object score), state VISIBLE or OCCLUDED
             (occluded objects keep their id, with an empty mask and zero box).
         """
-
         height, width = int(rgb.shape[0]), int(rgb.shape[1])
         if pixel_values is None:
             pixel_values = self._segmenter.preprocess(rgb)

@@ -424,14 +424,10 @@ class Sam3LifecycleNode(LifecycleNode):
         self.get_logger().error(f"error during a transition from '{state.label}': releasing "
                                 "everything, back to unconfigured")
         try:
-            self._stop_worker()
-            self._destroy_outputs()
-            self._release_model()
+            return self.on_cleanup(state)
         except Exception as err:
             self.get_logger().error(f"error processing failed: {type(err).__name__}: {err}")
             return TransitionCallbackReturn.FAILURE
-        self._configured = False
-        return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         if self._configured:

@@ -253,8 +253,7 @@ class DepthOutputs:
         if crops is None:
             crops = mask_crops(detections)
         objects = objects_3d(crops, colour_hw, depth, scale, rays, cfg)
-        out_header = Header(stamp=header.stamp, frame_id=info.header.frame_id or
-                            header.frame_id)
+        out_header = Header(stamp=header.stamp, frame_id=colour_frame)
         self._send(objects, detections, out_header,
                    Time(sec=depth_msg.stamp_sec, nanosec=depth_msg.stamp_nanosec))
         return "", pairing.dt_ns

@@ -90,7 +90,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     if not 1 <= args.max_batch <= MAX_BATCH_LIMIT:
         raise PipelineArgumentError(f"--max-batch must be in 1..{MAX_BATCH_LIMIT}, "
                                     f"got {args.max_batch}")
-    args.cameras, args.kinds = cameras, kinds
+    args.cameras, args.kinds, args.camera_kinds = cameras, kinds, camera_kinds
     # Every camera's node kinds (its own, or --nodes); None: one camera without a namespace.
     args.streams = [(c, camera_kinds.get(c, kinds)) for c in cameras] or [(None, kinds)]
     return args
@@ -127,6 +127,5 @@ def main(args: list[str] | None = None) -> int:
     hub = ModelHub(with_tracker=any("tracker" in kinds for _, kinds in options.streams),
                    feature_capacity=max(4, options.max_batch, frames),
                    max_batch=min(options.max_batch, frames))
-    camera_kinds = {camera: kinds for camera, kinds in options.streams if camera}
     return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub,
-                                        camera_kinds=camera_kinds), args)
+                                        camera_kinds=options.camera_kinds), args)
