@@ -55,6 +55,14 @@ def test_camera_from_fields_and_scaling():
     ({"roi_size": (100, 100)}, "ROI"),
     ({"rectified": True, "p": []}, "P must have 12 values"),
     ({"rectified": True, "p": [0.0] * 12}, "focal lengths must be > 0"),
+    # fx, fy, cx, cy alone define the rays: a skew or a wrong last row would be dropped.
+    ({"k": [520, 3.0, 319.5, 0, 520, 239.5, 0, 0, 1]}, r"skew term \(K\[1\] = 3\)"),
+    ({"k": [520, 0, 319.5, 0, 520, 239.5, 0, 0, 0]}, r"K\[8\] = 0 \(its last row"),
+    ({"k": [520, 0, 319.5, 0, 520, 239.5, 0.5, 0, 1]}, r"K\[6\] = 0.5"),
+    ({"k": [520, 0, 319.5, 1, 520, 239.5, 0, 0, 1]}, r"K\[3\] = 1"),
+    ({"rectified": True, "p": [520, 0, 319.5, 0, 0, 520, 239.5, 0, 0, 0, 2, 0]},
+     r"P\[10\] = 2"),
+    ({"rectified": True, "p": [520, 1, 319.5, 0, 0, 520, 239.5, 0, 0, 0, 1, 0]}, "skew term"),
 ])
 def test_hostile_camera_info_rejected_with_reason(kwargs, match):
     args = {"width": 640, "height": 480, "k": K, "d": [0.0] * 5,

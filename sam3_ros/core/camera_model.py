@@ -129,6 +129,22 @@ def _finite_floats(name: str, values: Sequence[float], length: int | None,
     return out
 
 
+def _check_layout(name: str, values: Sequence[float], zeros: tuple[int, ...], one: int) -> None:
+    """Refuse a K or P whose layout is not [fx 0 cx; 0 fy cy; 0 0 1] (P: plus a 4th column).
+
+    The rays use fx, fy, cx, cy only: a skew, or a last row other than (0, 0, 1), would be
+    dropped without a word and every 3D point would be off.
+    """
+    if values[1] != 0.0:
+        raise InvalidCameraError(f"camera info {name} has a skew term ({name}[1] = "
+                                 f"{values[1]:g}); only zero skew is supported")
+    bad = [i for i in zeros if values[i] != 0.0]
+    if bad or values[one] != 1.0:
+        i = bad[0] if bad else one
+        raise InvalidCameraError(f"camera info {name} is not a camera matrix: {name}[{i}] = "
+                                 f"{values[i]:g} (its last row must be 0, 0, 1)")
+
+
 def _check_size(what: str, width: int, height: int) -> None:
     if width <= 0 or height <= 0:
         raise InvalidImageError(f"{what} size must be positive, got {width}x{height}")
@@ -172,10 +188,12 @@ def camera_model_from_fields(width: int, height: int, k: Sequence[float], d: Seq
                                  f"{width}x{height} image is not supported")
     if rectified:
         pv = _finite_floats("P", p, 12)
+        layout = ("P", pv, (4, 8, 9, 11), 10)
         fx, cx, fy, cy = pv[0], pv[2], pv[5], pv[6]
         model, coeffs = "", ()
     else:
         kv = _finite_floats("K", k, 9)
+        layout = ("K", kv, (3, 6, 7), 8)
         fx, cx, fy, cy = kv[0], kv[2], kv[4], kv[5]
         coeffs = _finite_floats("D", d, None, MAX_COEFFS)
         model = distortion_model if any(c != 0.0 for c in coeffs) else ""
@@ -199,6 +217,7 @@ def camera_model_from_fields(width: int, height: int, k: Sequence[float], d: Seq
             coeffs = ()
     if not (fx > 0.0 and fy > 0.0):
         raise InvalidCameraError(f"camera info focal lengths must be > 0, got fx={fx} fy={fy}")
+    _check_layout(*layout)
     # Bounds far outside any real lens that keep every ray finite (fx = 1e-300 made rays inf).
     size = max(int(width), int(height))
     if not (1e-3 * size <= fx <= 1e3 * size and 1e-3 * size <= fy <= 1e3 * size):
