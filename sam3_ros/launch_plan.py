@@ -20,6 +20,9 @@ from typing import Any
 import yaml
 
 NODE_KINDS = ("segmenter", "tracker", "pipeline")
+EXECUTORS = ("single_threaded", "events")
+"""rclpy executors a process may spin (`--executor`): rclpy's SingleThreadedExecutor, or its
+experimental EventsExecutor (Jazzy and later; shorter frame delivery)."""
 STREAM_KINDS = ("segmenter", "tracker")
 """Node kinds one camera of a several-camera process may run."""
 
@@ -56,6 +59,9 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "autostart": ("", "Configure and activate on start ('' = params file, else true; false: "
                       "a lifecycle manager drives the node)"),
     "log_level": ("info", "debug, info, warn, error or fatal"),
+    "executor": ("single_threaded", "rclpy executor of the process: single_threaded, or events "
+                                    "(rclpy's experimental EventsExecutor, Jazzy and later: "
+                                    "frames reach the node sooner)"),
     "fastdds_profile": ("<package>/config/fastdds_large_frames.xml",
                         "Fast DDS profile for the processes started here (a profile already in "
                         "FASTDDS_DEFAULT_PROFILES_FILE wins; '' leaves the environment alone)"),
@@ -228,8 +234,8 @@ def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
         default_profile: Path of the package's Fast DDS profile.
 
     Raises:
-        LaunchArgumentError: an unknown node kind, a bad boolean, prompts or log level, or a
-            params file that does not exist.
+        LaunchArgumentError: an unknown node kind or executor, a bad boolean, prompts or log
+            level, or a params file that does not exist.
     """
     kind = values.get("node", "segmenter").strip()
     if kind not in NODE_KINDS:
@@ -240,6 +246,10 @@ def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
     log_level = values.get("log_level", "info").strip() or "info"
     if log_level not in LOG_LEVELS:
         raise LaunchArgumentError(f"log_level:={log_level!r}: expected one of {LOG_LEVELS}")
+    executor = values.get("executor", "single_threaded").strip() or "single_threaded"
+    if executor not in EXECUTORS:
+        raise LaunchArgumentError(f"executor:={executor!r}: expected one of "
+                                  f"{', '.join(EXECUTORS)}")
     overrides = parameter_overrides(values)
     # The launch files' own default sits under the user's file: autostart only when neither
     # the file nor the argument says otherwise.
@@ -261,7 +271,8 @@ def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
     namespace = values.get("namespace", "").strip()
     cameras_text = values.get("cameras", "").strip()
     max_batch_text = values.get("max_batch", "").strip()
-    arguments: list[str] = []
+    # Only when chosen: the default leaves the command line as it was.
+    arguments: list[str] = ["--executor", executor] if executor != "single_threaded" else []
     if max_batch_text:
         if not max_batch_text.isdigit() or not 1 <= int(max_batch_text) <= 16:
             raise LaunchArgumentError(f"max_batch:={max_batch_text!r}: expected 1..16")

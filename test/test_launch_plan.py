@@ -92,6 +92,7 @@ def test_prompts_refuse_what_is_not_phrases(text):
     ({"node": "pipeline", "max_batch": "0"}, "max_batch"),
     ({"node": "pipeline", "max_batch": "many"}, "max_batch"),
     ({"max_batch": "2"}, "max_batch applies to"),
+    ({"executor": "multi_threaded"}, "executor:='multi_threaded': expected one of"),
 ])
 def test_bad_arguments_are_refused_with_the_argument_named(args, match):
     with pytest.raises(LaunchArgumentError, match=match):
@@ -175,3 +176,14 @@ def test_one_camera_name_and_max_batch_for_the_pipeline():
     assert plan(_values(node="pipeline", max_batch="3"), PROFILE).arguments == [
         "--max-batch", "3"]
     assert plan(_values(), PROFILE).arguments == []
+
+
+def test_the_executor_argument_reaches_every_executable():
+    assert plan(_values(executor="events"), PROFILE).arguments == ["--executor", "events"]
+    assert plan(_values(node="tracker", executor="events"), PROFILE).arguments == [
+        "--executor", "events"]
+    assert plan(_values(cameras="[front]", executor="events", max_batch="2"),
+                PROFILE).arguments == ["--cameras", "/front", "--nodes", "segmenter",
+                                       "--executor", "events", "--max-batch", "2"]
+    # The default leaves the command line as it was.
+    assert plan(_values(executor="single_threaded"), PROFILE).arguments == []

@@ -60,6 +60,7 @@ def _image_msg(rgb: np.ndarray, sec: int, frame_id: str) -> Image:
     (["--cameras", "front:detector"], "node kinds after ':'"),
     (["--cameras", "front:tracker", "front"], "listed twice"),
     (["--cameras", ":tracker"], "no camera name"),
+    (["--executor", "multi"], "--executor 'multi': expected single_threaded or events"),
 ])
 def test_pipeline_arguments_refused_with_reason(argv, reason):
     with pytest.raises(PipelineArgumentError, match=reason):
@@ -73,6 +74,7 @@ def test_pipeline_arguments_accept_comma_and_space_lists():
     assert args.kinds == ["tracker"] and args.max_batch == 2
     assert parse_arguments([]).cameras == []
     assert parse_arguments([]).streams == [(None, ["segmenter", "tracker"])]
+    assert parse_arguments([]).executor == "single_threaded"
 
 
 def test_pipeline_cameras_may_name_their_own_node_kinds():

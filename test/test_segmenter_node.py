@@ -379,3 +379,52 @@ def test_image_qos_override_reaches_the_camera_subscription(tiny_checkpoint, inp
     finally:
         client.close()
         node.stop()
+
+
+def _has_events_executor() -> bool:
+    try:
+        from rclpy.experimental import EventsExecutor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_events_executor(), reason="rclpy without EventsExecutor (Humble)")
+def test_node_runs_on_the_events_executor(tiny_checkpoint):
+    # `--executor events`: frames, a service, a parameter, a lifecycle round trip and a clean
+    # Ctrl-C, as on the default executor.
+    ns = "/events_exec"
+    cmd = node_command("segmenter", {
+        "model": str(tiny_checkpoint), "device": "cpu", "autostart": True, "prompts": ["mug"],
+        "score_threshold": SCORE_THRESHOLD,
+    }, remaps={"__ns": ns, "image": f"{ns}/camera/image"}, args=["--executor", "events"])
+    node = NodeProcess(cmd)
+    client = Client("events_exec_client")
+    try:
+        harness = Harness(node, client, ns)
+        first = harness.send_until_result(_frame(1), 1, timeout_s=300)
+        assert (first.image_width, first.image_height) == (160, 120)
+        response = client.call(SetPrompts, f"{ns}/segmenter/set_prompts", SetPrompts.Request(
+            prompts=[Prompt(text="bottle")]))
+        assert response.success, response.message
+        assert harness.set_params(score_threshold=0.5)[0].successful
+        assert harness.lifecycle(Transition.TRANSITION_DEACTIVATE)
+        assert harness.lifecycle(Transition.TRANSITION_ACTIVATE)
+        later = harness.send_until_result(_frame(2), 2)
+        assert all(d.score >= 0.5 and d.label == "bottle" for d in later.detections)
+    finally:
+        client.close()
+        node.stop()
+    assert node.proc.returncode == 0, node.output()[-2000:]
+    assert "Traceback" not in node.output()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["segmenter", "--executor", "threads"], "--executor 'threads': expected single_threaded"),
+    (["segmenter", "--model", "x"], "unknown arguments: --model x (node options go after"),
+])
+def test_node_executables_refuse_unknown_options(argv, message, capsys):
+    from sam3_ros.ros.segmenter_node import main
+
+    assert main(argv) == 2  # before rclpy.init: nothing to shut down
+    assert message in capsys.readouterr().err

@@ -32,6 +32,8 @@ session, and hands the result to the node's output thread, which publishes `dete
 
 from __future__ import annotations
 
+import argparse
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -69,6 +71,7 @@ from sam3_ros.core.render import draw_overlay, label_image, mask_crops
 from sam3_ros.core.runtime import PreparedFrame, Runtime, Stream
 from sam3_ros.core.text_cache import TextEmbeddingCache
 from sam3_ros.core.vision_features import FrameKey, frame_key
+from sam3_ros.launch_plan import EXECUTORS
 from sam3_ros.msg import DetectionArray, LabelInfo
 from sam3_ros.ros.depth_outputs import DepthOutputs
 from sam3_ros.ros.detection_conversions import (
@@ -809,16 +812,60 @@ def _vision_msgs_array_type() -> type | None:
     return Detection2DArray
 
 
+def add_executor_argument(parser: argparse.ArgumentParser) -> None:
+    """The executables' `--executor` option (process-wide, so not a node parameter)."""
+    parser.add_argument("--executor", default="single_threaded",
+                        help=f"rclpy executor: {' or '.join(EXECUTORS)} (rclpy's experimental "
+                             "EventsExecutor, Jazzy and later)")
+
+
+def check_executor(name: str) -> None:
+    """Raise ValueError with the reason when executor `name` cannot run in this rclpy."""
+    if name not in EXECUTORS:
+        raise ValueError(f"--executor {name!r}: expected {' or '.join(EXECUTORS)}")
+    if name == "events":
+        try:
+            from rclpy.experimental import EventsExecutor  # noqa: F401
+        except ImportError:
+            raise ValueError("--executor events needs rclpy's EventsExecutor (ROS 2 Jazzy or "
+                             "later); this rclpy has none (Humble): use single_threaded"
+                             ) from None
+
+
+def node_main(prog: str, make_nodes: Callable[[], list[Sam3LifecycleNode]],
+              args: list[str] | None) -> int:
+    """Entry point of the single-node executables: their only own option is `--executor`;
+    anything else that is not a ROS argument is refused (a mistyped option would otherwise be
+    ignored without a word)."""
+    from rclpy.utilities import remove_ros_args
+
+    argv = sys.argv if args is None else args
+    parser = argparse.ArgumentParser(prog=prog, exit_on_error=False)
+    add_executor_argument(parser)
+    try:
+        options, unknown = parser.parse_known_args(remove_ros_args(argv)[1:])
+        if unknown:
+            raise ValueError(f"unknown arguments: {' '.join(unknown)} (node options go after "
+                             "--ros-args, e.g. --ros-args -p model:=...)")
+        check_executor(options.executor)
+    except (argparse.ArgumentError, ValueError) as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    return run_nodes(make_nodes, args, executor=options.executor)
+
+
 def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
-              args: list[str] | None = None) -> int:
+              args: list[str] | None = None, executor: str = "single_threaded") -> int:
     """Entry point of the executables: init rclpy, build the nodes (each autostarts itself
     when its `autostart` parameter is set), spin them on one executor, shut down quietly.
 
-    The executor is single-threaded on purpose: inference runs off it (worker and compute
-    threads), so callbacks are short (hand a frame to the latest-frame slot, answer a service).
-    rclpy's MultiThreadedExecutor busy-loops while a callback is in flight (ros2/rclpy#1223,
-    #1452): measured here, it delayed frame delivery by up to 760 ms and slowed inference by
-    the CPU it burnt.
+    The default executor is single-threaded on purpose: inference runs off it (worker and
+    compute threads), so callbacks are short (hand a frame to the latest-frame slot, answer a
+    service). rclpy's MultiThreadedExecutor busy-loops while a callback is in flight
+    (ros2/rclpy#1223, #1452): measured here, it delayed frame delivery by up to 760 ms and
+    slowed inference by the CPU it burnt. `executor="events"` spins rclpy's experimental
+    EventsExecutor (C++ event queue, also one thread), which hands a frame to its callback
+    sooner (README, Benchmarks); `check_executor` first.
 
     Shutdown order: rclpy's own signal handlers would invalidate the context at the first
     Ctrl-C while worker threads still publish (errors from destroyed handles). Here SIGINT and
@@ -828,6 +875,8 @@ def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
     import signal
 
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    check_executor(executor)
 
     try:
         from rclpy.signals import SignalHandlerOptions
@@ -848,22 +897,27 @@ def run_nodes(make_nodes: Callable[[], list[Sam3LifecycleNode]],
     previous_term = signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
     nodes: list[Sam3LifecycleNode] = []
-    executor = SingleThreadedExecutor()
+    if executor == "events":
+        from rclpy.experimental import EventsExecutor
+
+        spinner = EventsExecutor()
+    else:
+        spinner = SingleThreadedExecutor()
     try:
         nodes = make_nodes()
         for node in nodes:
-            executor.add_node(node)
+            spinner.add_node(node)
         # spin_once with a timeout, not spin(): with rclpy's signal handlers off, a wait
         # without a timeout would not return to Python to see the flag.
         while rclpy.ok() and not stop.is_set():
-            executor.spin_once(timeout_sec=0.2)
+            spinner.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
         for node in nodes:
             node.stop_streaming()
-        executor.shutdown()
+        spinner.shutdown()
         for node in nodes:
             node.destroy_node()
         if rclpy.ok():

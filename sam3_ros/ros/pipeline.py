@@ -28,7 +28,12 @@ import sys
 from sam3_ros.core.model_hub import ModelHub
 from sam3_ros.core.runtime import Runtime
 from sam3_ros.launch_plan import STREAM_KINDS, split_camera
-from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
+from sam3_ros.ros.base_node import (
+    Sam3LifecycleNode,
+    add_executor_argument,
+    check_executor,
+    run_nodes,
+)
 from sam3_ros.ros.segmenter_node import SegmenterNode
 from sam3_ros.ros.tracker_node import TrackerNode
 
@@ -59,6 +64,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="node kinds per camera: segmenter, tracker or both (comma list)")
     parser.add_argument("--max-batch", type=int, default=4,
                         help=f"most camera frames in one backbone pass (1..{MAX_BATCH_LIMIT})")
+    add_executor_argument(parser)
     try:
         args, unknown = parser.parse_known_args(argv)
     except argparse.ArgumentError as err:
@@ -87,6 +93,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     if not kinds or any(k not in NODE_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
         raise PipelineArgumentError(
             f"--nodes {args.nodes!r}: expected segmenter, tracker or segmenter,tracker")
+    try:
+        check_executor(args.executor)
+    except ValueError as err:
+        raise PipelineArgumentError(str(err)) from None
     if not 1 <= args.max_batch <= MAX_BATCH_LIMIT:
         raise PipelineArgumentError(f"--max-batch must be in 1..{MAX_BATCH_LIMIT}, "
                                     f"got {args.max_batch}")
@@ -128,4 +138,5 @@ def main(args: list[str] | None = None) -> int:
                    feature_capacity=max(4, options.max_batch, frames),
                    max_batch=min(options.max_batch, frames))
     return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub,
-                                        camera_kinds=options.camera_kinds), args)
+                                        camera_kinds=options.camera_kinds), args,
+                     executor=options.executor)

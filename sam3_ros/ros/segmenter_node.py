@@ -29,7 +29,7 @@ from sam3_ros.core.prompts import (
     parse_prompt_boxes,
 )
 from sam3_ros.core.segmenter import KEEP, Sam3Segmenter, SegmenterConfig, SegmenterSession
-from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
+from sam3_ros.ros.base_node import Sam3LifecycleNode, node_main
 from sam3_ros.ros.params import (
     DEPTH_PARAMS,
     IO_PARAMS,
@@ -232,4 +232,4 @@ class SegmenterNode(Sam3LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_nodes(lambda: [SegmenterNode()], args)
+    return node_main("segmenter", lambda: [SegmenterNode()], args)

@@ -23,7 +23,7 @@ from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
 from sam3_ros.core.tracker import ObjectPromptSpec, TrackerConfig, TrackerSession
-from sam3_ros.ros.base_node import Sam3LifecycleNode, run_nodes
+from sam3_ros.ros.base_node import Sam3LifecycleNode, node_main
 from sam3_ros.ros.params import DEPTH_PARAMS, IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
 from sam3_ros.srv import AddObjects, RemoveObjects, SetPrompts
 
@@ -247,4 +247,4 @@ class TrackerNode(Sam3LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_nodes(lambda: [TrackerNode()], args)
+    return node_main("tracker", lambda: [TrackerNode()], args)

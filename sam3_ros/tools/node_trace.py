@@ -108,7 +108,7 @@ def hop_medians(sent_ns: dict[int, int], received_ns: dict[int, int],
 
 
 def run(model: str, frames: int, pause_s: float, prompts: list[str], width: int = 640,
-        height: int = 480) -> dict[str, Any]:
+        height: int = 480, executor: str = "single_threaded") -> dict[str, Any]:
     """Trace `frames` frames through a segmenter node; see the module docstring.
 
     Frames above Fast DDS's default 512 KiB shared-memory segment need the package's profile
@@ -127,7 +127,8 @@ def run(model: str, frames: int, pause_s: float, prompts: list[str], width: int 
     events_path = Path(tempfile.mkdtemp(prefix="sam3_trace_")) / "events.json"
     cmd = node_command("segmenter", {
         "model": model, "device": "cpu", "autostart": True, "prompts": prompts,
-        "publish_overlay": False, "publish_mask_image": False}, remaps={"__ns": "/sam3_trace"})
+        "publish_overlay": False, "publish_mask_image": False}, remaps={"__ns": "/sam3_trace"},
+        args=["--executor", executor])
     cmd[2:3] = [_NODE_WRAPPER, str(events_path)]  # python -c WRAPPER EVENTS_FILE <args>
     node = NodeProcess(cmd)
     client = Client("sam3_trace_camera")
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", nargs="+", default=["mug", "bottle", "person"])
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--executor", default="single_threaded",
+                        help="the node's executor: single_threaded or events")
     args = parser.parse_args(argv)
     os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(
         Path(__file__).resolve().parents[2] / "config" / "fastdds_large_frames.xml"))
@@ -193,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
 
             model = str(make_tiny_checkpoint(Path(tmp) / "tiny"))
-        result = run(model, args.frames, args.pause_s, args.prompts, args.width, args.height)
-    print(f"{result['received']} of {result['frames']} frames answered; median per hop:")
+        result = run(model, args.frames, args.pause_s, args.prompts, args.width, args.height,
+                     args.executor)
+    print(f"{result['received']} of {result['frames']} frames answered (node executor: "
+          f"{args.executor}); median per hop:")
     print("| hop | median ms | frames |\n|---|---:|---:|")
     for label, (ms, n) in result["hops"].items():
         print(f"| {label} | {ms:.2f} | {n} |")
