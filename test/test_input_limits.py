@@ -49,6 +49,33 @@ def test_progressive_jpeg_size():
     assert ok and compressed_image_size(data.reshape(-1), "jpeg") == (40, 30)
 
 
+def _jpeg_with_junk_before_dqt(junk: bytes, shape: tuple[int, int] = (32, 48)) -> bytes:
+    rgb = np.random.default_rng(0).integers(0, 255, (*shape, 3), np.uint8)
+    data = cv2.imencode(".jpg", rgb)[1].tobytes()
+    i = data.find(b"\xff\xdb")
+    return data[:i] + junk + data[i:]
+
+
+def test_jpeg_with_bytes_between_segments_is_read_as_libjpeg_reads_it():
+    # libjpeg skips stray bytes before a marker (with a warning) and decodes the image; the
+    # size check must not refuse what the decoder reads.
+    data = _jpeg_with_junk_before_dqt(b"\x00\x00")
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape == (32, 48, 3)
+    rgb, _ = decode_compressed(np.frombuffer(data, np.uint8), "jpeg", max_pixels=16_777_216)
+    assert rgb.shape == (32, 48, 3)
+
+
+@pytest.mark.parametrize("data", [
+    # Junk beyond the budget of skipped bytes.
+    _jpeg_with_junk_before_dqt(b"\x00" * 70_000),
+    # Markers without a length, repeated: the walk stops after a bounded number of them.
+    b"\xff\xd8" + b"\xff\x01" * 1_000_000,
+])
+def test_jpeg_header_walk_is_bounded(data):
+    with pytest.raises(InvalidImageError, match="start-of-frame"):
+        compressed_image_size(np.frombuffer(data, np.uint8), "jpeg")
+
+
 def test_small_png_declaring_a_huge_image_is_refused_before_decoding():
     data = np.frombuffer(_png_declaring(200_000, 200_000), np.uint8)
     assert data.size < 100

@@ -347,6 +347,11 @@ def check_image_size(width: int, height: int, max_pixels: int | None) -> None:
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
+# Real JPEGs reach their start of frame after a handful of segments (APPn, DQT, DHT).
+_JPEG_MAX_MARKERS = 4096
+_JPEG_MAX_JUNK_BYTES = 1 << 16
+
+
 def compressed_image_size(buffer: np.ndarray, codec: str) -> tuple[int, int]:
     """(width, height) a png or jpeg declares in its header, read without decoding.
 
@@ -364,9 +369,21 @@ def compressed_image_size(buffer: np.ndarray, codec: str) -> tuple[int, int]:
             raise InvalidImageError("png without an IHDR header: cannot read its size")
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     pos, size = 2, buffer.size
-    while pos + 4 <= size:
-        if buffer[pos] != 0xFF:
+    junk_left = _JPEG_MAX_JUNK_BYTES
+    for _ in range(_JPEG_MAX_MARKERS):
+        if pos + 4 > size:
             break
+        if buffer[pos] != 0xFF:
+            # Bytes between segments: libjpeg skips them with a warning and decodes the
+            # image, so they are skipped here too, within a budget (a hostile buffer must not
+            # keep this loop busy).
+            window = buffer[pos:pos + junk_left]
+            hits = np.flatnonzero(window == 0xFF)
+            if not hits.size:
+                break
+            junk_left -= int(hits[0])
+            pos += int(hits[0])
+            continue
         marker = int(buffer[pos + 1])
         if marker == 0xFF:  # fill byte
             pos += 1
