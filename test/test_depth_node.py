@@ -267,3 +267,35 @@ def test_malformed_serialized_depth_is_dropped_and_next_frame_processed(harness)
     assert not harness.by_stamp(f"{NS}/segmenter/detections_3d", 70)
     _, objects = harness.send(71, depth=_depth(71), info=_camera_info(71))
     assert objects is not None and harness.node.alive()
+
+
+def test_markers_are_deleted_when_the_node_stops_and_after_it_starts(harness):
+    # Markers have no lifetime: without a DELETEALL a deactivated (or crashed and restarted)
+    # node's last boxes would stay in RViz forever.
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    topic = f"{NS}/segmenter/markers"
+    _, objects = harness.send(80, depth=_depth(80), info=_camera_info(80))
+    assert any(o.valid for o in objects.detections)
+    wait_for(lambda: [a for a in harness.client.messages(topic) if any(
+        m.header.stamp.sec == 80 and m.action == Marker.ADD for m in a.markers)],
+        10, "markers of frame 80", harness.node)
+    harness.client.clear(topic)
+
+    def change(transition: int) -> None:
+        request = ChangeState.Request(transition=Transition(id=transition))
+        assert harness.client.call(ChangeState, f"{NS}/segmenter/change_state", request).success
+
+    change(Transition.TRANSITION_DEACTIVATE)
+    deleted = wait_for(lambda: harness.client.messages(topic), 10, "a DELETEALL", harness.node)
+    assert [m.action for m in deleted[0].markers] == [Marker.DELETEALL]
+    assert deleted[0].markers[0].ns == "" and deleted[0].markers[0].header.frame_id == FRAME
+    change(Transition.TRANSITION_ACTIVATE)
+    harness.client.clear(topic)
+    harness.send(81, depth=_depth(81), info=_camera_info(81))
+    first = wait_for(lambda: harness.client.messages(topic), 10, "markers", harness.node)[0]
+    # Whatever an earlier run of this topic showed goes first, then this frame's boxes.
+    assert first.markers[0].action == Marker.DELETEALL
+    assert {m.action for m in first.markers[1:]} == {Marker.ADD}
+    assert len(first.markers) > 1

@@ -457,6 +457,8 @@ class Sam3LifecycleNode(LifecycleNode):
         if self._output_thread is not None:
             self._output_thread.join()
             self._output_thread = None
+        # Publishers still enabled here (deactivate disables them after this).
+        self._depth.delete_markers(self.get_clock().now().to_msg())
 
     # ------------------------------------------------------------------------- model, outputs
     def _warm_up(self) -> None:

@@ -215,6 +215,12 @@ def _fill_marker(m: Marker, spec: MarkerSpec, header: Header) -> None:
     m.text = spec.text
 
 
+def delete_all_marker(header: Header) -> Marker:
+    """A DELETEALL with an empty namespace: every marker of the topic, in every RViz version
+    (newer ones limit a DELETEALL with a namespace to that namespace)."""
+    return Marker(header=header, action=Marker.DELETEALL)
+
+
 def markers_to_msg(markers: Sequence[MarkerSpec], header: Header) -> MarkerArray:
     """MarkerArray of a `marker_plan`: CUBE for "boxes", TEXT_VIEW_FACING for "labels",
     DELETE for removed ones; every marker stamped with `header`."""

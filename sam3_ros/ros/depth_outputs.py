@@ -43,6 +43,7 @@ from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import Sam3RosError
 from sam3_ros.core.objects3d import (
     Depth3DConfig,
+    MarkerSpec,
     Objects3D,
     check_registration,
     cloud_points,
@@ -57,6 +58,7 @@ from sam3_ros.ros.depth_conversions import (
     camera_info_key,
     camera_model_from_info,
     cloud_to_msg,
+    delete_all_marker,
     depth_msg_to_numpy,
     objects_to_vision_msgs,
 )
@@ -96,6 +98,10 @@ class DepthOutputs:
         self._frames_warned: set[tuple[str, str]] = set()  # (depth, colour) frame ids
         self._rays: RayGrid | None = None
         self._marker_ids: frozenset[int] = frozenset()
+        # Markers shown by an earlier run of the topic (a crashed or restarted process, or
+        # before a cleanup) whose ids this object does not know: the first markers message
+        # after activation deletes everything first.
+        self._stale_markers = False
         # Detection3D / Marker objects reused frame after frame (worker thread only).
         self._messages = MessagePool()
         self._lock = threading.Lock()
@@ -139,6 +145,7 @@ class DepthOutputs:
         if not self._enabled:
             return
         self._depth.clear()
+        self._stale_markers = True
         with self._lock:
             self._frames_3d = self._frames_without_3d = 0
             self._reason = ""
@@ -152,6 +159,17 @@ class DepthOutputs:
         self._subs.append(
             self._node.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
                                            CAMERA_INFO_QOS, qos_overriding_options=options))
+
+    def delete_markers(self, stamp: Any) -> None:
+        """deactivate and shutdown, after the worker stopped and before the publishers are
+        disabled: delete every marker shown (a stopped node's last boxes stayed in RViz
+        forever: markers have no lifetime)."""
+        if "markers" not in self._pubs or not self._marker_ids:
+            return
+        frame_id = self._info.header.frame_id if self._info is not None else ""
+        self._marker_ids = frozenset()
+        self._pubs["markers"].publish(MarkerArray(markers=[
+            delete_all_marker(Header(stamp=stamp, frame_id=frame_id))]))
 
     def unsubscribe(self) -> None:
         """deactivate (before the worker stops: a late `publish` finds no new depth)."""
@@ -303,19 +321,28 @@ class DepthOutputs:
             if self._listened("markers"):
                 markers, self._marker_ids = marker_plan(objects, detections,
                                                         self._marker_ids)
-                if markers:
-                    pubs["markers"].publish(self._messages.markers_to_msg(markers, header))
+                self._publish_markers(markers, header)
         elif self._marker_ids:
             self._clear_markers(header)
 
     def _clear_markers(self, header: Any) -> None:
         """Delete the markers still shown (a frame without 3D must not leave stale boxes)."""
-        if not self._marker_ids or "markers" not in self._pubs:
+        if not (self._marker_ids or self._stale_markers) or "markers" not in self._pubs:
             return
         markers, self._marker_ids = marker_plan(None, Detections.empty(1, 1), self._marker_ids)
         frame_id = self._info.header.frame_id if self._info is not None else ""
-        self._pubs["markers"].publish(self._messages.markers_to_msg(
-            markers, Header(stamp=header.stamp, frame_id=frame_id or header.frame_id)))
+        self._publish_markers(markers, Header(stamp=header.stamp,
+                                              frame_id=frame_id or header.frame_id))
+
+    def _publish_markers(self, markers: Sequence[MarkerSpec], header: Any) -> None:
+        """Publish a `marker_plan`, after a DELETEALL the first time after activation."""
+        msg = self._messages.markers_to_msg(markers, header) if markers else None
+        if self._stale_markers:
+            self._stale_markers = False
+            msg = MarkerArray(markers=[delete_all_marker(header),
+                                       *(msg.markers if msg is not None else ())])
+        if msg is not None:
+            self._pubs["markers"].publish(msg)
 
     # ------------------------------------------------------------------------- diagnostics
     def diagnostics(self) -> list[tuple[str, str]]:
