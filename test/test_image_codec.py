@@ -37,7 +37,7 @@ def _random_image(encoding: str, height: int = 6, width: int = 8, seed: int = 0)
     elif encoding.endswith(("rgb16", "bgr16")):
         channels = 3
     else:
-        channels = _CHANNELS.get(encoding, 3)
+        channels = 1 if encoding.startswith("bayer_") else _CHANNELS.get(encoding, 3)
     sixteen = "16" in encoding
     dtype = np.uint16 if sixteen else np.uint8
     shape = (height, width) if channels == 1 else (height, width, channels)
@@ -158,8 +158,8 @@ def test_eight_bit_ignores_is_bigendian():
             "zero size image 640x0",
         ),
         (
-            dict(data=b"\x00" * 64, width=8, height=8, encoding="bayer_rggb8", step=8),
-            "unsupported encoding 'bayer_rggb8' (supported: rgb8, bgr8",
+            dict(data=b"\x00" * 64, width=8, height=8, encoding="nv21", step=8),
+            "unsupported encoding 'nv21' (supported: rgb8, bgr8",
         ),
         (
             dict(data=b"\x00" * 64, width=8, height=8, encoding="RGB8", step=24),
@@ -269,6 +269,31 @@ def test_to_rgb8_yuv_matches_cv2_reference(encoding):
     np.testing.assert_array_equal(out, cv2.cvtColor(uyvy, cv2.COLOR_YUV2RGB_UYVY))
 
 
+def _mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """Sample an (H, W, 3) picture through a Bayer filter named like ROS (rggb: R at (0, 0))."""
+    channel = {"r": 0, "g": 1, "b": 2}
+    out = np.empty(rgb.shape[:2], rgb.dtype)
+    for i, colour in enumerate(pattern):
+        row, col = divmod(i, 2)
+        out[row::2, col::2] = rgb[row::2, col::2, channel[colour]]
+    return out
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_to_rgb8_demosaics_every_bayer_pattern(pattern, bits):
+    # A flat colour through each filter layout comes back as that colour (away from the
+    # border), in RGB order: a wrong pattern mapping swaps red and blue or mixes in green.
+    colour = np.array([200, 90, 30], np.uint16 if bits == 16 else np.uint8)
+    flat = np.broadcast_to(colour * (257 if bits == 16 else 1), (6, 8, 3)).astype(colour.dtype)
+    encoding = f"bayer_{pattern}{bits}"
+    data, step = encode_raw(_mosaic(flat, pattern), encoding)
+    decoded = decode_raw(data, 8, 6, encoding, step, 0)
+    out = to_rgb8(decoded, encoding)
+    assert out.shape == (6, 8, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[2:4, 2:6], np.broadcast_to([200, 90, 30], (2, 4, 3)))
+
+
 def test_to_rgb8_yuv_grey_and_padded():
     # U = V = 128 is colourless: R == G == B, growing with Y.
     y = np.tile(np.arange(16, 236, 55, dtype=np.uint8), (2, 1))  # (2, 4)
@@ -284,7 +309,7 @@ def test_to_rgb8_yuv_grey_and_padded():
     ("image", "encoding", "message"),
     [
         (np.zeros((2, 2, 3), np.uint8), "8UC3", "'8UC3' does not define a channel order"),
-        (np.zeros((2, 2, 3), np.uint8), "bayer_rggb8", "unsupported encoding 'bayer_rggb8'"),
+        (np.zeros((2, 2, 3), np.uint8), "nv21", "unsupported encoding 'nv21'"),
         (np.zeros((2, 2), np.uint8), "rgb8", "rgb8 needs shape (H, W, 3), got (2, 2)"),
         (np.zeros((2, 2, 3), np.float32), "rgb8", "rgb8 needs dtype uint8, got float32"),
         (np.zeros((2, 2), np.uint8), "mono16", "mono16 needs dtype uint16, got uint8"),
@@ -406,7 +431,8 @@ def test_decode_compressed_errors(data, format_str, message):
         (np.zeros((4, 4), np.uint16), "mono16", "jpeg", "jpeg supports 8-bit images only"),
         (np.zeros((4, 4, 3), np.uint8), "rgb8", "webp", "unsupported compressed format 'webp'"),
         (np.zeros((4, 4, 2), np.uint8), "yuyv", "png", "cannot compress encoding 'yuyv'"),
-        (np.zeros((4, 4, 3), np.uint8), "bayer_rggb8", "png", "unsupported encoding"),
+        (np.zeros((4, 4, 3), np.uint8), "nv21", "png", "unsupported encoding"),
+        (np.zeros((4, 4), np.uint8), "bayer_rggb8", "png", "cannot compress encoding"),
         (np.zeros((4, 4), np.uint8), "rgb8", "png", "rgb8 needs shape (H, W, 3), got (4, 4)"),
     ],
 )

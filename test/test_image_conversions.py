@@ -36,7 +36,7 @@ def _random_image(encoding: str, height: int = 6, width: int = 8) -> np.ndarray:
     rng = np.random.default_rng(1)
     if encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv"):
         channels = 2
-    elif encoding in ("mono8", "8UC1", "mono16", "16UC1"):
+    elif encoding in ("mono8", "8UC1", "mono16", "16UC1") or encoding.startswith("bayer_"):
         channels = 1
     elif encoding in ("rgba8", "bgra8", "8UC4", "rgba16", "bgra16"):
         channels = 4
@@ -116,8 +116,8 @@ def test_msg_built_from_bytes_decodes():
         (dict(height=480, width=0, encoding="rgb8", step=0), "zero size image 0x480"),
         (dict(), "unsupported encoding ''"),
         (
-            dict(height=2, width=2, encoding="bayer_rggb8", step=2, data=b"\x00" * 4),
-            "unsupported encoding 'bayer_rggb8' (supported:",
+            dict(height=2, width=2, encoding="nv21", step=2, data=b"\x00" * 4),
+            "unsupported encoding 'nv21' (supported:",
         ),
         (
             dict(height=2, width=2, encoding="16UC1", step=5, data=b"\x00" * 10),

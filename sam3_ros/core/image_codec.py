@@ -67,6 +67,9 @@ _LAYOUTS: dict[str, _Layout] = {
     "uyvy": _Layout(_U8, 2),
     "yuv422_yuy2": _Layout(_U8, 2),
     "yuyv": _Layout(_U8, 2),
+    # Raw Bayer mosaics (machine-vision drivers): one value per pixel, demosaiced by to_rgb8.
+    **{f"bayer_{pattern}{bits}": _Layout(_U8 if bits == 8 else _U16, 1)
+       for bits in (8, 16) for pattern in ("rggb", "bggr", "gbrg", "grbg")},
 }
 
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_LAYOUTS)
@@ -94,6 +97,11 @@ _TO_RGB_CODES: dict[str, int | None] = {
     "bgr16": cv2.COLOR_BGR2RGB,
     "rgba16": cv2.COLOR_RGBA2RGB,
     "bgra16": cv2.COLOR_BGRA2RGB,
+    # OpenCV names a Bayer pattern by the 2x2 block starting at the second row and column
+    # (cv_bridge's mapping): RGGB is OpenCV's BayerBG.
+    **{f"bayer_{pattern}{bits}": code for bits in (8, 16) for pattern, code in (
+        ("rggb", cv2.COLOR_BayerBG2RGB), ("bggr", cv2.COLOR_BayerRG2RGB),
+        ("gbrg", cv2.COLOR_BayerGR2RGB), ("grbg", cv2.COLOR_BayerGB2RGB))},
 }
 
 # Codecs OpenCV decodes, by the names a CompressedImage.format may use.
@@ -243,6 +251,8 @@ def to_rgb8(array: np.ndarray, encoding: str) -> np.ndarray:
       per-image min-max), so brightness is comparable across frames; depth images in
       millimetres therefore look dark, which is expected.
     - yuv422 / uyvy: cv2.COLOR_YUV2RGB_UYVY; yuv422_yuy2 / yuyv: cv2.COLOR_YUV2RGB_YUYV.
+    - bayer_rggb8 / bggr8 / gbrg8 / grbg8 (and their 16-bit forms, scaled first):
+      demosaiced by OpenCV's bilinear Bayer conversion.
     - 8UC3 / 8UC4 are refused: they do not say the channel order.
 
     Args:
@@ -259,7 +269,7 @@ def to_rgb8(array: np.ndarray, encoding: str) -> np.ndarray:
         _layout(encoding)  # raises for unknown encodings with the list of supported ones
         raise InvalidImageError(
             f"encoding {encoding!r} does not define a channel order; cannot convert to rgb8 "
-            f"(publish rgb8, bgr8, rgba8, bgra8, mono8, mono16 or a yuv422 encoding)"
+            f"(publish rgb8, bgr8, rgba8, bgra8, mono8, mono16, a yuv422 or a bayer encoding)"
         )
     layout = _check_array(array, encoding)
     if layout.dtype == _U16:
