@@ -667,3 +667,64 @@ def test_failed_transitions_leave_nothing_behind(tiny_checkpoint):
                             capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "LIFECYCLE_OK" in result.stdout, output[-4000:]
+
+
+def test_counters_keep_their_values_until_activate_with_the_same_keys(tiny_checkpoint):
+    """Deactivate keeps the last activation's counters (they all restart at activate); the
+    diagnostics carry the same keys in every state; the warm-up frame is not counted."""
+    import threading
+
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from sam3_ros.ros.segmenter_node import SegmenterNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    # A 1 MiB mask budget caps every frame of 640x480 at 3 instances: the warm-up frame too.
+    node = SegmenterNode("seg_counters", context=context, namespace="/counters",
+                         parameter_overrides=[
+                             rclpy.parameter.Parameter("model", value=str(tiny_checkpoint)),
+                             rclpy.parameter.Parameter("device", value="cpu"),
+                             rclpy.parameter.Parameter("prompts", value=["mug", "cup"]),
+                             rclpy.parameter.Parameter("score_threshold", value=0.0),
+                             rclpy.parameter.Parameter("max_mask_memory_mb", value=1)])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    client = Client("counters_client")
+    pub = client.node.create_publisher(Image, "/counters/image", 10)
+    client.subscribe(DetectionArray, "/counters/seg_counters/detections")
+    try:
+        assert node.trigger_configure() == R.SUCCESS
+        assert node.trigger_activate() == R.SUCCESS
+        keys = set(node.stats())
+        assert node.stats()["frames_at_mask_memory_cap"] == 0  # the warm-up is not a frame
+        for i in range(2):
+            msg = numpy_to_image_msg(np.random.default_rng(i).integers(
+                0, 255, (480, 640, 3), dtype=np.uint8), "rgb8")
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 1, i
+            wait_for(lambda msg=msg: pub.publish(msg) or [
+                m for m in client.messages("/counters/seg_counters/detections")
+                if m.header.stamp.nanosec == msg.header.stamp.nanosec], 60, f"frame {i}")
+        time.sleep(0.5)  # (frames are re-sent until answered: a few may still arrive)
+        active = node.stats()
+        assert active["processed"] >= 2
+        assert active["frames_at_mask_memory_cap"] == active["processed"]
+        assert node.trigger_deactivate() == R.SUCCESS
+        inactive = node.stats()
+        assert set(inactive) == keys
+        for key in ("received", "processed", "mean_latency_ms", "mean_heads_ms",
+                    "frames_at_mask_memory_cap"):
+            assert inactive[key] == active[key], key
+        assert node.trigger_activate() == R.SUCCESS
+        again = node.stats()
+        assert set(again) == keys
+        assert (again["received"], again["processed"], again["frames_at_mask_memory_cap"]) == (
+            0, 0, 0)
+    finally:
+        client.close()
+        node.stop_streaming()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)

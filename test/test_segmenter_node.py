@@ -15,6 +15,7 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomically  # noqa: E402
+from rclpy.node import Node as RclpyNode  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sam3_ros.msg import BoxPrompt, DetectionArray, LabelInfo, Prompt  # noqa: E402
 from sam3_ros.srv import SetPrompts  # noqa: E402
@@ -226,6 +227,24 @@ def test_parameters_validated_live(harness):
     result = harness.send_until_result(_frame(5), sec=400)
     assert len(result.detections) == 0  # the random model never scores 0.99
     assert harness.set_params(score_threshold=SCORE_THRESHOLD)[0].successful
+
+
+@pytest.mark.skipif(not hasattr(RclpyNode, "add_pre_set_parameters_callback"),
+                    reason="rclpy without pre-set parameter callbacks (Humble)")
+def test_live_parameters_of_a_near_miss_type_are_converted(harness):
+    # `ros2 param set /segmenter score_threshold 1` sends an integer; rclpy refused it with
+    # "Wrong parameter type" before the node could convert it as it does at start-up.
+    assert harness.set_params(score_threshold=1)[0].successful
+    assert harness.set_params(prompts="bottle")[0].successful
+    values = harness.client.call(GetParameters, f"{harness.ns}/segmenter/get_parameters",
+                                 GetParameters.Request(names=["score_threshold", "prompts"]))
+    threshold, prompts = values.values
+    assert threshold.type == ParameterType.PARAMETER_DOUBLE and threshold.double_value == 1.0
+    assert list(prompts.string_array_value) == ["bottle"]
+    # A type that has no conversion is still refused, with rclpy's reason.
+    assert not harness.set_params(score_threshold="high")[0].successful
+    assert harness.set_params(score_threshold=SCORE_THRESHOLD,
+                              prompts=["mug", "bottle"])[0].successful
 
 
 def test_a_refused_atomic_parameter_change_changes_nothing(harness):

@@ -578,8 +578,8 @@ class SegmenterSession:
         detections = self.segmenter.segment(rgb, prompts, config, frame_key, pixel_values)
         self._image_size_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
         limit = config.detection_limit(*self._image_size_hw)
-        if limit < config.max_detections and len(detections) == limit:
-            self.frames_at_mask_memory_cap += 1
+        if track and limit < config.max_detections and len(detections) == limit:
+            self.frames_at_mask_memory_cap += 1  # stream frames only, not a warm-up
         tracker = self._tracker
         if tracker is not None and track:
             last = self._last_stamp_ns

@@ -68,7 +68,7 @@ from sam3_ros.core.image_codec import check_image_size, to_rgb8
 from sam3_ros.core.model_hub import ModelHub, ModelKey, SharedModel
 from sam3_ros.core.output_buffer import OutputBuffer
 from sam3_ros.core.render import draw_overlay, label_image, mask_crops
-from sam3_ros.core.runtime import PreparedFrame, Runtime, Stream
+from sam3_ros.core.runtime import PreparedFrame, Runtime, Stream, StreamStats
 from sam3_ros.core.text_cache import TextEmbeddingCache
 from sam3_ros.core.vision_features import FrameKey, frame_key
 from sam3_ros.launch_plan import EXECUTORS
@@ -155,11 +155,16 @@ class Sam3LifecycleNode(LifecycleNode):
         """Start-up overrides that were refused: configure fails while any remain."""
         for spec in param_specs.values():
             self._declare(spec)
+        if hasattr(self, "add_pre_set_parameters_callback"):  # rclpy Iron and later
+            self.add_pre_set_parameters_callback(self._coerce_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._configured = False
         self._model: SharedModel | None = None
         self._runtime = runtime or Runtime.default()
         self._stream: Stream | None = None
+        # The last activation's stream counters, reported until the next activate (all
+        # counters restart together there, not at deactivate).
+        self._stopped_stream_stats = StreamStats()
         # Results are published (and drawn) on the node's output thread, so the compute thread
         # goes on with the next cycle at once.
         self._outputs: OutputBuffer[tuple] = OutputBuffer(capacity=4)
@@ -244,6 +249,24 @@ class Sam3LifecycleNode(LifecycleNode):
             return self._refuse(f"internal error: {type(err).__name__}: {err}")
         finally:
             EXECUTOR_STALLS.record(started)
+
+    def _coerce_parameters(
+            self, params: list[rclpy.parameter.Parameter]) -> list[rclpy.parameter.Parameter]:
+        """Before rclpy's type check: a near-miss type is converted as at start-up
+        (`ros2 param set ... score_threshold 1` -> 1.0, `prompts person` -> [person]);
+        rclpy refused those with "Wrong parameter type" before the node saw them."""
+        out = []
+        for p in params:
+            spec = self._specs.get(p.name)
+            if spec is not None:
+                try:
+                    value, reason = spec.coerce(p.value)
+                    if reason is None and type(value) is not type(p.value):
+                        p = rclpy.parameter.Parameter(p.name, value=value)
+                except Exception:  # never fail here: the set callback gives the reason
+                    pass
+            out.append(p)
+        return out
 
     def _check_and_apply_parameters(
             self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
@@ -451,6 +474,7 @@ class Sam3LifecycleNode(LifecycleNode):
         if self._stream is not None:
             # Waits for a cycle using the stream: afterwards nothing is delivered.
             self._runtime.remove_stream(self._stream)
+            self._stopped_stream_stats = self._stream.stats
             self._stream = None
         self._running = False
         self._outputs.close()
@@ -678,6 +702,7 @@ class Sam3LifecycleNode(LifecycleNode):
     # ------------------------------------------------------------------------- diagnostics
     def _reset_counters(self) -> None:
         """All per-activation counters start again together (activate)."""
+        self._stopped_stream_stats = StreamStats()
         with self._stats_lock:
             self._errors = 0
             self._render_skipped = 0
@@ -692,9 +717,8 @@ class Sam3LifecycleNode(LifecycleNode):
         `runtime_`: cycles, backbone passes, batch sizes) and the shared model's backbone
         passes."""
         stream = self._stream
-        stream_stats = stream.stats.as_dict() if stream is not None else {
-            "received": 0, "dropped": 0, "processed": 0, "errors": 0,
-            "last_latency_ms": float("nan"), "mean_latency_ms": float("nan")}
+        stream_stats = (stream.stats if stream is not None
+                        else self._stopped_stream_stats).as_dict()
         with self._stats_lock:
             # Errors outside the runtime (decoding is inside) are counted by the node.
             stats = dict(stream_stats, errors=self._errors,

@@ -113,6 +113,7 @@ class SegmenterNode(Sam3LifecycleNode):
                  **kwargs: Any):
         super().__init__(node_name, PARAMS, model_hub=model_hub, **kwargs)
         self._session: SegmenterSession | None = None
+        self._mask_cap_base: tuple[SegmenterSession | None, int] = (None, 0)
 
     # ---------------------------------------------------------------------------- session
     def _segmenter_config(self, **override: Any) -> SegmenterConfig:
@@ -145,10 +146,21 @@ class SegmenterNode(Sam3LifecycleNode):
     def _release_session(self) -> None:
         self._session = None
 
+    def _reset_counters(self) -> None:
+        super()._reset_counters()
+        # A baseline rather than a reset: the session's counter belongs to the compute thread.
+        # Kept with its session: a configure makes a new one, counting from 0.
+        session = self._session
+        self._mask_cap_base = (session, 0 if session is None
+                               else session.frames_at_mask_memory_cap)
+
     def _session_stats(self) -> dict[str, float]:
         session = self._session
-        return {} if session is None else {
-            "frames_at_mask_memory_cap": session.frames_at_mask_memory_cap}
+        if session is None:
+            return {}
+        base_session, base = self._mask_cap_base
+        return {"frames_at_mask_memory_cap": session.frames_at_mask_memory_cap
+                - (base if base_session is session else 0)}
 
     def _preprocess(self, rgb: np.ndarray) -> Any:
         return self._session.segmenter.preprocess(rgb)
