@@ -436,3 +436,73 @@ def test_a_refused_update_changes_nothing(loaded):
     assert session.text_prompts == ("mug",) and session.prompt_generation == generation
     session.update(TrackerConfig(score_threshold=0.95), ["cup"])
     assert session.config.score_threshold == 0.95 and session.text_prompts == ("cup",)
+
+
+def _pairwise_iou(masks: np.ndarray) -> np.ndarray:
+    flat = masks.reshape(len(masks), -1).astype(np.float64)
+    inter = flat @ flat.T
+    area = flat.sum(axis=1)
+    iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1)
+    np.fill_diagonal(iou, 0.0)
+    return iou
+
+
+def test_one_instance_found_twice_on_a_frame_starts_one_object(loaded):
+    # Each detection is compared with those accepted before it on the same frame, not only
+    # with the previous frame's objects: at score 0 the random model gives many overlapping
+    # queries, which all started objects (16, 59 pairs above new_object_iou).
+    session = _session(loaded, score_threshold=0.0, max_objects=16)
+    session.set_text_prompts(["mug", "cup"])
+    det = session.process_frame(_frames(1)[0], 0)
+    assert 0 < len(det) < 16
+    assert _pairwise_iou(det.masks).max() <= session.config.new_object_iou + 0.05
+
+
+def test_prompts_changed_and_changed_back_before_a_frame_keep_their_objects(loaded):
+    session = _session(loaded, score_threshold=0.0, max_objects=6, detect_every_n_frames=100)
+    session.set_text_prompts(["mug"])
+    frames = _frames(3)
+    first = session.process_frame(frames[0], 0).object_ids.tolist()
+    assert first
+    session.set_text_prompts(["cup"])
+    session.set_text_prompts(["mug"])
+    assert session.process_frame(frames[1], FRAME_NS).object_ids.tolist() == first
+
+
+def test_an_id_freed_and_reused_before_a_prompt_change_keeps_the_new_object(loaded):
+    session = _session(loaded, score_threshold=0.0, max_objects=6, detect_every_n_frames=100)
+    session.set_text_prompts(["mug"])
+    frames = _frames(3)
+    first = session.process_frame(frames[0], 0).object_ids.tolist()
+    reused = first[0]
+    session.remove_objects([reused])
+    assert session.add_objects([_point(reused, label="mine")]) == [reused]
+    session.set_text_prompts(["cup"])  # the detected "mug" objects leave; "mine" stays
+    det = session.process_frame(frames[1], FRAME_NS)
+    assert det.object_ids.tolist() == [reused] and list(det.labels) == ["mine"]
+
+
+def test_ids_keep_counting_up_across_automatic_resets(loaded):
+    # Nobody asked for a reset on a time jump: a consumer keying state by id must not see
+    # an old id on a new object. A reset the caller asks for starts again at 0.
+    session = _session(loaded)
+    frames = _frames(4)
+    assert session.add_objects([_point(-1, label="first")]) == [0]
+    session.process_frame(frames[0], 0)
+    session.process_frame(frames[1], 10 * 10**9)  # a 10 s gap: automatic reset
+    assert session.reset_count == 1
+    assert session.add_objects([_point(-1, label="second")]) == [1]
+    session.reset()
+    assert session.add_objects([_point(-1)]) == [0]
+
+
+def test_coordinates_given_as_strings_are_stored_as_numbers(loaded):
+    # The checks read float("40"); the stored request kept the string and failed the next
+    # frame, which reset the stream.
+    session = _session(loaded)
+    frames = _frames(2)
+    session.add_objects([_point(1)])
+    session.process_frame(frames[0], 0)
+    assert session.add_objects([ObjectPromptSpec(2, "", (("40", "30", True),))]) == [2]
+    assert session.process_frame(frames[1], FRAME_NS).object_ids.tolist() == [1, 2]
+    assert session.reset_count == 0

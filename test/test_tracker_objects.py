@@ -259,12 +259,12 @@ def test_requests_waiting_for_a_frame_are_bounded():
     assert len(table.pending) == MAX_PENDING_REQUESTS
     _apply(table, 0)
     assert _add(table, [_point(2)]) == [2]  # a processed frame makes room
-    # Prompt changes queue their removals beyond the bound: they are the node's own.
+    # Prompt changes take no room in the queue: their objects leave at the next frame.
     table.objects[5] = TrackedObject(5, "cup", 0, 0, phrase="cup")
     for _ in range(MAX_PENDING_REQUESTS - 1):
         _add(table, [_point(2)], refine=True, max_points=1000)
-    table.reclassify({})
-    assert table.pending[-1].ids == [5]
+    table.reclassify({})  # (the queue is full: one add and 63 refinements)
+    assert len(table.pending) == MAX_PENDING_REQUESTS and table.unprompted() == [5]
 
 
 def test_refinement_on_a_held_frame_counts_the_points_held_there():
@@ -375,24 +375,44 @@ def test_detected_objects_take_free_ids_and_new_class_ids():
     assert table.add_detected("mug", 1, 1) == 2
     assert table.add_detected("cup", 0, 2) == 3
     table.reclassify({"mug": 0})  # "cup" is no longer asked for
-    assert [r.ids for r in table.pending] == [[1, 3]]
+    assert table.unprompted() == [1, 3] and not table.pending
+    assert table.projected_ids() == {0, 2, INT32_MAX}  # no refine/remove of leaving objects
     assert table.objects[2].class_id == 0
     assert table.objects[0].class_id == -1 and table.objects[INT32_MAX].class_id == -1
-    table.reclassify({"mug": 0, "cup": 1})  # nothing gone: nothing queued
-    assert len(table.pending) == 1
+    table.reclassify({"mug": 0, "cup": 1})  # asked for again before the next frame: they stay
+    assert table.unprompted() == [] and table.objects[1].class_id == 1
+
+
+def test_a_leaving_object_keeps_its_id_until_it_is_gone():
+    # Still in the model until the next frame: a new object must not take its id, unless a
+    # queued remove frees it first.
+    table = ObjectTable()
+    table.reclassify({"cup": 0})
+    gone = table.add_detected("cup", 0, 0)
+    table.reclassify({})
+    with pytest.raises(InvalidPromptError, match="id already in use"):
+        _add(table, [_point(gone)])
+    assert _add(table, [_point(-1)]) != [gone]
+    table2 = ObjectTable()
+    table2.reclassify({"cup": 0})
+    removed = table2.add_detected("cup", 0, 0)
+    table2.queue_remove([removed])
+    table2.reclassify({})
+    assert _add(table2, [_point(removed)]) == [removed]
 
 
 def test_a_detected_object_given_a_label_stays_while_its_phrase_does():
     table = ObjectTable()
+    table.reclassify({"cup": 0})
     object_id = table.add_detected("cup", 0, 0)
     _add(table, [ObjectPromptSpec(object_id, "my red cup", ((1.0, 1.0, True),))], refine=True)
     _apply(table, 1)
     obj = table.objects[object_id]
     assert (obj.label, obj.phrase, obj.class_id) == ("my red cup", "cup", 0)
     table.reclassify({"mug": 0, "cup": 1})
-    assert not table.pending and obj.class_id == 1
+    assert not table.unprompted() and obj.class_id == 1
     table.reclassify({"mug": 0})
-    assert [r.ids for r in table.pending] == [[object_id]]
+    assert table.unprompted() == [object_id]
 
 
 @pytest.mark.parametrize(

@@ -205,10 +205,12 @@ class TrackerSession:
             self._reset_locked()
             self._camera_stamps.forget_processed()
 
-    def _reset_locked(self, keep_next_frame_adds: bool = False) -> None:
+    def _reset_locked(self, keep_next_frame_adds: bool = False,
+                      automatic: bool = False) -> None:
         # An automatic reset (time jump) keeps objects a caller queued for "the next frame"
-        # (see ObjectTable.reset).
-        self._table.reset(keep_next_frame_adds)
+        # (see ObjectTable.reset), and ids keep counting up: nobody asked for it, so a
+        # consumer keying its state by id must not see an old id on a new object.
+        self._table.reset(keep_next_frame_adds, restart_ids=not automatic)
         # The vision features of every held frame stay cached: a prompt on a held frame runs
         # the model there (a frame's features are cached after its queued prompts ran).
         self._session = session_state.new_session(self.loaded.device, self.loaded.dtype,
@@ -409,7 +411,7 @@ class TrackerSession:
                 # The frame's requests were taken off the queue and the object table and the
                 # model's session may be half updated: every later frame would fail (missing
                 # memory features). Start the stream afresh; the caller reports the error.
-                self._reset_locked()
+                self._reset_locked(automatic=True)
                 self.last_reset_reason = f"a frame failed ({type(err).__name__}: {err})"
                 self.reset_count += 1
                 raise
@@ -428,7 +430,7 @@ class TrackerSession:
             # Old objects, prompts in pixels and the memory bank no longer apply.
             # Queued points/boxes were checked against the old image size.
             same_size = table.image_size_hw in (None, (height, width))
-            self._reset_locked(keep_next_frame_adds=same_size)
+            self._reset_locked(keep_next_frame_adds=same_size, automatic=True)
             self.last_reset_reason = reason
             self.reset_count += 1
         table.image_size_hw = (height, width)
@@ -537,6 +539,13 @@ class TrackerSession:
                 session.remove_mask_inputs(obj_idx, request.frame_idx)
                 session.obj_with_new_inputs = [spec.object_id]
                 self.tracker_model(inference_session=session, frame_idx=request.frame_idx)
+        # After the requests (validated against the objects of their time): detected
+        # objects whose phrase is no longer prompted leave now.
+        gone = self._table.unprompted()
+        if gone:
+            self._remove(gone)
+            for oid in gone:
+                staged.pop(oid, None)
         for oid, (coords, labels) in staged.items():
             obj_idx = session.obj_id_to_idx(oid)
             session.add_point_inputs(obj_idx, frame_idx, {"point_coords": coords,
@@ -576,6 +585,10 @@ class TrackerSession:
                 union = (tracked | mask).sum(axis=(1, 2))
                 if (inter / np.maximum(union, 1)).max() > self.config.new_object_iou:
                     continue
+            # Later detections of this frame are compared with this one too: two prompts
+            # ("mug", "cup") or two queries on one instance must not start two objects.
+            tracked = mask[None] if tracked is None or not len(tracked) else np.concatenate(
+                [tracked, mask[None]])
             object_id = self._table.add_detected(detections.labels[i],
                                                  int(detections.class_ids[i]), frame_idx)
             obj_idx = self._session.obj_id_to_idx(object_id)

@@ -223,9 +223,11 @@ class ObjectTable:
 
     def __init__(self) -> None:
         self.pending: deque[Request] = deque()
+        # Class id of each text prompt now asked for (kept across resets, as the prompts are).
+        self.class_of_phrase: dict[str, int] = {}
         self.reset()
 
-    def reset(self, keep_next_frame_adds: bool = False) -> None:
+    def reset(self, keep_next_frame_adds: bool = False, restart_ids: bool = True) -> None:
         """Forget every object, request and held frame.
 
         Args:
@@ -233,14 +235,18 @@ class ObjectTable:
                 on a time jump): their ids were already handed out and they refer to no old
                 frame. Requests on held frames and refine/remove requests refer to state
                 that is gone.
+            restart_ids: Assign ids from 0 again (a reset the caller asked for); False keeps
+                counting up (an automatic reset: no old id is reused for a new object).
         """
+        previous_next_id = 0 if restart_ids else getattr(self, "next_id", 0)
         kept = [r for r in self.pending if keep_next_frame_adds
                 and r.kind == "add" and r.frame_idx is None]
         self.objects: dict[int, TrackedObject] = {}
         self.pending = deque(kept)
         self.frames: deque[tuple[int, int]] = deque(maxlen=FRAMES_HELD_FOR_PROMPTS)
         self.image_size_hw: tuple[int, int] | None = None
-        self.next_id = 1 + max((o.object_id for r in kept for o in r.objects), default=-1)
+        self.next_id = max(previous_next_id,
+                           1 + max((o.object_id for r in kept for o in r.objects), default=-1))
 
     # ------------------------------------------------------------------------ held frames
     def hold_frame(self, frame_idx: int, stamp_ns: int) -> None:
@@ -271,7 +277,7 @@ class ObjectTable:
     # ---------------------------------------------------------------------------- queue
     def projected_ids(self) -> set[int]:
         """Object ids once the queued requests are applied (what a new request acts on)."""
-        ids = set(self.objects)
+        ids = set(self.objects).difference(self.unprompted())
         for request in self.pending:
             if request.kind == "add":
                 ids.update(o.object_id for o in request.objects)
@@ -335,8 +341,12 @@ class ObjectTable:
         self._check_queue_room()
         frame_idx = self.frame_for_stamp(frame_stamp_ns)
         known = self.projected_ids()
+        # Objects leaving with their phrase are still in the model until the next frame: a
+        # new object must not take such an id (unless a queued remove frees it first).
+        removed = {i for r in self.pending if r.kind == "remove" for i in r.ids}
+        taken = known | (set(self.unprompted()) - removed)
         ids: list[int] = []
-        next_id = max([self.next_id, *[i + 1 for i in known]])
+        next_id = max([self.next_id, *[i + 1 for i in taken]])
         for i, spec in enumerate(objects):
             what = f"object {i} (id {spec.object_id})"
             object_id = check_id(spec.object_id, what)
@@ -351,9 +361,9 @@ class ObjectTable:
                 ids.append(object_id)
                 continue
             if object_id == -1:
-                object_id = free_id(known | set(ids), next_id)
+                object_id = free_id(taken | set(ids), next_id)
                 next_id = object_id + 1
-            elif object_id in known or object_id in ids:
+            elif object_id in taken or object_id in ids:
                 raise InvalidPromptError(f"{what}: id already in use")
             else:
                 next_id = max(next_id, object_id + 1)
@@ -374,8 +384,12 @@ class ObjectTable:
                     f"object {oid} would have {total} points on that frame, at most "
                     f"{max_points_per_object} allowed (max_points_per_object; a box counts "
                     "as 2)")
-        resolved = [ObjectPromptSpec(oid, s.label, tuple(tuple(p) for p in s.points),
-                                     None if s.box is None else tuple(s.box))
+        # Stored as the checks read them (float(), bool()): applying the request must not
+        # meet a type the checks let through ("40" for a coordinate).
+        resolved = [ObjectPromptSpec(oid, s.label,
+                                     tuple((float(x), float(y), bool(positive))
+                                           for x, y, positive in s.points),
+                                     None if s.box is None else tuple(float(v) for v in s.box))
                     for oid, s in zip(ids, objects, strict=True)]
         self.pending.append(Request("refine" if refine else "add", resolved,
                                     frame_idx=frame_idx))
@@ -404,23 +418,27 @@ class ObjectTable:
                 f"most {MAX_PENDING_REQUESTS}); they are applied when the node processes a "
                 "frame (is it active and receiving images?)")
 
-    def reclassify(self, class_of_label: dict[str, int]) -> None:
+    def reclassify(self, class_of_phrase: dict[str, int]) -> None:
         """New text prompts: detected objects take their phrase's new class id.
 
-        Objects of phrases no longer asked for are queued for removal (gone from the next
-        frame); point/box objects (class id -1) are not affected.
+        Objects of phrases no longer asked for leave at the next processed frame, after its
+        queued requests (`unprompted`): decided then, from the prompts of that moment, so a
+        phrase asked for again meanwhile keeps its objects, and an id freed and reused by a
+        caller meanwhile is not removed. Point/box objects (no phrase) are not affected.
 
         Args:
-            class_of_label: Class id of each phrase now prompted.
+            class_of_phrase: Class id of each phrase now prompted.
         """
-        gone = []
+        self.class_of_phrase = dict(class_of_phrase)
         for obj in self.objects.values():
-            if obj.class_id >= 0:
-                obj.class_id = class_of_label.get(obj.phrase, -1)
-                if obj.class_id < 0:
-                    gone.append(obj.object_id)
-        if gone:
-            self.pending.append(Request("remove", ids=gone))
+            if obj.phrase:
+                obj.class_id = self.class_of_phrase.get(obj.phrase, -1)
+
+    def unprompted(self) -> list[int]:
+        """Detected objects whose phrase is no longer prompted (they leave at the next
+        processed frame)."""
+        return [oid for oid, obj in self.objects.items()
+                if obj.phrase and obj.phrase not in self.class_of_phrase]
 
     # ------------------------------------------------------------------- applying (frame)
     def pop_request(self) -> Request | None:
