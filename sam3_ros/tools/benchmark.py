@@ -105,14 +105,15 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
                     prompts: list[str], score_threshold: float, camera_rate_hz: float,
                     rate_seconds: float, frame_timeout_s: float = 30.0, settle_s: float = 0.3,
                     node_params: dict[str, str] | None = None,
-                    bare: dict[str, Callable[[np.ndarray], None]] | None = None
-                    ) -> dict[str, object]:
+                    bare: dict[str, Callable[[np.ndarray], None]] | None = None,
+                    executor: str = "single_threaded") -> dict[str, object]:
     """Latency publish->detections one frame at a time, then behaviour at a camera rate.
 
     `node_params` are extra node parameters (e.g. publish_masks=false). The `bare` calls, if
     given, run on each frame just before it is published, so the bare and end-to-end samples
     alternate and see the same machine load (a shared machine drifts during a run);
-    `settle_s` is the pause after each bare call and after each end-to-end frame.
+    `settle_s` is the pause after each bare call and after each end-to-end frame;
+    `executor` is the node process's (`--executor`).
     """
     import rclpy
     from rclpy.serialization import serialize_message
@@ -128,7 +129,7 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
         "score_threshold": score_threshold, **(node_params or {}),
         # The node's default image QoS (sensor data: best effort, depth 1); full frames arrive
         # intact because both processes use the package's Fast DDS profile (see main()).
-    }, remaps={"__ns": ns}))
+    }, remaps={"__ns": ns}, args=["--executor", executor]))
     client = Client("sam3_bench_camera")
     topic = f"{ns}/segmenter/detections"
     try:
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="extra node parameters, e.g. publish_masks=false")
     parser.add_argument("--output", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--executor", default="single_threaded",
+                        help="the node's executor: single_threaded or events")
     args = parser.parse_args(argv)
     node_params = {}
     for item in args.set:
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         node = node_end_to_end(model, args.device, args.dtype, frames, args.prompts,
                                args.score_threshold, args.camera_rate, args.rate_seconds,
                                node_params=node_params, bare=calls,
-                               settle_s=args.settle_ms / 1e3)
+                               settle_s=args.settle_ms / 1e3, executor=args.executor)
         # The same calls in a tight loop (no gaps, caches and threads hot): the best case a
         # bare call reaches, which a camera stream with gaps between frames does not.
         back_to_back = {}
@@ -327,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         f"frames; prompts {args.prompts}; {args.frames} frames; image QoS best effort "
         f"(the node's default); Fast DDS profile {profile}"
         + (f"; node parameters {node_params}" if node_params else "")
+        + f"; node executor {args.executor}"
         + ". Bare calls and end-to-end frames alternate (same frame, same machine load).",
         "",
         "| measurement | median ms | p90 ms |",
