@@ -94,6 +94,41 @@ def test_chunking_gives_the_same_instances(loaded, image):
     assert (whole.masks != chunked.masks).mean() < 1e-3
 
 
+def test_a_text_prompt_gives_the_same_instances_whatever_shares_its_batch(loaded, image):
+    # The geometry encoder (and its CLS token) runs only for prompts with boxes, as in
+    # transformers; with a boxed prompt in its batch, "mug" alone got other scores.
+    mixed = [PromptSpec("mug"), PromptSpec("cup", (BoxExemplar(10, 12, 70, 60, True),))]
+    alone, _ = _session(loaded, [PromptSpec("mug")], score_threshold=0.0).process(image)
+    for per_batch in (1, 2):
+        result, _ = _session(loaded, mixed, score_threshold=0.0,
+                             prompts_per_batch=per_batch).process(image)
+        mug = result.class_ids == 0
+        np.testing.assert_allclose(np.sort(result.scores[mug]), np.sort(alone.scores),
+                                   rtol=0, atol=1e-6)
+        assert (result.class_ids == 1).sum() == len(alone)  # every query kept at 0.0
+        # Equal scores keep prompt order, as one batch in prompt order would.
+        assert np.all(np.diff(result.scores) <= 0)
+
+
+def test_a_box_only_prompt_without_a_box_on_this_frame_finds_nothing(loaded, image):
+    # Given before the first frame (or the camera's resolution changed): all its boxes fall
+    # outside this 96x128 frame. It was decoded as the bare word "visual" and found things.
+    prompts = [PromptSpec("mug"), PromptSpec("", (BoxExemplar(200, 200, 300, 300, True),))]
+    result, _ = _session(loaded, prompts, score_threshold=0.0).process(image)
+    assert len(result) > 0 and set(result.class_ids.tolist()) == {0}
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 3), (1, 100, 3), (3, 3, 3)])
+def test_the_processor_path_reads_thin_frames_as_channels_last(loaded, shape):
+    # transformers guesses the layout: a frame 1 or 3 pixels tall was read as (C, H, W).
+    rgb = np.zeros(shape, np.uint8)
+    rgb[..., 0] = 255  # pure red
+    processor = Sam3Segmenter(loaded, preprocessing="processor").preprocess(rgb)
+    device = Sam3Segmenter(loaded, preprocessing="device").preprocess(rgb)
+    torch.testing.assert_close(processor, device, rtol=0, atol=1e-2)
+    assert processor[0, 0].mean() > 0.9 and processor[0, 1].mean() < -0.9
+
+
 def test_backbone_once_per_frame_and_text_once_per_prompt_set(loaded, image, monkeypatch):
     calls = {"text": 0}
     real = loaded.detector.get_text_features

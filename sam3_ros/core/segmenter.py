@@ -337,7 +337,9 @@ class Sam3Segmenter:
         if self._device_preprocessor is not None:
             return self._device_preprocessor(rgb)
         ignore_read_only_warning(rgb)
-        inputs = self.loaded.processor.image_processor(images=rgb, return_tensors="pt")
+        # channels_last said, not guessed: a frame 1 or 3 pixels tall was read as (C, H, W).
+        inputs = self.loaded.processor.image_processor(images=rgb, return_tensors="pt",
+                                                       input_data_format="channels_last")
         return inputs["pixel_values"].to(self.loaded.device, self.loaded.dtype)
 
     def segment(
@@ -383,47 +385,73 @@ class Sam3Segmenter:
 
         detector = self.loaded.detector
         scores, boxes, low_res_masks, class_ids = [], [], [], []
-        n_prompts = len(prompts.specs)
+        specs = prompts.specs
+        # transformers runs the geometry encoder (which adds its CLS token to the prompt) only
+        # when boxes are given: prompts without boxes on this frame are decoded in batches of
+        # their own, so a prompt's result never depends on its batch-mates. A box-only prompt
+        # whose boxes all fall outside this frame asks for nothing here.
+        packed = exemplar_arrays(specs, (height, width))
+        with_boxes = (packed[1] != -10).any(axis=1) if packed is not None else np.zeros(
+            len(specs), bool)
+        text_only = [i for i, spec in enumerate(specs) if not with_boxes[i] and spec.text]
+        boxed = np.flatnonzero(with_boxes).tolist()
         with torch.inference_mode(), self._stage("heads"):
-            for start in range(0, n_prompts, config.prompts_per_batch):
-                stop = min(start + config.prompts_per_batch, n_prompts)
-                batch = stop - start
-                kwargs: dict[str, Any] = {}
-                packed = exemplar_arrays(prompts.specs[start:stop], (height, width))
-                if packed is not None:
-                    kwargs.update(self._box_inputs(*packed, height, width))
-                outputs = detector(
-                    vision_embeds=_expand_batch(vision_embeds, batch),
-                    text_embeds=BaseModelOutputWithPooling(
-                        pooler_output=prompts.text_features[start:stop]),
-                    attention_mask=prompts.attention_mask[start:stop],
-                    **kwargs,
-                )
-                # The same arithmetic as Sam3ImageProcessor.post_process_instance_segmentation
-                # (bit-exact, tested), but masks are upsampled only for the instances kept
-                # after the max_detections cut, in one call, and binarised straight to bool.
-                query_scores = outputs.pred_logits.sigmoid()
-                if outputs.presence_logits is not None:
-                    query_scores = query_scores * outputs.presence_logits.sigmoid()
-                keep = query_scores > config.score_threshold
-                scores.append(query_scores[keep])
-                boxes.append(outputs.pred_boxes[keep])
-                # sigmoid over the whole tensor, as the reference does: vectorised and scalar
-                # exp differ in the last ulp, which flips rare pixels at the mask threshold.
-                low_res_masks.append(outputs.pred_masks.sigmoid()[keep])
-                prompt_index = torch.arange(start, stop, dtype=torch.int32, device=keep.device)
-                class_ids.append(prompt_index[:, None].expand_as(keep)[keep])
+            for group in (text_only, boxed):
+                for start in range(0, len(group), config.prompts_per_batch):
+                    members = group[start:start + config.prompts_per_batch]
+                    first, batch = members[0], len(members)
+                    # A contiguous run (the usual case) is a view, not a gather.
+                    rows: Any = (slice(first, first + batch)
+                                 if members[-1] - first == batch - 1 else members)
+                    kwargs: dict[str, Any] = {}
+                    if group is boxed:
+                        kwargs.update(self._box_inputs(
+                            *exemplar_arrays([specs[i] for i in members], (height, width)),
+                            height, width))
+                    outputs = detector(
+                        vision_embeds=_expand_batch(vision_embeds, batch),
+                        text_embeds=BaseModelOutputWithPooling(
+                            pooler_output=prompts.text_features[rows]),
+                        attention_mask=prompts.attention_mask[rows],
+                        **kwargs,
+                    )
+                    # The same arithmetic as Sam3ImageProcessor.post_process_instance_
+                    # segmentation (bit-exact, tested), but masks are upsampled only for the
+                    # instances kept after the max_detections cut, in one call, and binarised
+                    # straight to bool.
+                    query_scores = outputs.pred_logits.sigmoid()
+                    if outputs.presence_logits is not None:
+                        query_scores = query_scores * outputs.presence_logits.sigmoid()
+                    keep = query_scores > config.score_threshold
+                    scores.append(query_scores[keep])
+                    boxes.append(outputs.pred_boxes[keep])
+                    # sigmoid over the whole tensor, as the reference does: vectorised and
+                    # scalar exp differ in the last ulp, which flips rare pixels at the mask
+                    # threshold.
+                    low_res_masks.append(outputs.pred_masks.sigmoid()[keep])
+                    prompt_index = torch.tensor(members, dtype=torch.int32, device=keep.device)
+                    class_ids.append(prompt_index[:, None].expand_as(keep)[keep])
+            if not scores:
+                return Detections.empty(height, width)
             all_scores = torch.cat(scores)
             if all_scores.numel() == 0:
                 return Detections.empty(height, width)
-            order = torch.argsort(all_scores, descending=True, stable=True)
+            all_ids = torch.cat(class_ids)
+            if text_only and boxed:
+                # Equal scores keep prompt order, as with one batch in prompt order: sort by
+                # prompt first (stable), then by score (stable).
+                by_prompt = torch.argsort(all_ids, stable=True)
+                order = by_prompt[torch.argsort(all_scores[by_prompt], descending=True,
+                                                stable=True)]
+            else:
+                order = torch.argsort(all_scores, descending=True, stable=True)
             order = order[: config.detection_limit(height, width)]
             scale = torch.tensor([width, height, width, height], device=all_scores.device)
             xyxy = torch.cat(boxes)[order] * scale
         with torch.inference_mode(), self._stage("masks"):
             masks = _upsample_masks(torch.cat(low_res_masks)[order], height, width,
                                     config.mask_threshold)
-            ids = torch.cat(class_ids)[order].cpu().numpy()
+            ids = all_ids[order].cpu().numpy()
             labels = prompts.labels
             return Detections(
                 xyxy=xyxy.float().cpu().numpy(),

@@ -462,7 +462,8 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
     frames = load_frames(frames_dir, check_frames, seed=0)
 
     def preprocess(rgb: np.ndarray) -> Any:
-        px = loaded.processor.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        px = loaded.processor.image_processor(
+            images=rgb, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
         return px.to(torch.float32).contiguous()
 
     pixel_batches = [preprocess(f) for f in frames]
