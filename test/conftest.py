@@ -64,6 +64,7 @@ TEST_TIERS = {
     "test_multi_camera.py": "node",
     "test_onnx_node.py": "node",
     "test_node_trace.py": "node",
+    "test_tools_smoke.py": "node",
     "test_torch_compile_inductor.py": "compile",
 }
 _TIER_HELP = {

@@ -61,6 +61,7 @@ def _image_msg(rgb: np.ndarray, sec: int, frame_id: str) -> Image:
     (["--cameras", "front:tracker", "front"], "listed twice"),
     (["--cameras", ":tracker"], "no camera name"),
     (["--executor", "multi"], "--executor 'multi': expected single_threaded or events"),
+    (["--cam", "front"], "unknown arguments: --cam front"),  # no abbreviations
 ])
 def test_pipeline_arguments_refused_with_reason(argv, reason):
     with pytest.raises(PipelineArgumentError, match=reason):

@@ -441,6 +441,10 @@ def test_node_runs_on_the_events_executor(tiny_checkpoint):
 @pytest.mark.parametrize(("argv", "message"), [
     (["segmenter", "--executor", "threads"], "--executor 'threads': expected single_threaded"),
     (["segmenter", "--model", "x"], "unknown arguments: --model x (node options go after"),
+    (["segmenter", "--exec", "events"], "unknown arguments: --exec events"),  # no abbreviation
+    (["segmenter", "--ros-args", "-p", "model"], "segmenter: invalid ROS arguments:"),
+    (["segmenter", "--ros-args", "--params-file", "/nonexistent/p.yaml"],
+     "segmenter: invalid ROS arguments:"),
 ])
 def test_node_executables_refuse_unknown_options(argv, message, capsys):
     from sam3_ros.ros.segmenter_node import main

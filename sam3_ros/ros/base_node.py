@@ -858,6 +858,19 @@ def check_executor(name: str) -> None:
                              ) from None
 
 
+def own_arguments(prog: str, argv: list[str], remove_ros_args: Callable) -> list[str]:
+    """The executable's own arguments (after argv[0], without the ROS ones).
+
+    Raises:
+        ValueError: malformed ROS arguments (`-p model` without a value, a params file that
+            does not exist), with rcl's reason.
+    """
+    try:
+        return remove_ros_args(argv)[1:]
+    except Exception as err:  # rclpy's RCLInvalidROSArgsError (no stable import path)
+        raise ValueError(f"{prog}: invalid ROS arguments: {err}") from None
+
+
 def node_main(prog: str, make_nodes: Callable[[], list[Sam3LifecycleNode]],
               args: list[str] | None) -> int:
     """Entry point of the single-node executables: their only own option is `--executor`;
@@ -866,10 +879,15 @@ def node_main(prog: str, make_nodes: Callable[[], list[Sam3LifecycleNode]],
     from rclpy.utilities import remove_ros_args
 
     argv = sys.argv if args is None else args
-    parser = argparse.ArgumentParser(prog=prog, exit_on_error=False)
+    parser = argparse.ArgumentParser(prog=prog, exit_on_error=False, allow_abbrev=False)
     add_executor_argument(parser)
     try:
-        options, unknown = parser.parse_known_args(remove_ros_args(argv)[1:])
+        own = own_arguments(prog, argv, remove_ros_args)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    try:
+        options, unknown = parser.parse_known_args(own)
         if unknown:
             raise ValueError(f"unknown arguments: {' '.join(unknown)} (node options go after "
                              "--ros-args, e.g. --ros-args -p model:=...)")

@@ -32,6 +32,7 @@ from sam3_ros.ros.base_node import (
     Sam3LifecycleNode,
     add_executor_argument,
     check_executor,
+    own_arguments,
     run_nodes,
 )
 from sam3_ros.ros.segmenter_node import SegmenterNode
@@ -54,7 +55,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         PipelineArgumentError: unknown argument, bad camera name, duplicate camera, unknown
             node kind, too many cameras, or max_batch out of range.
     """
-    parser = argparse.ArgumentParser(prog="pipeline", add_help=True, exit_on_error=False)
+    parser = argparse.ArgumentParser(prog="pipeline", add_help=True, exit_on_error=False,
+                                     allow_abbrev=False)
     parser.add_argument("--cameras", nargs="*", default=[],
                         help="camera namespaces, one node per camera and kind "
                              "(comma or space separated; CAMERA:tracker or "
@@ -125,7 +127,12 @@ def main(args: list[str] | None = None) -> int:
 
     argv = sys.argv if args is None else args
     try:
-        options = parse_arguments(remove_ros_args(argv)[1:])
+        own = own_arguments("pipeline", argv, remove_ros_args)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    try:
+        options = parse_arguments(own)
     except PipelineArgumentError as err:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2

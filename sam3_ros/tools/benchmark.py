@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -152,10 +152,17 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
             return [t for t, m in client.messages_with_times(topic) if m.header.stamp.sec == sec]
 
         # Warm-up, re-sent until answered: the first samples of a new best-effort publisher
-        # can be lost while the match completes in both directions.
-        for msg in messages[:3]:
-            wait_for(lambda msg=msg: result_of(msg.header.stamp.sec) or camera.publish(msg),
+        # can be lost while the match completes in both directions. Stamps of their own:
+        # with the timed frames' stamps, the warm-up replies (and re-sent copies still in
+        # flight) were taken for the timed frames' results (negative latencies).
+        for i, rgb in enumerate(frames[:3]):
+            warm = numpy_to_image_msg(rgb, "rgb8")
+            warm.header.stamp.sec = 1_000_000 + i
+            wait_for(lambda msg=warm: result_of(msg.header.stamp.sec) or camera.publish(msg),
                      120, "a warm-up result", node, poll_s=0.5)
+        time.sleep(max(settle_s, 0.5))  # re-sent warm-up copies still in flight
+        client.clear(topic)
+        client.clear(overlay_topic)
         bare = bare or {}
         for call in bare.values():
             for rgb in frames[:3]:  # warm-up
@@ -191,6 +198,9 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
                     raise AssertionError(f"the node died:\n{node.output()[-2000:]}")
                 lost += 1
                 continue
+            if received[0] <= start:
+                raise AssertionError(f"frame {sec}: a result received before the frame was "
+                                     "sent (a stale reply): the measurement is broken")
             latencies.append(received[0] - start)
             for name, samples in bare_times.items():
                 pairs[name].append((samples[-1], latencies[-1]))
@@ -270,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", default="single_threaded",
                         help="the node's executor: single_threaded or events")
     args = parser.parse_args(argv)
+    if args.frames < 1 or args.camera_rate <= 0 or args.rate_seconds <= 0:
+        parser.error("--frames must be >= 1, --camera-rate and --rate-seconds > 0")
     node_params = {}
     for item in args.set:
         name, sep, value = item.partition("=")
@@ -284,15 +296,21 @@ def main(argv: list[str] | None = None) -> int:
 
     model, model_note = args.model, args.model
     if model is None:
-        from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
+        from sam3_ros.tools.make_tiny_checkpoint import temporary_tiny_checkpoint
 
-        model = str(make_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="sam3_tiny_"))))
+        model = temporary_tiny_checkpoint()
         model_note = "tiny random checkpoint (112 px, 32-wide)"
     from sam3_ros.tools.demo import synthetic_frames
 
     frames = synthetic_frames(args.frames, args.height, args.width)
-    calls, release = make_bare_calls(model, args.device, args.dtype, args.prompts,
-                                     args.score_threshold)
+    from sam3_ros.core.errors import Sam3RosError
+
+    try:
+        calls, release = make_bare_calls(model, args.device, args.dtype, args.prompts,
+                                         args.score_threshold)
+    except Sam3RosError as err:
+        print(f"benchmark: {err}", file=sys.stderr)
+        return 1
     try:
         node = node_end_to_end(model, args.device, args.dtype, frames, args.prompts,
                                args.score_threshold, args.camera_rate, args.rate_seconds,

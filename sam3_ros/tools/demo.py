@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -133,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model
     threshold = args.score_threshold
     if model is None:
-        from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
+        from sam3_ros.tools.make_tiny_checkpoint import temporary_tiny_checkpoint
 
-        model = str(make_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="sam3_tiny_"))))
+        model = temporary_tiny_checkpoint()
         threshold = 0.25 if threshold is None else threshold
         print("[demo] NOTE: using the project's tiny checkpoint with RANDOM weights - boxes and "
               "masks are meaningless; only the plumbing is real.\n"

@@ -103,12 +103,12 @@ def run_depth_demo(model: str, prompts: list[str], device: str, frames: int, rat
         camera = client.node.create_publisher(Image, f"{ns}/image", 10)
         depth_pub = client.node.create_publisher(Image, f"{ns}/depth", 10)
         info_pub = client.node.create_publisher(CameraInfo, f"{ns}/camera_info", 10)
-        client.subscribe(DetectionArray, f"{ns}/detections")
+        client.subscribe(DetectionArray, f"{ns}/segmenter/detections")
         for msg_type, name in ((Detection3DArray, "detections_3d"), (PointCloud2, "points"),
                                (MarkerArray, "markers")):
             client.subscribe(msg_type, f"{ns}/segmenter/{name}")
         print(f"[demo] starting the segmenter node (model {model}, device {device}) ...")
-        wait_for(lambda: client.matched(f"{ns}/detections", camera), 300,
+        wait_for(lambda: client.matched(f"{ns}/segmenter/detections", camera), 300,
                  "the segmenter to load its model and subscribe", node)
         info = CameraInfo(width=width, height=height, distortion_model="plumb_bob",
                           d=[0.0] * 5)
@@ -131,7 +131,7 @@ def run_depth_demo(model: str, prompts: list[str], device: str, frames: int, rat
             time.sleep(1.0 / rate_hz)
         # The last frame's 2D result always comes (latest-frame semantics); its 3D follows.
         wait_for(lambda: any(d.header.stamp.sec == frames
-                             for d in client.messages(f"{ns}/detections")), 120,
+                             for d in client.messages(f"{ns}/segmenter/detections")), 120,
                  "the result of the last frame", node)
         time.sleep(0.5)
         for result in client.messages(f"{ns}/segmenter/detections_3d"):

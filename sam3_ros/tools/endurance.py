@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -41,9 +39,9 @@ def _threads_and_fds(pid: int | str = "self") -> tuple[int, int]:
 def _model(args: argparse.Namespace) -> str:
     if args.model:
         return args.model
-    from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
+    from sam3_ros.tools.make_tiny_checkpoint import temporary_tiny_checkpoint
 
-    return str(make_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="sam3_tiny_"))))
+    return temporary_tiny_checkpoint()
 
 
 def lifecycle(args: argparse.Namespace) -> int:
@@ -193,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--height", type=int, default=120)
     run.add_argument("--width", type=int, default=160)
     args = parser.parse_args(argv)
+    if args.mode == "lifecycle" and args.cycles < 1:
+        parser.error("--cycles must be >= 1")
+    if args.mode != "lifecycle" and (args.processed < 1 or args.rate_hz <= 0
+                                     or args.change_every < 1 or args.report < 1
+                                     or args.height < 1 or args.width < 1):
+        parser.error("--processed, --change-every, --report, --height and --width must be "
+                     ">= 1, --rate-hz > 0")
     return lifecycle(args) if args.mode == "lifecycle" else soak(args)
 
 

@@ -442,8 +442,13 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
     if image_size is not None and int(image_size) < 1:
         raise ModelLoadError(f"--image-size must be >= 1, got {image_size}")
     threshold = DEFAULT_MIN_COSINE[precision] if min_cosine is None else float(min_cosine)
+    if frames_dir and not Path(frames_dir).is_dir():
+        raise ModelLoadError(f"--frames {frames_dir}: not a folder of images")
     out_dir = Path(out).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelLoadError(f"--out {out}: cannot create the folder ({err.strerror})") from None
     _log(f"loading {model} (cpu, float32)")
     loaded = load_sam3(model, device="cpu", dtype="float32")
     size = int(image_size if image_size is not None

@@ -233,14 +233,34 @@ def make_tiny_checkpoint(output_dir: str | Path, seed: int = 0,
     return folder
 
 
+def temporary_tiny_checkpoint() -> str:
+    """A tiny random checkpoint in a temporary folder removed when the process exits (the
+    tools' default model; each run left 17 MB in /tmp)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="sam3_tiny_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return str(make_tiny_checkpoint(folder))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", choices=VARIANTS, default="sam3_video",
                         help="sam3_video (detector + tracker) or lite_text (Sam3LiteTextModel)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a folder that is not empty (its model files are "
+                             "replaced by random ones)")
     args = parser.parse_args(argv)
-    folder = make_tiny_checkpoint(args.output_dir, seed=args.seed, variant=args.variant)
+    out = args.output_dir
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.force)):
+        # A mistyped path to a downloaded checkpoint would get random weights.
+        parser.error(f"{out} is not an empty folder (a checkpoint there would be overwritten "
+                     "with RANDOM weights; --force to do it anyway)")
+    folder = make_tiny_checkpoint(out, seed=args.seed, variant=args.variant)
     print(folder)
     return 0
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -213,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(raise it for models that take longer per frame)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
+    if not args.cameras or min(args.cameras) < 1 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("--cameras must be counts >= 1, --rate and --seconds > 0")
+    if not 1 <= args.max_batch <= 16:
+        parser.error("--max-batch must be in 1..16")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)  # before, not after the run
     import rclpy
 
     from sam3_ros.ros.fastdds import use_large_frames_profile
@@ -226,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model, label = args.model, args.model
     if not model:
-        from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
+        from sam3_ros.tools.make_tiny_checkpoint import temporary_tiny_checkpoint
 
-        model = str(make_tiny_checkpoint(tempfile.mkdtemp(prefix="sam3_tiny_")))
+        model = temporary_tiny_checkpoint()
         label = "tiny RANDOM checkpoint"
     rclpy.init()
     results = []

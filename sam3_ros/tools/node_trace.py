@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -168,6 +168,7 @@ def run(model: str, frames: int, pause_s: float, prompts: list[str], width: int 
     if not events_path.is_file():
         raise RuntimeError(f"the node wrote no events:\n{node.output()[-3000:]}")
     events = json.loads(events_path.read_text())
+    shutil.rmtree(events_path.parent, ignore_errors=True)
     return {"hops": hop_medians(sent, received, events), "frames": frames,
             "received": len(received),
             "camera_serialize_ms": statistics.median(serialize_ms) if serialize_ms else 0.0}
@@ -188,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", default="single_threaded",
                         help="the node's executor: single_threaded or events")
     args = parser.parse_args(argv)
-    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(
-        Path(__file__).resolve().parents[2] / "config" / "fastdds_large_frames.xml"))
+    if args.frames < 1:
+        parser.error("--frames must be at least 1")
+    from sam3_ros.ros.fastdds import use_large_frames_profile
+
+    use_large_frames_profile()  # this process (camera, subscriber) and the node's
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
@@ -205,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {ms:.2f} | {n} |")
     print(f"(not traced: the camera's own Python serialization of each image, "
           f"{result['camera_serialize_ms']:.2f} ms median, before `camera publish`)")
+    if result["received"] == 0:
+        print("node_trace: no frame was answered: nothing measured", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -183,12 +183,20 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
              node: NodeProcess | None = None, poll_s: float = 0.02) -> Any:
     """Poll until `predicate()` is truthy; fail with the node's log otherwise."""
     deadline = time.monotonic() + timeout_s
+    next_log_check = time.monotonic() + 0.5
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
         if node is not None and not node.alive():
             raise AssertionError(f"node died while waiting for {what}:\n{node.output()[-4000:]}")
+        if node is not None and time.monotonic() >= next_log_check:
+            # A node whose autostart configure failed stays up, unconfigured: it would be
+            # waited for until the timeout (minutes) although its log said why at once.
+            next_log_check = time.monotonic() + 0.5
+            if "autostart: configure failed" in node.output():
+                raise AssertionError(f"the node could not configure while waiting for {what}:"
+                                     f"\n{node.output()[-4000:]}")
         time.sleep(poll_s)
     log = f"\nnode log:\n{node.output()[-4000:]}" if node is not None else ""
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{log}")

@@ -503,6 +503,18 @@ def run(args: argparse.Namespace) -> str:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sam3_stage_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
     _log(f"work folder {workdir}")
+    try:
+        return _run_in(args, specs, workdir)
+    finally:
+        # Also on Ctrl-C: an own work folder holds a checkpoint and exported graphs
+        # (gigabytes at full size).
+        if own_workdir:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_in(args: argparse.Namespace, specs: list[Any], workdir: Path) -> str:
     model, model_label = _ensure_checkpoint(args, workdir)
     artifact_dir = args.onnx_artifact_dir or str(workdir / "onnx")
     exported: dict[str, str] = {}
@@ -523,10 +535,8 @@ def run(args: argparse.Namespace) -> str:
                   "max_detections": args.max_detections, "width": args.width,
                   "height": args.height}
         results.append(_run_in_child(config, workdir, spec.label()))
-    if own_workdir:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
+    if all(r.get("not_run") for r in results):
+        raise SystemExit("stage_benchmark: no backend ran (reasons above)")
     header = (f"Model: {model_label}; device {args.device}; {args.width}x{args.height} "
               f"synthetic frames; {args.frames} timed frames after {args.warmup} warm-up per "
               f"row; score threshold {args.score_threshold:g}; threads "
@@ -577,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--full-size and --model exclude each other")
     if args.full_size and args.workdir is None:
         parser.error("--full-size needs --workdir (where the ~3.4 GB checkpoint is kept)")
+    if args.width < 1 or args.height < 1 or args.threads < 0:
+        parser.error("--width and --height must be >= 1, --threads >= 0 (0: library default)")
     table = run(args)
     print(table, flush=True)
     if args.output:

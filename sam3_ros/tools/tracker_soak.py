@@ -13,9 +13,7 @@ session's `memory_stats()`.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -46,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = args.model
     if model is None:
-        from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
+        from sam3_ros.tools.make_tiny_checkpoint import temporary_tiny_checkpoint
 
-        model = str(make_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="sam3_tiny_"))))
+        model = temporary_tiny_checkpoint()
     loaded = load_sam3(model, device=args.device, with_tracker=True)
     # With --text the random tiny detector needs a zero threshold to detect anything.
     session = TrackerSession(loaded, TrackerConfig(
