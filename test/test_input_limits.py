@@ -181,6 +181,6 @@ def test_chunked_mask_upsampling_equals_one_call(monkeypatch):
     whole = torch.nn.functional.interpolate(low.unsqueeze(0), size=(45, 61), mode="bilinear",
                                             align_corners=False).squeeze(0) > 0.5
     monkeypatch.setattr(segmenter, "UPSAMPLE_CHUNK_PIXELS", 45 * 61 * 2)  # 2 per chunk
-    chunked = segmenter._upsample_masks(low, 45, 61, 0.5)
+    chunked = segmenter.upsample_masks(low, 45, 61, 0.5)
     assert chunked.dtype == np.bool_
     np.testing.assert_array_equal(chunked, whole.numpy())

@@ -669,15 +669,24 @@ def test_failed_transitions_leave_nothing_behind(tiny_checkpoint):
     assert result.returncode == 0 and "LIFECYCLE_OK" in result.stdout, output[-4000:]
 
 
-def test_counters_keep_their_values_until_activate_with_the_same_keys(tiny_checkpoint):
+def test_counters_keep_their_values_until_activate_with_the_same_keys(tiny_checkpoint,
+                                                                      monkeypatch):
     """Deactivate keeps the last activation's counters (they all restart at activate); the
-    diagnostics carry the same keys in every state; the warm-up frame is not counted."""
+    diagnostics carry the same keys in every state; the warm-up frame is not counted. Images
+    nobody subscribes to (overlay, label image) are not drawn."""
     import threading
 
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn as R
 
+    from sam3_ros.ros import base_node
     from sam3_ros.ros.segmenter_node import SegmenterNode
+
+    drawn = []
+    for name in ("draw_overlay", "label_image"):
+        real = getattr(base_node, name)
+        monkeypatch.setattr(base_node, name, lambda *a, real=real, name=name, **k: (
+            drawn.append(name), real(*a, **k))[1])
 
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -711,6 +720,13 @@ def test_counters_keep_their_values_until_activate_with_the_same_keys(tiny_check
         active = node.stats()
         assert active["processed"] >= 2
         assert active["frames_at_mask_memory_cap"] == active["processed"]
+        assert drawn == []  # nobody subscribed to the overlay or the label image
+        client.subscribe(Image, "/counters/seg_counters/overlay")
+        wait_for(lambda: pub.publish(msg) or client.messages("/counters/seg_counters/overlay"),
+                 60, "an overlay once subscribed")
+        assert drawn and set(drawn) == {"draw_overlay"}
+        time.sleep(0.5)
+        active = node.stats()
         assert node.trigger_deactivate() == R.SUCCESS
         inactive = node.stats()
         assert set(inactive) == keys

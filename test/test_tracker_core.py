@@ -506,3 +506,22 @@ def test_coordinates_given_as_strings_are_stored_as_numbers(loaded):
     assert session.add_objects([ObjectPromptSpec(2, "", (("40", "30", True),))]) == [2]
     assert session.process_frame(frames[1], FRAME_NS).object_ids.tolist() == [1, 2]
     assert session.reset_count == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_overlaps_counted_within_boxes_equal_whole_frame_iou(seed):
+    from sam3_ros.core.tracker import MaskExtent
+
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((5, 60, 80), bool)
+    for mask in masks[:4]:  # the fifth stays empty
+        y, x = rng.integers(0, 50), rng.integers(0, 70)
+        mask[y:y + rng.integers(1, 30), x:x + rng.integers(1, 40)] = True
+        mask &= rng.random(mask.shape) < 0.8  # ragged, with holes
+    extents = [MaskExtent.of(m) for m in masks]
+    for a in range(5):
+        for b in range(5):
+            inter = np.count_nonzero(masks[a] & masks[b])
+            union = np.count_nonzero(masks[a] | masks[b])
+            expected = inter / union if inter else 0.0
+            assert extents[a].iou(extents[b], masks[a], masks[b]) == pytest.approx(expected)

@@ -666,14 +666,20 @@ class Sam3LifecycleNode(LifecycleNode):
         and overlay unless a newer result already waits (drawing is skipped, not queued)."""
         pubs = self._output_pubs
         want_masks = self.param("publish_masks")
-        want_label = self.param("publish_mask_image") and detections.masks is not None
-        want_overlay = self.param("publish_overlay")
+        # An image nobody subscribes to is not drawn (3.5 ms for an overlay of 20 instances
+        # at 1280x720, on the cores the model uses); a subscriber that matches later gets
+        # the next frame's.
+        want_label = (self.param("publish_mask_image") and detections.masks is not None
+                      and pubs["mask"].get_subscription_count() > 0)
+        want_overlay = (self.param("publish_overlay")
+                        and pubs["overlay"].get_subscription_count() > 0)
         # One pass over the masks serves the message (also its areas and centroids without
         # masks), the label image and the overlay.
         crops = mask_crops(detections) if detections.masks is not None else None
         pubs["detections"].publish(detections_to_msg(
             detections, header, generation, include_masks=want_masks, crops=crops))
-        if "vision_detections" in pubs and self.param("publish_vision_msgs"):
+        if ("vision_detections" in pubs and self.param("publish_vision_msgs")
+                and pubs["vision_detections"].get_subscription_count() > 0):
             vision = detections_to_vision_msgs(detections, header)
             if vision is not None:
                 pubs["vision_detections"].publish(vision)
