@@ -430,14 +430,19 @@ class Sam3Segmenter:
                     query_scores = outputs.pred_logits.sigmoid()
                     if outputs.presence_logits is not None:
                         query_scores = query_scores * outputs.presence_logits.sigmoid()
-                    keep = query_scores > config.score_threshold
-                    scores.append(query_scores[keep])
-                    boxes.append(outputs.pred_boxes[keep])
+                    # One nonzero (one device sync on CUDA) per batch, shared by the four
+                    # selections (each boolean-mask index is a nonzero of its own); the same
+                    # elements in the same order.
+                    rows_kept, queries_kept = torch.nonzero(
+                        query_scores > config.score_threshold, as_tuple=True)
+                    scores.append(query_scores[rows_kept, queries_kept])
+                    boxes.append(outputs.pred_boxes[rows_kept, queries_kept])
                     # Logits now, sigmoid only for the instances kept after the cut below
                     # (over every query it was 32 ms per prompt at full size on this CPU).
-                    low_res_masks.append(outputs.pred_masks[keep])
-                    prompt_index = torch.tensor(members, dtype=torch.int32, device=keep.device)
-                    class_ids.append(prompt_index[:, None].expand_as(keep)[keep])
+                    low_res_masks.append(outputs.pred_masks[rows_kept, queries_kept])
+                    prompt_index = torch.tensor(members, dtype=torch.int32,
+                                                device=rows_kept.device)
+                    class_ids.append(prompt_index[rows_kept])
             if not scores:
                 return Detections.empty(height, width)
             all_scores = torch.cat(scores)
