@@ -212,3 +212,32 @@ def test_depth_outputs_build_only_what_has_subscribers():
         ("boxes", 5, Marker.ADD), ("boxes", 7, Marker.DELETE), ("labels", 5, Marker.ADD),
         ("labels", 7, Marker.DELETE)]
     assert outputs._marker_ids == {5}
+
+
+@pytest.mark.parametrize("publish_markers", [True, False])
+def test_a_node_not_publishing_markers_sends_no_deleteall(publish_markers):
+    # After activation the first markers message starts with a DELETEALL (markers an earlier
+    # run left in RViz); a node told not to publish markers must not send one: on a shared
+    # markers topic it would wipe other publishers' markers.
+    from sam3_ros.ros.depth_outputs import DepthOutputs
+
+    class FakePublisher:
+        def __init__(self):
+            self.sent = []
+
+        def get_subscription_count(self) -> int:
+            return 1
+
+        def publish(self, msg) -> None:
+            self.sent.append(msg)
+
+    class FakeNode:
+        def param(self, name):
+            return {"publish_markers": publish_markers}[name]
+
+    outputs = DepthOutputs(FakeNode())
+    outputs._pubs = {"markers": FakePublisher()}
+    outputs._stale_markers = True  # as `subscribe` (activate) leaves it
+    outputs._clear_markers(Header(frame_id="cam"))  # a frame without 3D
+    sent = [[m.action for m in a.markers] for a in outputs._pubs["markers"].sent]
+    assert sent == ([[Marker.DELETEALL]] if publish_markers else [])

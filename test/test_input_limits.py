@@ -56,10 +56,16 @@ def _jpeg_with_junk_before_dqt(junk: bytes, shape: tuple[int, int] = (32, 48)) -
     return data[:i] + junk + data[i:]
 
 
-def test_jpeg_with_bytes_between_segments_is_read_as_libjpeg_reads_it():
+@pytest.mark.parametrize("junk", [
+    b"\x00\x00",  # stray bytes
+    b"\x12\xff\x00\x34",  # with a stuffed zero (FF 00) among them
+    b"\xff\x00\x00\x00",
+    b"\xff" * 5000,  # fill bytes: any number may precede a marker
+])
+def test_jpeg_with_bytes_between_segments_is_read_as_libjpeg_reads_it(junk):
     # libjpeg skips stray bytes before a marker (with a warning) and decodes the image; the
     # size check must not refuse what the decoder reads.
-    data = _jpeg_with_junk_before_dqt(b"\x00\x00")
+    data = _jpeg_with_junk_before_dqt(junk)
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape == (32, 48, 3)
     rgb, _ = decode_compressed(np.frombuffer(data, np.uint8), "jpeg", max_pixels=16_777_216)
     assert rgb.shape == (32, 48, 3)
@@ -70,6 +76,9 @@ def test_jpeg_with_bytes_between_segments_is_read_as_libjpeg_reads_it():
     _jpeg_with_junk_before_dqt(b"\x00" * 70_000),
     # Markers without a length, repeated: the walk stops after a bounded number of them.
     b"\xff\xd8" + b"\xff\x01" * 1_000_000,
+    # Stuffed zeros and fill bytes share the skipped-bytes budget.
+    b"\xff\xd8" + b"\xff\x00" * 1_000_000,
+    b"\xff\xd8" + b"\xff" * 1_000_000,
 ])
 def test_jpeg_header_walk_is_bounded(data):
     with pytest.raises(InvalidImageError, match="start-of-frame"):

@@ -395,8 +395,22 @@ def compressed_image_size(buffer: np.ndarray, codec: str) -> tuple[int, int]:
             pos += int(hits[0])
             continue
         marker = int(buffer[pos + 1])
-        if marker == 0xFF:  # fill byte
-            pos += 1
+        if marker == 0xFF:
+            # A run of fill bytes (any number may precede a marker): skipped in one step,
+            # charged to the byte budget, not to the marker count.
+            window = buffer[pos + 1:pos + 1 + junk_left]
+            others = np.flatnonzero(window != 0xFF)
+            if not others.size:
+                break
+            junk_left -= int(others[0])
+            pos += int(others[0])
+            continue
+        if marker == 0x00:
+            # FF 00 is a stuffed zero, not a marker: libjpeg scans on past it.
+            junk_left -= 2
+            if junk_left < 0:
+                break
+            pos += 2
             continue
         if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
             pos += 2

@@ -437,9 +437,12 @@ class Sam3Segmenter:
                         query_scores > config.score_threshold, as_tuple=True)
                     scores.append(query_scores[rows_kept, queries_kept])
                     boxes.append(outputs.pred_boxes[rows_kept, queries_kept])
-                    # Logits now, sigmoid only for the instances kept after the cut below
-                    # (over every query it was 32 ms per prompt at full size on this CPU).
-                    low_res_masks.append(outputs.pred_masks[rows_kept, queries_kept])
+                    # sigmoid over the whole tensor, as the reference does: over a subset,
+                    # torch's CPU kernel splits the work differently between threads and a
+                    # few values differed in the last ulp (7 threads), which can flip a pixel
+                    # at the mask threshold. (At full size it costs ~32 ms per prompt on this
+                    # CPU, against seconds of backbone.)
+                    low_res_masks.append(outputs.pred_masks.sigmoid()[rows_kept, queries_kept])
                     prompt_index = torch.tensor(members, dtype=torch.int32,
                                                 device=rows_kept.device)
                     class_ids.append(prompt_index[rows_kept])
@@ -461,7 +464,7 @@ class Sam3Segmenter:
             scale = torch.tensor([width, height, width, height], device=all_scores.device)
             xyxy = torch.cat(boxes)[order] * scale
         with torch.inference_mode(), self._stage("masks"):
-            masks = upsample_masks(torch.cat(low_res_masks)[order].sigmoid(), height, width,
+            masks = upsample_masks(torch.cat(low_res_masks)[order], height, width,
                                    config.mask_threshold)
             ids = all_ids[order].cpu().numpy()
             labels = prompts.labels

@@ -327,7 +327,10 @@ class DepthOutputs:
 
     def _clear_markers(self, header: Any) -> None:
         """Delete the markers still shown (a frame without 3D must not leave stale boxes)."""
-        if not (self._marker_ids or self._stale_markers) or "markers" not in self._pubs:
+        # A node told not to publish markers sends no DELETEALL either (on a shared markers
+        # topic it would wipe other publishers' markers).
+        stale = self._stale_markers and self._node.param("publish_markers")
+        if not (self._marker_ids or stale) or "markers" not in self._pubs:
             return
         markers, self._marker_ids = marker_plan(None, Detections.empty(1, 1), self._marker_ids)
         frame_id = self._info.header.frame_id if self._info is not None else ""
