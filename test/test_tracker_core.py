@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError, ModelLoadError
 from sam3_ros.core.model_loading import load_sam3
 from sam3_ros.core.tracker import ObjectPromptSpec, TrackerConfig, TrackerSession
@@ -525,3 +526,25 @@ def test_overlaps_counted_within_boxes_equal_whole_frame_iou(seed):
             union = np.count_nonzero(masks[a] | masks[b])
             expected = inter / union if inter else 0.0
             assert extents[a].iou(extents[b], masks[a], masks[b]) == pytest.approx(expected)
+
+
+def test_a_new_phrase_is_detected_where_a_dropped_phrase_was_on_the_same_frame(loaded,
+                                                                                monkeypatch):
+    # The dropped phrase's objects leave at the start of the frame; their masks of the
+    # previous frame hid the new phrase's detections at the same place for one frame.
+    session = _session(loaded, score_threshold=0.0, max_objects=6)
+    session.set_text_prompts(["mug"])
+    frames = _frames(2)
+    first = session.process_frame(frames[0], 0)
+    assert len(first) > 0
+    session.set_text_prompts(["cup"])
+    # The detector finds "cup" exactly where the mug objects were.
+    same_place = Detections(xyxy=first.xyxy, scores=np.full(len(first), 0.9, np.float32),
+                            class_ids=np.zeros(len(first), np.int32),
+                            image_height_px=first.image_height_px,
+                            image_width_px=first.image_width_px, masks=first.masks,
+                            labels=("cup",) * len(first))
+    monkeypatch.setattr(session._segmenter, "segment_features", lambda *a, **k: same_place)
+    det = session.process_frame(frames[1], FRAME_NS)
+    assert len(det) > 0 and set(det.labels) == {"cup"}
+    assert not set(det.object_ids.tolist()) & set(first.object_ids.tolist())

@@ -249,6 +249,7 @@ class TrackerSession:
         self._frame_idx = -1
         self._reused_vision: tuple[int, Any, list[Any], list[Any]] | None = None
         self._last_masks: np.ndarray | None = None
+        self._last_mask_ids: list[int] = []  # object id of each of _last_masks
 
     @property
     def text_prompts(self) -> tuple[str, ...]:
@@ -632,11 +633,14 @@ class TrackerSession:
 
     def _previous_masks(self, height: int,
                         width: int) -> list[tuple[np.ndarray, MaskExtent]]:
-        """The previous frame's masks of this size with their extents."""
+        """The previous frame's masks of this size with their extents, of the objects still
+        tracked (one removed since, e.g. its phrase dropped, no longer hides a detection)."""
         masks = self._last_masks
         if masks is None or masks.shape[1:] != (height, width):
             return []
-        return [(mask, MaskExtent.of(mask)) for mask in masks]
+        tracked = self._table.objects
+        return [(mask, MaskExtent.of(mask))
+                for oid, mask in zip(self._last_mask_ids, masks, strict=True) if oid in tracked]
 
     def _track(self, pixel_values: Any, frame_idx: int, height: int, width: int) -> Detections:
 
@@ -657,6 +661,7 @@ class TrackerSession:
         visible = (object_logits > 0).numpy()
         self._last_masks = masks
         ids = list(out.object_ids)
+        self._last_mask_ids = ids
         boxes = np.zeros((len(ids), 4), np.float32)
         rows, cols = masks.any(axis=2), masks.any(axis=1)
         for i in range(len(ids)):
