@@ -52,6 +52,13 @@ def test_defaults_and_dtypes():
                                           "[0, 1, 7]"),
         ({"states": np.array([0, 1, 256])}, "states: values must be in [0, 255]"),
         ({"labels": ("a", None, "c")}, "labels: expected strings, got ['NoneType', 'str']"),
+        # Values a box, a score or a class id cannot have.
+        ({"scores": np.array([0.1, 2.0, 0.3])}, "scores: expected values in [0, 1], got 2.0"),
+        ({"scores": np.array([0.1, np.nan, 0.3])}, "scores: expected values in [0, 1], got nan"),
+        ({"class_ids": np.array([0, -5, 1])}, "class_ids: expected >= -1"),
+        ({"object_ids": np.array([4, 7, 4])}, "object_ids: expected unique ids, got [4] more"),
+        ({"image_height_px": 2.5}, "image_height_px: expected an integer, got 2.5 (float)"),
+        ({"image_width_px": True}, "image_width_px: expected an integer, got True (bool)"),
     ],
 )
 def test_invalid_fields_say_expected_and_actual(overrides, message):

@@ -71,6 +71,11 @@ class Detections:
     labels: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        for name in ("image_height_px", "image_width_px"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool | np.bool_):
+                raise InvalidDetectionsError(f"{name}: expected an integer, got {value!r} "
+                                             f"({type(value).__name__})")
         if self.image_height_px <= 0 or self.image_width_px <= 0:
             raise InvalidDetectionsError(
                 f"image size must be positive, got {self.image_height_px}x{self.image_width_px}"
@@ -83,11 +88,17 @@ class Detections:
         setter(self, "xyxy", _check("xyxy", xyxy, (n, 4), np.float32))
         setter(self, "scores", _check("scores", self.scores, (n,), np.float32))
         setter(self, "class_ids", _check("class_ids", self.class_ids, (n,), np.int32))
+        if n:
+            self._check_values()
         if self.masks is not None:
             setter(self, "masks", _check(
                 "masks", self.masks, (n, self.image_height_px, self.image_width_px), bool))
         object_ids = np.arange(n, dtype=np.int32) if self.object_ids is None else self.object_ids
         setter(self, "object_ids", _check("object_ids", object_ids, (n,), np.int32))
+        if n > 1 and len(np.unique(self.object_ids)) != n:
+            ids, counts = np.unique(self.object_ids, return_counts=True)
+            raise InvalidDetectionsError(f"object_ids: expected unique ids, got "
+                                         f"{ids[counts > 1].tolist()} more than once")
         states = np.full(n, STATE_VISIBLE, np.uint8) if self.states is None else self.states
         setter(self, "states", _check("states", states, (n,), np.uint8))
         if n and not np.isin(self.states, (STATE_VISIBLE, STATE_OCCLUDED)).all():
@@ -103,6 +114,18 @@ class Detections:
             raise InvalidDetectionsError("labels: expected strings, got "
                                          f"{sorted({type(v).__name__ for v in labels})}")
         setter(self, "labels", labels)
+
+    def _check_values(self) -> None:
+        """Scores in [0, 1] and class ids >= -1 (N > 0). Boxes are not checked for
+        finiteness or order: a model in fp16 can give a NaN box, which ByteTrack drops and the
+        mask crops clip, so one bad instance does not cost the frame."""
+        scores = self.scores
+        if not ((scores >= 0.0) & (scores <= 1.0)).all():  # NaN fails both
+            bad = scores[~((scores >= 0.0) & (scores <= 1.0))][0]
+            raise InvalidDetectionsError(f"scores: expected values in [0, 1], got {bad}")
+        if self.class_ids.min() < -1:
+            raise InvalidDetectionsError("class_ids: expected >= -1 (-1: no prompt class), "
+                                         f"got {int(self.class_ids.min())}")
 
     def __len__(self) -> int:
         return int(self.xyxy.shape[0])
