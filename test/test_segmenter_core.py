@@ -183,6 +183,10 @@ def test_prompt_changes_are_atomic_and_counted(loaded, image):
         ([], "at least one prompt"),
         ([PromptSpec("  ")], "prompt 0 is empty"),
         ([PromptSpec("mug"), PromptSpec(" MUG ")], "prompt 1 ('MUG') duplicates prompt 0"),
+        # What the model reads: NFC-normalised text, "visual" for a box-only prompt.
+        ([PromptSpec("caf\u00e9"), PromptSpec("cafe\u0301")], "prompt 1 ('cafe\u0301') duplicates"),
+        ([PromptSpec("", (BoxExemplar(1, 1, 9, 9),)),
+          PromptSpec("Visual", (BoxExemplar(1, 1, 9, 9),))], "prompt 1 ('Visual') duplicates"),
         ([PromptSpec("a" * 201)], "201 characters"),
         ([PromptSpec(f"p{i}") for i in range(5)], "5 prompts given, at most 4"),
         ([PromptSpec("a", (BoxExemplar(float("nan"), 0, 1, 1),))], "4 finite numbers"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -124,7 +125,9 @@ def validate_prompts(
                 f"{MAX_EXEMPLARS_PER_PROMPT} allowed")
         for j, box in enumerate(prompt.exemplars):
             check_box(box.xyxy, f"prompt {i} exemplar box {j}", image_size_hw)
-        key = (text.lower(), prompt.exemplars)
+        # What the model reads: the CLIP tokenizer lowercases and NFC-normalises ("café" typed
+        # with a combining accent is "café"), and a box-only prompt reads "visual".
+        key = (unicodedata.normalize("NFC", text or "visual").lower(), prompt.exemplars)
         if key in seen:
             raise InvalidPromptError(f"prompt {i} ('{text}') duplicates prompt {seen[key]}")
         seen[key] = i
