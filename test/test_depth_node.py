@@ -288,14 +288,20 @@ def test_markers_are_deleted_when_the_node_stops_and_after_it_starts(harness):
         assert harness.client.call(ChangeState, f"{NS}/segmenter/change_state", request).success
 
     change(Transition.TRANSITION_DEACTIVATE)
-    deleted = wait_for(lambda: harness.client.messages(topic), 10, "a DELETEALL", harness.node)
-    assert [m.action for m in deleted[0].markers] == [Marker.DELETEALL]
+    # (Markers of a re-sent copy of frame 80 may still arrive before it.)
+    deleted = wait_for(lambda: [a for a in harness.client.messages(topic)
+                                if [m.action for m in a.markers] == [Marker.DELETEALL]],
+                       10, "a DELETEALL", harness.node)
     assert deleted[0].markers[0].ns == "" and deleted[0].markers[0].header.frame_id == FRAME
     change(Transition.TRANSITION_ACTIVATE)
-    harness.client.clear(topic)
     harness.send(81, depth=_depth(81), info=_camera_info(81))
-    first = wait_for(lambda: harness.client.messages(topic), 10, "markers", harness.node)[0]
-    # Whatever an earlier run of this topic showed goes first, then this frame's boxes.
+    first = wait_for(lambda: [a for a in harness.client.messages(topic) if a.markers
+                              and a.markers[0].header.stamp.sec == 81], 10, "markers",
+                     harness.node)[0]
+    # Whatever an earlier run of this topic showed goes first, then this frame's boxes (in
+    # the same message, or in the next if this copy of the frame had no 3D).
     assert first.markers[0].action == Marker.DELETEALL
-    assert {m.action for m in first.markers[1:]} == {Marker.ADD}
-    assert len(first.markers) > 1
+    assert {m.action for m in first.markers[1:]} <= {Marker.ADD}
+    wait_for(lambda: any(m.action == Marker.ADD for a in harness.client.messages(topic)
+                         for m in a.markers if m.header.stamp.sec == 81), 10,
+             "the boxes of frame 81", harness.node)

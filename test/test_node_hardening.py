@@ -730,9 +730,13 @@ def test_counters_keep_their_values_until_activate_with_the_same_keys(tiny_check
         assert node.trigger_deactivate() == R.SUCCESS
         inactive = node.stats()
         assert set(inactive) == keys
-        for key in ("received", "processed", "mean_latency_ms", "mean_heads_ms",
-                    "frames_at_mask_memory_cap"):
-            assert inactive[key] == active[key], key
+        # Kept, not zeroed (a re-sent copy may have been counted after `active` was read).
+        assert inactive["processed"] >= active["processed"] >= 2
+        assert inactive["received"] >= active["received"]
+        assert inactive["frames_at_mask_memory_cap"] == inactive["processed"]
+        assert inactive["mean_heads_ms"] > 0
+        time.sleep(0.3)
+        assert node.stats()["processed"] == inactive["processed"]  # nothing runs now
         assert node.trigger_activate() == R.SUCCESS
         again = node.stats()
         assert set(again) == keys
