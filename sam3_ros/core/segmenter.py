@@ -413,9 +413,12 @@ class Sam3Segmenter:
                                  if members[-1] - first == batch - 1 else members)
                     kwargs: dict[str, Any] = {}
                     if group is boxed:
-                        kwargs.update(self._box_inputs(
-                            *exemplar_arrays([specs[i] for i in members], (height, width)),
-                            height, width))
+                        # This batch's rows of the frame's packing, as wide as its own
+                        # largest exemplar count (what packing the batch alone gives).
+                        width_k = max(len(specs[i].exemplars) for i in members)
+                        kwargs.update(self._box_inputs(packed[0][members, :width_k],
+                                                       packed[1][members, :width_k],
+                                                       height, width))
                     outputs = detector(
                         vision_embeds=_expand_batch(vision_embeds, batch),
                         text_embeds=BaseModelOutputWithPooling(
