@@ -748,3 +748,43 @@ def test_counters_keep_their_values_until_activate_with_the_same_keys(tiny_check
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_tracker_diagnostics_count_resets_and_the_requests_they_drop(tiny_checkpoint):
+    """A reset after a service call succeeded drops the queued request: the log names it
+    and `/diagnostics` counts it, per activation as every counter."""
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from sam3_ros.core.tracker_objects import ObjectPromptSpec
+    from sam3_ros.ros.tracker_node import TrackerNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = TrackerNode("trk_counters", context=context, namespace="/trk_counters",
+                       parameter_overrides=[
+                           rclpy.parameter.Parameter("model", value=str(tiny_checkpoint)),
+                           rclpy.parameter.Parameter("device", value="cpu"),
+                           rclpy.parameter.Parameter("max_time_gap_s", value=1.0)])
+    try:
+        assert node.trigger_configure() == R.SUCCESS
+        assert node.trigger_activate() == R.SUCCESS
+        stats = node.stats()
+        assert (stats["automatic_resets"], stats["requests_dropped_by_reset"]) == (0, 0)
+        session = node._session  # no camera: the test drives the session as the node would
+        frame = np.zeros((90, 120, 3), np.uint8)
+        (oid,) = session.add_objects([ObjectPromptSpec(-1, "", ((30.0, 30.0, True),))])
+        node._process(frame, 10**9, None)
+        session.remove_objects([oid])
+        node._process(frame, 20 * 10**9, None)  # a 19 s gap: the stream resets
+        stats = node.stats()
+        assert (stats["automatic_resets"], stats["requests_dropped_by_reset"]) == (1, 1)
+        assert session.last_reset_reason is None  # logged by the node, then cleared
+        assert node.trigger_deactivate() == R.SUCCESS
+        assert node.stats()["requests_dropped_by_reset"] == 1
+        assert node.trigger_activate() == R.SUCCESS
+        stats = node.stats()
+        assert (stats["automatic_resets"], stats["requests_dropped_by_reset"]) == (0, 0)
+    finally:
+        node.stop_streaming()
+        node.destroy_node()
+        rclpy.shutdown(context=context)

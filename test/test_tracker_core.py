@@ -327,6 +327,9 @@ def test_objects_queued_for_the_next_frame_survive_a_time_jump_reset(loaded):
     session.remove_objects([1])  # refers to the old stream: dropped by the reset
     det = session.process_frame(frames[1], 10 * 10**9)
     assert "exceeds" in session.last_reset_reason and session.reset_count == 1
+    # The removal's service call had succeeded: the reason tells what was dropped.
+    assert "1 queued request(s) dropped (remove [1])" in session.last_reset_reason
+    assert session.requests_dropped_by_reset == 1
     assert det.object_ids.tolist() == [2]
     assert session.add_objects([_point(-1, 20, 20)]) == [3]
 

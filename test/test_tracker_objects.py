@@ -25,6 +25,7 @@ from sam3_ros.core.tracker_objects import (
     check_id,
     check_object,
     check_remove_request,
+    describe_requests,
     free_id,
 )
 
@@ -523,3 +524,15 @@ def test_noted_stamps_and_reasons_stay_bounded():
     assert len(camera._reasons) <= CameraStamps.EPOCH_REASONS_KEPT
     # A stamp no longer remembered is noted anew and judged on its own.
     assert camera.take(0, 1.0) > 0 and len(camera) == 0
+
+
+def test_reset_returns_the_requests_it_drops():
+    table = ObjectTable()
+    assert _add(table, [_point(), _point()]) == [0, 1]
+    table.queue_remove([0])
+    dropped = table.reset(keep_next_frame_adds=True, restart_ids=False)
+    assert describe_requests(dropped) == "remove [0]"
+    assert [r.kind for r in table.pending] == ["add"]
+    dropped = table.reset()
+    assert describe_requests(dropped) == "add [0, 1]" and not table.pending
+    assert table.reset() == []

@@ -64,6 +64,7 @@ from sam3_ros.core.tracker_objects import (
     ObjectTable,
     check_add_request,
     check_remove_request,
+    describe_requests,
 )
 from sam3_ros.core.vision_features import VisionFeatureCache
 
@@ -221,6 +222,8 @@ class TrackerSession:
         The caller may set it back to None after reporting it."""
         self.reset_count = 0
         """Automatic resets so far (a frame's result follows a reset when this grew)."""
+        self.requests_dropped_by_reset = 0
+        """Queued prompt requests that resets dropped before a frame applied them."""
         self.detector_calls = 0
         self._camera_stamps = CameraStamps()
         self._table = ObjectTable()
@@ -237,11 +240,14 @@ class TrackerSession:
             self._camera_stamps.forget_processed()
 
     def _reset_locked(self, keep_next_frame_adds: bool = False,
-                      automatic: bool = False) -> None:
-        # An automatic reset (time jump) keeps objects a caller queued for "the next frame"
-        # (see ObjectTable.reset), and ids keep counting up: nobody asked for it, so a
-        # consumer keying its state by id must not see an old id on a new object.
-        self._table.reset(keep_next_frame_adds, restart_ids=not automatic)
+                      automatic: bool = False) -> str:
+        """Start the stream afresh; returns "" or what queued requests it dropped.
+
+        An automatic reset (time jump) keeps objects a caller queued for "the next frame"
+        (see ObjectTable.reset), and ids keep counting up: nobody asked for it, so a
+        consumer keying its state by id must not see an old id on a new object.
+        """
+        dropped = self._table.reset(keep_next_frame_adds, restart_ids=not automatic)
         # The vision features of every held frame stay cached: a prompt on a held frame runs
         # the model there (a frame's features are cached after its queued prompts ran).
         self._session = session_state.new_session(self.loaded.device, self.loaded.dtype,
@@ -250,6 +256,12 @@ class TrackerSession:
         self._reused_vision: tuple[int, Any, list[Any], list[Any]] | None = None
         self._last_masks: np.ndarray | None = None
         self._last_mask_ids: list[int] = []  # object id of each of _last_masks
+        if not dropped:
+            return ""
+        # Their service calls had succeeded: the log line is how the caller learns of it.
+        self.requests_dropped_by_reset += len(dropped)
+        return (f"; {len(dropped)} queued request(s) dropped ({describe_requests(dropped)}): "
+                f"send them again")
 
     @property
     def text_prompts(self) -> tuple[str, ...]:
@@ -443,8 +455,9 @@ class TrackerSession:
                 # The frame's requests were taken off the queue and the object table and the
                 # model's session may be half updated: every later frame would fail (missing
                 # memory features). Start the stream afresh; the caller reports the error.
-                self._reset_locked(automatic=True)
-                self.last_reset_reason = f"a frame failed ({type(err).__name__}: {err})"
+                dropped = self._reset_locked(automatic=True)
+                self.last_reset_reason = (f"a frame failed ({type(err).__name__}: {err})"
+                                          f"{dropped}")
                 self.reset_count += 1
                 raise
         return detections
@@ -462,8 +475,8 @@ class TrackerSession:
             # Old objects, prompts in pixels and the memory bank no longer apply.
             # Queued points/boxes were checked against the old image size.
             same_size = table.image_size_hw in (None, (height, width))
-            self._reset_locked(keep_next_frame_adds=same_size, automatic=True)
-            self.last_reset_reason = reason
+            dropped = self._reset_locked(keep_next_frame_adds=same_size, automatic=True)
+            self.last_reset_reason = reason + dropped
             self.reset_count += 1
         table.image_size_hw = (height, width)
         self._frame_idx += 1

@@ -100,6 +100,15 @@ class Request:
     frame_idx: int | None = None
 
 
+def describe_requests(requests: Sequence[Request]) -> str:
+    """"add [3, 4], remove [7]": the kinds and object ids of `requests`, for a log line."""
+    ids: dict[str, list[int]] = {}
+    for request in requests:
+        found = request.ids if request.kind == "remove" else [o.object_id for o in request.objects]
+        ids.setdefault(request.kind, []).extend(found)
+    return ", ".join(f"{kind} {sorted(found)}" for kind, found in ids.items())
+
+
 def check_id(object_id: object, what: str) -> int:
     """The id as an int within int32 (or -1), else InvalidPromptError.
 
@@ -227,7 +236,8 @@ class ObjectTable:
         self.class_of_phrase: dict[str, int] = {}
         self.reset()
 
-    def reset(self, keep_next_frame_adds: bool = False, restart_ids: bool = True) -> None:
+    def reset(self, keep_next_frame_adds: bool = False,
+              restart_ids: bool = True) -> list[Request]:
         """Forget every object, request and held frame.
 
         Args:
@@ -237,16 +247,22 @@ class ObjectTable:
                 that is gone.
             restart_ids: Assign ids from 0 again (a reset the caller asked for); False keeps
                 counting up (an automatic reset: no old id is reused for a new object).
+
+        Returns:
+            The queued requests dropped (a caller's service call succeeded for them).
         """
         previous_next_id = 0 if restart_ids else getattr(self, "next_id", 0)
-        kept = [r for r in self.pending if keep_next_frame_adds
+        pending = list(getattr(self, "pending", ()))
+        kept = [r for r in pending if keep_next_frame_adds
                 and r.kind == "add" and r.frame_idx is None]
+        dropped = [r for r in pending if not any(r is k for k in kept)]
         self.objects: dict[int, TrackedObject] = {}
         self.pending = deque(kept)
         self.frames: deque[tuple[int, int]] = deque(maxlen=FRAMES_HELD_FOR_PROMPTS)
         self.image_size_hw: tuple[int, int] | None = None
         self.next_id = max(previous_next_id,
                            1 + max((o.object_id for r in kept for o in r.objects), default=-1))
+        return dropped
 
     # ------------------------------------------------------------------------ held frames
     def hold_frame(self, frame_idx: int, stamp_ns: int) -> None:

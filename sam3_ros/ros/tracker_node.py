@@ -106,6 +106,7 @@ class TrackerNode(Sam3LifecycleNode):
                  **kwargs: Any):
         super().__init__(node_name, PARAMS, model_hub=model_hub, needs_tracker=True, **kwargs)
         self._session: TrackerSession | None = None
+        self._reset_base: tuple[TrackerSession | None, tuple[int, int]] = (None, (0, 0))
 
     def _tracker_config(self, **override: Any) -> TrackerConfig:
         values = {name: self.param(name) for name in _CONFIG_PARAMS}
@@ -124,6 +125,25 @@ class TrackerNode(Sam3LifecycleNode):
 
     def _release_session(self) -> None:
         self._session = None
+
+    def _reset_counters(self) -> None:
+        super()._reset_counters()
+        # Baselines, as the segmenter's: the session's counters belong to the compute thread.
+        session = self._session
+        self._reset_base = (session, (0, 0) if session is None else
+                            (session.reset_count, session.requests_dropped_by_reset))
+
+    def _session_stats(self) -> dict[str, float]:
+        # A reset drops the objects and the queued requests, which a behaviour tree may need
+        # to send again (the log line names them).
+        session = self._session
+        if session is None:
+            return {}
+        base_session, (resets, dropped) = self._reset_base
+        if base_session is not session:
+            resets = dropped = 0
+        return {"automatic_resets": session.reset_count - resets,
+                "requests_dropped_by_reset": session.requests_dropped_by_reset - dropped}
 
     def _frame_received(self, stamp_ns: int, executor_stalled: bool) -> None:
         # Time jumps are judged on what the camera sent, not on the frames this node got to
