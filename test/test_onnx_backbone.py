@@ -509,3 +509,25 @@ def test_backbone_benchmark_labels_a_graph_by_its_ops(artifacts):
         path = out / f"sam3_backbone_112px_{precision}_mha.onnx"
         ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
         assert graph_precision(ops) == precision
+
+
+def test_backbone_benchmark_torch_bf16_is_compared_with_fp32(tmp_path):
+    # `backbone_benchmark torch --dtype bf16` times bfloat16 and judges it against the fp32
+    # step's saved outputs (never overwriting them with its own).
+    from sam3_ros.tools.backbone_benchmark import main
+
+    common = ["torch", "--workdir", str(tmp_path), "--tiny", "--threads", "1", "--repeats", "1"]
+    assert main(common) == 0
+    reference = np.load(tmp_path / "torch_outputs.npz")["arr_0"].copy()
+    assert main([*common, "--dtype", "bf16"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["backend"] for r in rows] == ["torch fp32 (sdpa)", "torch bf16 (sdpa)"]
+    assert 0.99 < rows[1]["cosine_min"] < 1.0 and rows[1]["max_abs_error"] > 0.0
+    np.testing.assert_array_equal(np.load(tmp_path / "torch_outputs.npz")["arr_0"], reference)
+
+
+def test_cpu_session_workers_do_not_spin_after_a_run(onnx_backbone):
+    # Torch runs the heads on the same cores right after the backbone: spinning ONNX Runtime
+    # workers took cores from them (README, ONNX Runtime).
+    options = onnx_backbone.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

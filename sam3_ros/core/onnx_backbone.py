@@ -345,6 +345,10 @@ def make_session(onnx_path: Path, provider: str = "cpu", options: Mapping[str, A
     threads = int(options.get("threads") or 0)
     if threads > 0:
         session_options.intra_op_num_threads = threads
+    # Torch runs the heads on the same cores right after the backbone: ONNX Runtime's
+    # workers spinning on after a run took cores from them (full-size heads 43 % slower
+    # with spinning, 2 cores; README, ONNX Runtime).
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any] = [(name, provider_options)]
     if provider == "tensorrt" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         # Nodes TensorRT does not take run on CUDA rather than on the CPU.

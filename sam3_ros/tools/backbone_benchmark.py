@@ -20,7 +20,9 @@ per frame are the median of `--repeats` runs after one warm-up run. Random weigh
 INT8 fidelity (no activation outliers): the cosine figures say nothing about the real model.
 `--tiny` uses the tiny test configuration instead (for a smoke test). `torch --torch-compile
 MODE` times the `torch.compile`d encoder (as the torch backend's `torch_compile`), its first
-call (the compile) apart, and compares its outputs with the eager step's.
+call (the compile) apart, and compares its outputs with the eager step's. `torch --dtype bf16`
+times the encoder with bfloat16 weights and activations (fast where the CPU has AMX or
+AVX512-BF16), compared with the fp32 step's outputs when that ran first.
 
 `checkpoint` writes a full-size random `Sam3Model` checkpoint folder (`<workdir>/checkpoint`,
 ~3.4 GB; the tiny test tokenizer) for the export tool's own checks at full size:
@@ -116,9 +118,11 @@ def step_torch(args: argparse.Namespace) -> None:
     # Weights built (seed 0) and saved on the first run; later runs load them.
     model = _model(args.workdir, args.tiny,
                    build=not (args.workdir / "vision.safetensors").is_file())
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = model.to(dtype)
     _log(f"model built ({sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters, "
          f"attention {model.config.backbone_config._attn_implementation})")
-    px = _pixel_values(args.image_size)
+    px = _pixel_values(args.image_size).to(dtype)
     outputs: list[Any] = []
     forward, mode, compile_s = model, args.torch_compile, None
     if mode != "none":
@@ -133,22 +137,23 @@ def step_torch(args: argparse.Namespace) -> None:
     def call() -> None:
         with torch.inference_mode():
             out = forward(px)
-        outputs[:] = [out.last_hidden_state, *out.fpn_hidden_states]
+        outputs[:] = [t.float() for t in (out.last_hidden_state, *out.fpn_hidden_states)]
 
     median, samples = _time(call, args.repeats)
-    row: dict[str, Any] = {"backend": "torch fp32 (sdpa)", "threads": args.threads,
+    row: dict[str, Any] = {"backend": f"torch {args.dtype} (sdpa)", "threads": args.threads,
                            "image_size": args.image_size, "s_per_frame_median": median,
                            "samples_s": samples, "cosine_min": 1.0, "max_abs_error": 0.0}
     reference = args.workdir / "torch_outputs.npz"
-    if mode == "none":
+    if mode == "none" and args.dtype == "fp32":
         np.savez(reference, *[t.numpy() for t in outputs])
     else:
         from sam3_ros.tools.export_backbone import feature_metrics
 
-        row["backend"] = f"torch fp32 (sdpa, torch.compile {mode})"
-        row["compile_s"] = round(compile_s, 1)
+        if mode != "none":
+            row["backend"] = f"torch {args.dtype} (sdpa, torch.compile {mode})"
+            row["compile_s"] = round(compile_s, 1)
         row["cosine_min"] = row["max_abs_error"] = None
-        if reference.is_file():  # vs the eager step's outputs, when it ran first
+        if reference.is_file():  # vs the fp32 eager step's outputs, when it ran first
             saved = np.load(reference)
             names = [f"out_{i}" for i in range(len(outputs))]
             metrics = feature_metrics([saved[f"arr_{i}"] for i in range(len(outputs))],
@@ -270,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                              "backbone_<precision>.onnx)")
     parser.add_argument("--attention", default="mha", choices=("mha", "explicit", "onnx"),
                         help="export: attention form (see sam3_ros.tools.onnx_attention)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                        help="step torch: weights and activations in this dtype (bf16 is "
+                             "compared with the fp32 step's outputs when that ran first)")
     parser.add_argument("--torch-compile", default="none",
                         choices=("none", "default", "reduce-overhead", "max-autotune"),
                         help="step torch: torch.compile mode (first call timed apart as "
