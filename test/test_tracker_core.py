@@ -551,3 +551,16 @@ def test_a_new_phrase_is_detected_where_a_dropped_phrase_was_on_the_same_frame(l
     det = session.process_frame(frames[1], FRAME_NS)
     assert len(det) > 0 and set(det.labels) == {"cup"}
     assert not set(det.object_ids.tolist()) & set(first.object_ids.tolist())
+
+
+def test_bfloat16_on_cpu_tracks_points_and_text(tiny_checkpoint):
+    # `dtype: bfloat16` is the fastest torch setting on CPUs with AMX (README): the tracker
+    # must run in it, points and text prompts alike.
+    loaded = load_sam3(str(tiny_checkpoint), dtype="bfloat16", with_tracker=True)
+    session = TrackerSession(loaded, TrackerConfig(score_threshold=0.0, max_objects=4))
+    session.set_text_prompts(["mug"])
+    assert session.add_objects([_point(3)]) == [3]
+    for i, frame in enumerate(_frames(3)):
+        det = session.process_frame(frame, i * FRAME_NS)
+        assert 3 in det.object_ids.tolist() and len(det) <= 4
+        assert det.scores.dtype == np.float32 and det.masks.shape[1:] == (H, W)
