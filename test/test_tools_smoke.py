@@ -54,3 +54,41 @@ def test_tools_refuse_bad_counts_in_one_line(tmp_path):
         assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr)
     # A mistyped path to a real checkpoint does not get random weights.
     assert (tmp_path / "weights" / "model.safetensors").read_bytes() == b"real weights"
+
+
+def test_benchmark_compares_the_node_with_the_same_backends_bare_call(tiny_checkpoint,
+                                                                      tmp_path):
+    # With --set backend=onnxruntime the bare core call ran torch while the node ran ONNX
+    # Runtime; now both run the artifact, and the transformers call (torch) is left out.
+    out = tmp_path / "artifacts"
+    done = _run("sam3_ros.tools.export_backbone", "--model", str(tiny_checkpoint), "--out",
+                str(out), "--precision", "fp32", "--check-frames", "1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    done = _run("sam3_ros.tools.benchmark", "--model", str(tiny_checkpoint), "--frames", "3",
+                "--rate-seconds", "1", "--settle-ms", "50", "--set", "backend=onnxruntime",
+                f"onnx_artifact_dir={out}", "onnx_threads=1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| bare call")]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "bare call, sam3_ros core (no ROS)",
+        "bare call, sam3_ros core, back to back (tight loop)"], rows
+    assert "vs transformers" not in done.stdout and "paired) vs the core path" in done.stdout
+
+
+@pytest.mark.parametrize(("given", "name", "expected"), [
+    ({}, "backend", "torch"), ({"backend": "onnxruntime"}, "backend", "onnxruntime"),
+    ({"onnx_threads": "3"}, "onnx_threads", 3), ({"onnx_trt_fp16": "True"}, "onnx_trt_fp16", True),
+    ({"onnx_trt_fp16": "false"}, "onnx_trt_fp16", False)])
+def test_benchmark_reads_set_parameters_as_the_node_types_them(given, name, expected):
+    from sam3_ros.tools.benchmark import node_param_reader
+
+    value = node_param_reader(given)(name)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("given", [{"onnx_threads": "two"}, {"onnx_trt_fp16": "yes"}])
+def test_benchmark_refuses_a_mistyped_set_parameter(given):
+    from sam3_ros.tools.benchmark import node_param_reader
+
+    with pytest.raises(ValueError):
+        node_param_reader(given)(next(iter(given)))

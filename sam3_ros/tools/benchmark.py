@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,21 +57,55 @@ def paired_stats(pairs: list[tuple[float, float]]) -> dict[str, float]:
             "overhead_ms_median": statistics.median(e2e - bare for bare, e2e in pairs) * 1e3}
 
 
-def make_bare_calls(model: str, device: str, dtype: str, prompts: list[str],
-                    score_threshold: float) -> tuple[dict[str, Callable[[np.ndarray], None]],
-                                                     Callable[[], None]]:
-    """The two bare calls on one frame, keyed by name, and a function that frees the model.
+def node_param_reader(node_params: dict[str, str] | None) -> Callable[[str], Any]:
+    """Reads a model parameter as the node would: `--set` strings converted to the type of
+    the parameter's default (`sam3_ros.ros.params.MODEL_PARAMS`), else that default."""
+    from sam3_ros.ros.params import MODEL_PARAMS
 
-    `bare_transformers`: transformers' processor + Sam3Model forward + post-processing, as a
-    user would write it for N prompts. `bare_core`: the package's core path without ROS.
+    defaults = {spec.name: spec.default for spec in MODEL_PARAMS}
+    given = dict(node_params or {})
+
+    def param(name: str) -> Any:
+        default = defaults[name]
+        if name not in given:
+            return default
+        value = given[name]
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--set {name}: expected true or false, got {value!r}")
+            return value.lower() == "true"
+        return type(default)(value) if isinstance(default, (int, float)) else value
+
+    return param
+
+
+def make_bare_calls(model: str, device: str, dtype: str, prompts: list[str],
+                    score_threshold: float, node_params: dict[str, str] | None = None,
+                    with_transformers: bool = True,
+                    ) -> tuple[dict[str, Callable[[np.ndarray], None]], Callable[[], None]]:
+    """The bare calls on one frame, keyed by name, and a function that frees the model.
+
+    `bare_core`: the package's core path without ROS, with the backbone the node gets from
+    the same `node_params` (`backend`, `onnx_*`, `torch_compile`: the model hub's load, as in
+    the node). `bare_transformers` (torch backend only, unless `with_transformers` is False):
+    transformers' processor + Sam3Model forward + post-processing, as a user would write it
+    for N prompts.
     """
     import torch
 
-    from sam3_ros.core.model_loading import load_sam3
+    from sam3_ros.core.model_hub import ModelHub, ModelKey
     from sam3_ros.core.prompts import PromptSpec
     from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
 
-    loaded = load_sam3(model, device=device, dtype=dtype)
+    read = node_param_reader(node_params)
+    overrides = {"model": model, "device": device, "dtype": dtype}
+
+    def param(name: str) -> Any:
+        return overrides[name] if name in overrides else read(name)
+
+    hub = ModelHub()
+    shared = hub.acquire(ModelKey.from_params(param))
+    loaded = shared.loaded
     processor, detector = loaded.processor, loaded.detector
 
     def sync() -> None:
@@ -90,15 +125,18 @@ def make_bare_calls(model: str, device: str, dtype: str, prompts: list[str],
                 result["masks"].cpu()
         sync()
 
-    session = SegmenterSession(Sam3Segmenter(loaded),
+    session = SegmenterSession(Sam3Segmenter(loaded, shared.feature_cache),
                                SegmenterConfig(score_threshold=score_threshold),
                                [PromptSpec(p) for p in prompts])
 
     def core_call(rgb: np.ndarray) -> None:
-        session.process(rgb)
+        session.process(rgb)  # no frame key: the backbone runs on every call
         sync()
 
-    return {"bare_transformers": transformers_call, "bare_core": core_call}, loaded.release
+    calls = {"bare_core": core_call}
+    if with_transformers and param("backend") == "torch":
+        calls = {"bare_transformers": transformers_call, **calls}
+    return calls, lambda: hub.release(shared)
 
 
 def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray],
@@ -279,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write the Markdown table here")
     parser.add_argument("--executor", default="single_threaded",
                         help="the node's executor: single_threaded or events")
+    parser.add_argument("--skip-transformers", action="store_true",
+                        help="no transformers bare call (it is skipped anyway with a backend "
+                             "other than torch: not the same model path)")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.camera_rate <= 0 or args.rate_seconds <= 0:
         parser.error("--frames must be >= 1, --camera-rate and --rate-seconds > 0")
@@ -307,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         calls, release = make_bare_calls(model, args.device, args.dtype, args.prompts,
-                                         args.score_threshold)
-    except Sam3RosError as err:
+                                         args.score_threshold, node_params,
+                                         with_transformers=not args.skip_transformers)
+    except (Sam3RosError, ValueError, KeyError) as err:
         print(f"benchmark: {err}", file=sys.stderr)
         return 1
     try:
@@ -334,15 +376,18 @@ def main(argv: list[str] | None = None) -> int:
     outputs = build_outputs_benchmark(n_instances=20, height=720, width=1280, repeats=50)
 
     e2e_median = node["e2e_ms"][0]
+    with_transformers = "bare_transformers" in bare
     rows = [
-        ("bare call, transformers (processor + forward + post-process)",
-         *bare["bare_transformers"]),
+        *([("bare call, transformers (processor + forward + post-process)",
+            *bare["bare_transformers"])] if with_transformers else []),
         ("bare call, sam3_ros core (no ROS)", *bare["bare_core"]),
         ("node end to end (publish Image -> receive DetectionArray)", *node["e2e_ms"]),
-        ("bare call, transformers, back to back (tight loop)",
-         *back_to_back["bare_transformers"]),
+        *([("bare call, transformers, back to back (tight loop)",
+            *back_to_back["bare_transformers"])] if with_transformers else []),
         ("bare call, sam3_ros core, back to back (tight loop)", *back_to_back["bare_core"]),
     ]
+    compared = [("transformers", "bare_transformers")] if with_transformers else []
+    compared.append(("the core path", "bare_core"))
     lines = [
         f"Model: {model_note}; device {args.device}, {args.dtype}; {args.width}x{args.height} "
         f"frames; prompts {args.prompts}; {args.frames} frames; image QoS best effort "
@@ -362,19 +407,18 @@ def main(argv: list[str] | None = None) -> int:
         f"| overlay, 20 instances at 1280x720 | {outputs['overlay_ms'][0]:.2f} | "
         f"{outputs['overlay_ms'][1]:.2f} |",
         "",
-        f"End-to-end / bare ratio (medians, alternated with the node): "
-        f"{e2e_median / bare['bare_transformers'][0]:.3f}x vs transformers, "
-        f"{e2e_median / bare['bare_core'][0]:.3f}x vs the core path; "
-        f"end-to-end overhead {e2e_median - bare['bare_core'][0]:.2f} ms. Against the "
-        f"back-to-back calls: {e2e_median / back_to_back['bare_transformers'][0]:.3f}x vs "
-        f"transformers, {e2e_median / back_to_back['bare_core'][0]:.3f}x vs the core path; "
-        f"{node['e2e_lost']} of {args.frames} frames lost in transport; "
+        "End-to-end / bare ratio (medians, alternated with the node): "
+        + ", ".join(f"{e2e_median / bare[key][0]:.3f}x vs {label}" for label, key in compared)
+        + f"; end-to-end overhead {e2e_median - bare['bare_core'][0]:.2f} ms. Against the "
+        "back-to-back calls: "
+        + ", ".join(f"{e2e_median / back_to_back[key][0]:.3f}x vs {label}"
+                    for label, key in compared)
+        + f"; {node['e2e_lost']} of {args.frames} frames lost in transport; "
         + "".join(
             f"per frame (paired) vs {label}: ratio median {p['ratio_median']:.3f}x "
             f"(quartiles {p['ratio_q1']:.3f}-{p['ratio_q3']:.3f}), overhead median "
             f"{p['overhead_ms_median']:.2f} ms; "
-            for label, p in (("transformers", node["paired"]["bare_transformers"]),
-                             ("the core path", node["paired"]["bare_core"])))
+            for label, p in ((label, node["paired"][key]) for label, key in compared))
         +
         f"{node['instances_median']:g} instances per frame and "
         f"{node['message_mb_median']:.3f} MB per serialized DetectionArray (medians). "
