@@ -4,6 +4,8 @@ distortion, the point cloud and the RViz marker plan. Pure core: no ROS."""
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
@@ -340,6 +342,66 @@ def test_quaternion_of_known_rotations():
     rx180 = np.diag([1.0, -1.0, -1.0])
     q = rotation_to_quaternion_xyzw(rx180)
     assert abs(q[0]) == pytest.approx(1.0) and q[3] == pytest.approx(0.0)
+
+
+def _matrix_of(q: np.ndarray) -> np.ndarray:
+    x, y, z, w = q
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _half_turns() -> list[np.ndarray]:
+    """180-degree rotations (w = 0) as the box fit writes them for a flat object seen
+    head-on at constant depth: two in-plane axes, the third exactly -z (signed zeros)."""
+    turns = [np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]),
+             np.diag([-1.0, -1.0, 1.0])]
+    for degrees in range(0, 180, 3):
+        c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+        for signs in itertools.product((0.0, -0.0), repeat=4):  # each zero either sign
+            z02, z12, z20, z21 = signs
+            turns.append(np.array([[c, s, z02], [s, -c, z12], [z20, z21, -1.0]]))
+    return turns
+
+
+def _random_rotations(count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    rotations = []
+    for _ in range(count):
+        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+        q = q * np.sign(np.diag(r))
+        rotations.append(q if np.linalg.det(q) > 0 else -q)
+    return rotations
+
+
+@pytest.mark.parametrize("kind", ["half_turns", "random"])
+def test_quaternion_round_trips_to_the_same_rotation(kind):
+    # At 180 degrees the signs came from +-0 differences: a 60-degree box was published as
+    # -60 degrees (15 of 60 in-plane angles wrong).
+    rotations = _half_turns() if kind == "half_turns" else _random_rotations(500)
+    quaternions = rotation_to_quaternion_xyzw(np.stack(rotations))
+    for rotation, q in zip(rotations, quaternions, strict=True):
+        assert q[3] >= 0.0 and np.linalg.norm(q) == pytest.approx(1.0)
+        np.testing.assert_allclose(_matrix_of(q), rotation, atol=1e-9)
+
+
+def test_flat_box_at_constant_depth_keeps_its_orientation():
+    # A 200x60 px rectangle turned 60 degrees in the image, every depth pixel 800 mm
+    # (16UC1 from a top-down camera, or a simulator): the fit's third axis is exactly -z.
+    v, u = np.mgrid[0:H, 0:W]
+    angle = np.deg2rad(60.0)
+    du, dv = u - CX, v - CY
+    along = du * np.cos(angle) + dv * np.sin(angle)
+    across = -du * np.sin(angle) + dv * np.cos(angle)
+    mask = (np.abs(along) <= 100) & (np.abs(across) <= 30)
+    _, objects = _run([mask], np.full((H, W), 800, np.uint16), scale=0.001,
+                      camera=CameraModel(W, H, 500.0, 500.0, CX, CY))
+    assert objects.valid[0]
+    np.testing.assert_allclose(_matrix_of(objects.obb_quaternion_xyzw[0]),
+                               objects.obb_rotation[0], atol=1e-9)
+    long_axis = objects.obb_rotation[0][:, np.argmax(objects.obb_size_m[0])]
+    assert abs(abs(long_axis[:2] @ [np.cos(angle), np.sin(angle)]) - 1.0) < 1e-2
 
 
 def test_demo_disparity_to_depth():

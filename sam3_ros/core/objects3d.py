@@ -546,18 +546,36 @@ def objects_3d(crops: Sequence[MaskCrop], colour_hw: tuple[int, int], depth: np.
 
 
 def rotation_to_quaternion_xyzw(rotation: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (x, y, z, w), w >= 0."""
+    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (x, y, z, w), w >= 0.
+
+    Shepperd's method: the largest of |w|, |x|, |y|, |z| comes from the diagonal, the other
+    three from off-diagonal sums and differences divided by it. Taking every component from
+    the diagonal with signs from the off-diagonal differences fails at 180-degree rotations
+    (w = 0): the differences are +-0 there and their signs arbitrary (a flat box seen head-on
+    at constant depth got its long axis mirrored).
+    """
     r = np.asarray(rotation, np.float64)
     m00, m11, m22 = r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]
-    # Each component from the diagonal (always well-conditioned), signs from the off-diagonal.
-    w = np.sqrt(np.maximum(0.0, 1.0 + m00 + m11 + m22)) / 2.0
-    x = np.sqrt(np.maximum(0.0, 1.0 + m00 - m11 - m22)) / 2.0
-    y = np.sqrt(np.maximum(0.0, 1.0 - m00 + m11 - m22)) / 2.0
-    z = np.sqrt(np.maximum(0.0, 1.0 - m00 - m11 + m22)) / 2.0
-    x = np.copysign(x, r[..., 2, 1] - r[..., 1, 2])
-    y = np.copysign(y, r[..., 0, 2] - r[..., 2, 0])
-    z = np.copysign(z, r[..., 1, 0] - r[..., 0, 1])
-    q = np.stack([x, y, z, w], axis=-1)
+    # 4 * (w^2, x^2, y^2, z^2)
+    squares = np.stack([1.0 + m00 + m11 + m22, 1.0 + m00 - m11 - m22,
+                        1.0 - m00 + m11 - m22, 1.0 - m00 - m11 + m22], axis=-1)
+    largest = np.argmax(squares, axis=-1)
+    s = 2.0 * np.sqrt(np.maximum(np.take_along_axis(squares, largest[..., None], -1)[..., 0],
+                                 1e-300))  # 4 * the largest component
+    d_x, d_y, d_z = r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], \
+        r[..., 1, 0] - r[..., 0, 1]
+    s_xy, s_xz, s_yz = r[..., 0, 1] + r[..., 1, 0], r[..., 0, 2] + r[..., 2, 0], \
+        r[..., 1, 2] + r[..., 2, 1]
+    quarter = s / 4.0
+    # (x, y, z, w) for each choice of the largest component, times s.
+    candidates = np.stack([
+        np.stack([d_x, d_y, d_z, quarter * s], axis=-1),   # w largest
+        np.stack([quarter * s, s_xy, s_xz, d_x], axis=-1),  # x largest
+        np.stack([s_xy, quarter * s, s_yz, d_y], axis=-1),  # y largest
+        np.stack([s_xz, s_yz, quarter * s, d_z], axis=-1),  # z largest
+    ], axis=-2)
+    q = np.take_along_axis(candidates, largest[..., None, None], -2)[..., 0, :] / s[..., None]
+    q = np.where(q[..., 3:4] < 0.0, -q, q)
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
 
 
