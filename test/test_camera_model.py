@@ -150,6 +150,56 @@ def test_pairing_out_of_order_duplicates_and_capacity():
         StampBuffer(capacity=0)
 
 
+@pytest.mark.parametrize("inference_s", [0.1, 0.25, 0.5, 1.0, 3.0])
+def test_pairing_outlasts_inference_slower_than_the_buffer(inference_s):
+    # 30 Hz colour and depth with equal stamps; each colour frame is taken when the model is
+    # free and paired when its detections are out. 8 depth frames span 0.27 s: from 0.25 s
+    # of inference on, every frame missed its depth ("nearest is 33.3 ms newer").
+    period = 33_333_333
+    buf: StampBuffer[int] = StampBuffer(capacity=8)
+    busy_until, taken, paired, frames = 0, None, 0, 0
+    for i in range(int(10 * 1e9 / period)):
+        now = i * period
+        buf.put(now, now)  # depth, then the colour frame of the same stamp
+        buf.hold(now)
+        if taken is not None and now >= busy_until:
+            frames += 1
+            paired += buf.nearest(taken, 20_000_000, release=True).item == taken
+            taken = None
+        if taken is None:
+            taken, busy_until = now, now + int(inference_s * 1e9)
+            buf.hold(now, taken=True)
+        assert len(buf) <= 8 + 2 * (2 + 8)  # bounded: capacity + two per hold
+    assert frames >= 2 and paired == frames
+
+
+def test_pairing_holds_keep_the_nearest_items_until_released():
+    buf: StampBuffer[str] = StampBuffer(capacity=2, received_holds=1, taken_holds=1)
+    buf.put(100, "d100")
+    buf.put(200, "d200")
+    buf.hold(150, taken=True)  # keeps d100 and d200, its neighbours
+    buf.hold(310)  # received only: keeps d300 and the next newer one
+    for stamp in (300, 400, 500, 600):
+        buf.put(stamp, f"d{stamp}")
+    # The newest two always stay; besides them only the holds' neighbours.
+    assert [buf.nearest(t, 0).item for t in (100, 200, 300, 400, 500, 600)] == [
+        "d100", "d200", "d300", "d400", "d500", "d600"]
+    buf.put(700, "d700")
+    assert buf.nearest(500, 0).item is None and len(buf) == 6
+    assert buf.nearest(150, 60, release=True).item == "d100"  # paired, then let go
+    assert len(buf) == 4 and buf.nearest(100, 0).item is None
+    buf.hold(650)  # replaces the received hold at 310
+    buf.put(800, "d800")
+    assert [buf.nearest(t, 0).item for t in (300, 400, 600, 700, 800)] == [
+        None, None, "d600", "d700", "d800"]
+    buf.clear()
+    for stamp in (1, 2, 3):
+        buf.put(stamp, "x")
+    assert len(buf) == 2  # no hold left after clear
+    with pytest.raises(ValueError):
+        StampBuffer(received_holds=-1)
+
+
 def test_pairing_restarts_when_the_stream_goes_back_in_time():
     # A bag played in a loop: a full buffer of newer stamps refused every new depth image
     # (each was "older than everything held") until the node was deactivated.

@@ -305,3 +305,80 @@ def test_markers_are_deleted_when_the_node_stops_and_after_it_starts(harness):
     wait_for(lambda: any(m.action == Marker.ADD for a in harness.client.messages(topic)
                          for m in a.markers if m.header.stamp.sec == 81), 10,
              "the boxes of frame 81", harness.node)
+
+
+def test_inference_slower_than_the_depth_buffer_still_gets_3d(tiny_checkpoint):
+    """600 ms of inference per frame (injected) with colour and depth at 30 Hz: the 8 newest
+    depth frames span 0.27 s, so every frame's own depth had been evicted by the time its
+    detections were out ("nearest is 33.3 ms newer"): no 3D at all on a slow model."""
+    import threading
+    import time
+
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from sam3_ros.ros.segmenter_node import SegmenterNode
+
+    class SlowSegmenter(SegmenterNode):
+        def _process(self, *args, **kwargs):
+            if not kwargs.get("warmup"):
+                time.sleep(0.6)
+            return super()._process(*args, **kwargs)
+
+    ns = "/slow_depth"
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = SlowSegmenter("segmenter", context=context, namespace=ns, parameter_overrides=[
+        rclpy.parameter.Parameter("model", value=str(tiny_checkpoint)),
+        rclpy.parameter.Parameter("device", value="cpu"),
+        rclpy.parameter.Parameter("prompts", value=["mug"]),
+        rclpy.parameter.Parameter("score_threshold", value=0.0),
+        rclpy.parameter.Parameter("depth_enabled", value=True),
+        rclpy.parameter.Parameter("depth_max_dt", value=0.005)])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    client = Client("slow_depth_client")
+    make = client.node.create_publisher
+    image_pub, depth_pub = make(Image, f"{ns}/image", 10), make(Image, f"{ns}/depth", 10)
+    info_pub = make(CameraInfo, f"{ns}/camera_info", 10)
+    client.subscribe(DetectionArray, f"{ns}/segmenter/detections")
+    client.subscribe(Detection3DArray, f"{ns}/segmenter/detections_3d")
+    count = [0]
+    colour, depth = _colour(0), _depth(0)
+
+    def publish():  # depth first, as aligned depth often arrives; same stamps
+        stamp = 100_000_000_000 + count[0] * 33_333_333
+        for msg in (depth, colour):
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        info_pub.publish(_camera_info(100))
+        depth_pub.publish(depth)
+        image_pub.publish(colour)
+        count[0] += 1
+
+    timer = None
+    try:
+        assert node.trigger_configure() == R.SUCCESS
+        assert node.trigger_activate() == R.SUCCESS
+        timer = client.node.create_timer(1 / 30, publish)
+        wait_for(lambda: len(client.messages(f"{ns}/segmenter/detections")) >= 4, 120,
+                 "4 slow frames")
+        time.sleep(0.3)  # the last frame's 3D follows its 2D
+        frames_2d = client.messages(f"{ns}/segmenter/detections")
+        stamps_3d = {(m.header.stamp.sec, m.header.stamp.nanosec)
+                     for m in client.messages(f"{ns}/segmenter/detections_3d")}
+        stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in frames_2d]
+        assert np.median(np.diff(stamps)) > 400_000_000, "not slower than the camera"
+        with_3d = [m for m in frames_2d
+                   if (m.header.stamp.sec, m.header.stamp.nanosec) in stamps_3d]
+        assert len(with_3d) >= len(frames_2d) - 1, (len(with_3d), len(frames_2d),
+                                                    node._depth.warning())
+        assert len(node._depth._depth) <= 8 + 2 * (2 + 8)
+    finally:
+        if timer is not None:
+            client.node.destroy_timer(timer)
+        client.close()
+        node.stop_streaming()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)

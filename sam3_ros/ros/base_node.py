@@ -573,6 +573,7 @@ class Sam3LifecycleNode(LifecycleNode):
         try:
             # Before the frame is submitted: the compute thread may take it at once, and the
             # tracker judges time jumps on the stamps noted before the frame it processes.
+            self._depth.colour_received(fields.stamp_ns)
             self._frame_received(fields.stamp_ns, stalled)
         except Exception as err:
             self._report_frame_error(f"{type(err).__name__}: {err}")
@@ -634,6 +635,7 @@ class Sam3LifecycleNode(LifecycleNode):
         rgb = to_rgb8(array, encoding)
         header = fields_header(fields)
         stamp_ns = fields.stamp_ns
+        self._depth.colour_taken(stamp_ns)
         model = self._model
         return PreparedFrame(
             rgb=rgb, key=key,

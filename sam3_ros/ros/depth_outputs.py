@@ -13,7 +13,8 @@ Publications (private names):
     ~/markers               visualization_msgs/MarkerArray (boxes and labels)
 
 The colour path never waits for depth: when a frame's detections are out, the depth image
-nearest in stamp (within `depth_max_dt`) is taken from a small buffer. A frame without a usable
+nearest in stamp (within `depth_max_dt`) is taken from a small buffer, which keeps the depth
+of frames in inference however long it takes. A frame without a usable
 depth or camera info gets no 3D outputs, and diagnostics say why (WARN); errors never reach
 the 2D path. An output without subscribers is not built (the objects' geometry always is).
 """
@@ -65,8 +66,9 @@ from sam3_ros.ros.depth_conversions import (
 from sam3_ros.ros.detection_conversions import _vision_msgs
 from sam3_ros.ros.image_conversions import image_fields
 
-# Depth frames kept for pairing: at 30 Hz, 8 frames span 0.27 s, more than a colour frame
-# spends in inference on a GPU; raw messages are kept, only the paired one is decoded.
+# Depth frames kept for pairing: the newest 8 (0.27 s at 30 Hz), plus the ones nearest to
+# the stamps of colour frames still waiting or in inference (held however long inference
+# takes); raw messages are kept, only the paired one is decoded.
 DEPTH_BUFFER_FRAMES = 8
 DEPTH_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
                        reliability=qos_profile_sensor_data.reliability,
@@ -190,6 +192,18 @@ class DepthOutputs:
             return
         self._depth.put(fields.stamp_ns, fields)
 
+    def colour_received(self, stamp_ns: int) -> None:
+        """Executor thread, every colour frame: its depth may be paired later (the newest
+        received frames' depth is held: one of them waits for the model)."""
+        if self._enabled:
+            self._depth.hold(stamp_ns)
+
+    def colour_taken(self, stamp_ns: int) -> None:
+        """Compute thread, a colour frame going into inference: its depth is held until its
+        detections are published, however long that takes."""
+        if self._enabled:
+            self._depth.hold(stamp_ns, taken=True)
+
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._info = msg  # one reference swap: atomic for the worker that reads it
         self._info_count += 1
@@ -234,7 +248,7 @@ class DepthOutputs:
             return "the detections carry no masks", None
         param = self._node.param
         pairing = self._depth.nearest(_stamp_ns(header.stamp),
-                                      round(param("depth_max_dt") * 1e9))
+                                      round(param("depth_max_dt") * 1e9), release=True)
         if pairing.item is None:
             return pairing.reason, pairing.dt_ns
         try:
