@@ -788,3 +788,40 @@ def test_tracker_diagnostics_count_resets_and_the_requests_they_drop(tiny_checkp
         node.stop_streaming()
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+@pytest.mark.parametrize("kind", ["segmenter", "tracker"])
+def test_cleanup_of_the_last_user_frees_the_model(tiny_checkpoint, kind):
+    """A per-activation counter baseline kept the tracker's session, and through it the
+    model, alive after cleanup: the hub 'freed' it, the next configure loaded a second copy."""
+    import gc
+    import weakref
+
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from sam3_ros.core.model_hub import ModelHub
+    from sam3_ros.ros.segmenter_node import SegmenterNode
+    from sam3_ros.ros.tracker_node import TrackerNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    hub = ModelHub(with_tracker=kind == "tracker")
+    node_type = TrackerNode if kind == "tracker" else SegmenterNode
+    node = node_type(f"{kind}_frees", context=context, namespace="/frees", model_hub=hub,
+                     parameter_overrides=[
+                         rclpy.parameter.Parameter("model", value=str(tiny_checkpoint)),
+                         rclpy.parameter.Parameter("device", value="cpu")])
+    try:
+        assert node.trigger_configure() == R.SUCCESS
+        assert node.trigger_activate() == R.SUCCESS
+        detector = weakref.ref(node._model.loaded.detector)
+        assert node.trigger_deactivate() == R.SUCCESS
+        assert node.trigger_cleanup() == R.SUCCESS
+        gc.collect()
+        assert detector() is None, [type(r).__name__ for r in gc.get_referrers(detector())]
+        assert node.trigger_configure() == R.SUCCESS  # and it configures again
+        assert hub.loads == 2
+    finally:
+        node.stop_streaming()
+        node.destroy_node()
+        rclpy.shutdown(context=context)

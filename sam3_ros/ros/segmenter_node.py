@@ -145,6 +145,8 @@ class SegmenterNode(Sam3LifecycleNode):
 
     def _release_session(self) -> None:
         self._session = None
+        # The baseline must not keep the session, and with it the model, alive after cleanup.
+        self._mask_cap_base = (None, 0)
 
     def _reset_counters(self) -> None:
         super()._reset_counters()
