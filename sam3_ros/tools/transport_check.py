@@ -34,6 +34,10 @@ def _image_qos(kind: str):
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
 
 
+WARMUP_STAMP_SEC = 2_000_000_000
+"""Stamps (seconds) of the warm-up frames: far from the timed frames' 1, 2, 3, ..."""
+
+
 def _echo(parent_pid: int) -> int:
     """Answer every image on the per-QoS topics with its header while `parent_pid` is this
     process's parent."""
@@ -93,7 +97,21 @@ def _measure(sizes: list[tuple[int, int]], frames: int, timeout_s: float) -> int
             if time.monotonic() > deadline or echo.poll() is not None:
                 raise RuntimeError("the echo process did not connect within 60 s")
             time.sleep(0.05)
-        time.sleep(0.2)  # matched here does not yet mean matched on the echo's side
+        # Matched here does not yet mean matched on the echo's side: over best effort the
+        # first samples can be lost while the match completes (a discovery race, not the
+        # transport's loss, which the timed frames measure). A small frame per QoS is re-sent
+        # until answered first.
+        warm = numpy_to_image_msg(np.zeros((8, 8, 3), np.uint8), "rgb8")
+        for i, (kind, pub) in enumerate(pubs.items()):
+            warm.header.stamp.sec = WARMUP_STAMP_SEC + i
+            deadline = time.monotonic() + 60
+            with arrived:
+                while warm.header.stamp.sec not in answers:
+                    if time.monotonic() > deadline or echo.poll() is not None:
+                        raise RuntimeError(f"the echo process did not answer on {kind} "
+                                           "within 60 s")
+                    pub.publish(warm)
+                    arrived.wait_for(lambda s=warm.header.stamp.sec: s in answers, 0.5)
         seq = 0
         for width, height in sizes:
             msg = numpy_to_image_msg(
