@@ -311,11 +311,9 @@ def test_inference_slower_than_the_depth_buffer_still_gets_3d(tiny_checkpoint):
     """600 ms of inference per frame (injected) with colour and depth at 30 Hz: the 8 newest
     depth frames span 0.27 s, so every frame's own depth had been evicted by the time its
     detections were out ("nearest is 33.3 ms newer"): no 3D at all on a slow model."""
-    import threading
     import time
 
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn as R
+    from in_process import in_process_node
 
     from sam3_ros.ros.segmenter_node import SegmenterNode
 
@@ -326,18 +324,17 @@ def test_inference_slower_than_the_depth_buffer_still_gets_3d(tiny_checkpoint):
             return super()._process(*args, **kwargs)
 
     ns = "/slow_depth"
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = SlowSegmenter("segmenter", context=context, namespace=ns, parameter_overrides=[
-        rclpy.parameter.Parameter("model", value=str(tiny_checkpoint)),
-        rclpy.parameter.Parameter("device", value="cpu"),
-        rclpy.parameter.Parameter("prompts", value=["mug"]),
-        rclpy.parameter.Parameter("score_threshold", value=0.0),
-        rclpy.parameter.Parameter("depth_enabled", value=True),
-        rclpy.parameter.Parameter("depth_max_dt", value=0.005)])
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    with in_process_node(SlowSegmenter, "segmenter", ns, {
+            "model": str(tiny_checkpoint), "device": "cpu", "prompts": ["mug"],
+            "score_threshold": 0.0, "depth_enabled": True, "depth_max_dt": 0.005}) as node:
+        _check_slow_depth(node, ns)
+
+
+def _check_slow_depth(node, ns: str) -> None:
+    import time
+
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
     client = Client("slow_depth_client")
     make = client.node.create_publisher
     image_pub, depth_pub = make(Image, f"{ns}/image", 10), make(Image, f"{ns}/depth", 10)
@@ -378,7 +375,3 @@ def test_inference_slower_than_the_depth_buffer_still_gets_3d(tiny_checkpoint):
         if timer is not None:
             client.node.destroy_timer(timer)
         client.close()
-        node.stop_streaming()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)

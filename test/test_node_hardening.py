@@ -753,19 +753,15 @@ def test_counters_keep_their_values_until_activate_with_the_same_keys(tiny_check
 def test_tracker_diagnostics_count_resets_and_the_requests_they_drop(tiny_checkpoint):
     """A reset after a service call succeeded drops the queued request: the log names it
     and `/diagnostics` counts it, per activation as every counter."""
+    from in_process import in_process_node
     from rclpy.lifecycle import TransitionCallbackReturn as R
 
     from sam3_ros.core.tracker_objects import ObjectPromptSpec
     from sam3_ros.ros.tracker_node import TrackerNode
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = TrackerNode("trk_counters", context=context, namespace="/trk_counters",
-                       parameter_overrides=[
-                           rclpy.parameter.Parameter("model", value=str(tiny_checkpoint)),
-                           rclpy.parameter.Parameter("device", value="cpu"),
-                           rclpy.parameter.Parameter("max_time_gap_s", value=1.0)])
-    try:
+    with in_process_node(TrackerNode, "trk_counters", "/trk_counters", {
+            "model": str(tiny_checkpoint), "device": "cpu", "max_time_gap_s": 1.0},
+            spin=False) as node:
         assert node.trigger_configure() == R.SUCCESS
         assert node.trigger_activate() == R.SUCCESS
         stats = node.stats()
@@ -784,10 +780,6 @@ def test_tracker_diagnostics_count_resets_and_the_requests_they_drop(tiny_checkp
         assert node.trigger_activate() == R.SUCCESS
         stats = node.stats()
         assert (stats["automatic_resets"], stats["requests_dropped_by_reset"]) == (0, 0)
-    finally:
-        node.stop_streaming()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 @pytest.mark.parametrize("kind", ["segmenter", "tracker"])
@@ -797,21 +789,17 @@ def test_cleanup_of_the_last_user_frees_the_model(tiny_checkpoint, kind):
     import gc
     import weakref
 
+    from in_process import in_process_node
     from rclpy.lifecycle import TransitionCallbackReturn as R
 
     from sam3_ros.core.model_hub import ModelHub
     from sam3_ros.ros.segmenter_node import SegmenterNode
     from sam3_ros.ros.tracker_node import TrackerNode
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
     hub = ModelHub(with_tracker=kind == "tracker")
     node_type = TrackerNode if kind == "tracker" else SegmenterNode
-    node = node_type(f"{kind}_frees", context=context, namespace="/frees", model_hub=hub,
-                     parameter_overrides=[
-                         rclpy.parameter.Parameter("model", value=str(tiny_checkpoint)),
-                         rclpy.parameter.Parameter("device", value="cpu")])
-    try:
+    with in_process_node(node_type, f"{kind}_frees", "/frees", {
+            "model": str(tiny_checkpoint), "device": "cpu"}, spin=False, model_hub=hub) as node:
         assert node.trigger_configure() == R.SUCCESS
         assert node.trigger_activate() == R.SUCCESS
         detector = weakref.ref(node._model.loaded.detector)
@@ -821,7 +809,3 @@ def test_cleanup_of_the_last_user_frees_the_model(tiny_checkpoint, kind):
         assert detector() is None, [type(r).__name__ for r in gc.get_referrers(detector())]
         assert node.trigger_configure() == R.SUCCESS  # and it configures again
         assert hub.loads == 2
-    finally:
-        node.stop_streaming()
-        node.destroy_node()
-        rclpy.shutdown(context=context)

@@ -252,10 +252,11 @@ class ObjectTable:
             The queued requests dropped (a caller's service call succeeded for them).
         """
         previous_next_id = 0 if restart_ids else getattr(self, "next_id", 0)
-        pending = list(getattr(self, "pending", ()))
-        kept = [r for r in pending if keep_next_frame_adds
-                and r.kind == "add" and r.frame_idx is None]
-        dropped = [r for r in pending if not any(r is k for k in kept)]
+        kept: list[Request] = []
+        dropped: list[Request] = []
+        for request in getattr(self, "pending", ()):
+            keep = keep_next_frame_adds and request.kind == "add" and request.frame_idx is None
+            (kept if keep else dropped).append(request)
         self.objects: dict[int, TrackedObject] = {}
         self.pending = deque(kept)
         self.frames: deque[tuple[int, int]] = deque(maxlen=FRAMES_HELD_FOR_PROMPTS)
