@@ -66,6 +66,8 @@ TEST_TIERS = {
     "test_node_trace.py": "node",
     "test_tools_smoke.py": "node",
     "test_torch_compile_inductor.py": "compile",
+    "test_torch_int8_backbone.py": "compile",
+    "test_torch_int8_node.py": "compile",
 }
 _TIER_HELP = {
     "core": "no rclpy (run on every Python by scripts/test.sh)",

@@ -22,3 +22,24 @@ def assert_same_detections(ref, got) -> None:
     for a, b in zip(ref.masks, got.masks, strict=True):
         union = np.logical_or(a, b).sum()
         assert (np.logical_and(a, b).sum() / union if union else 1.0) >= MIN_MASK_IOU
+
+
+def assert_matched_detections(ref, got, score_tol: float, box_tol_px: float,
+                              min_mask_iou: float) -> None:
+    """Each reference instance has its own twin in `got`: same class and label, score within
+    `score_tol`, box within `box_tol_px`, mask IoU >= `min_mask_iou`. Matched, not compared in
+    order: for backends that move scores (INT8), near-duplicate instances of the tiny random
+    model swap places."""
+    assert len(got) == len(ref)
+    unmatched = list(range(len(got)))
+    for i in range(len(ref)):
+        twins = [j for j in unmatched
+                 if got.class_ids[j] == ref.class_ids[i] and got.labels[j] == ref.labels[i]
+                 and abs(float(got.scores[j]) - float(ref.scores[i])) <= score_tol
+                 and np.abs(got.xyxy[j] - ref.xyxy[i]).max() <= box_tol_px]
+        assert twins, f"reference instance {i} has no twin"
+        j = min(twins, key=lambda k: np.abs(got.xyxy[k] - ref.xyxy[i]).max())
+        union = np.logical_or(ref.masks[i], got.masks[j]).sum()
+        iou = np.logical_and(ref.masks[i], got.masks[j]).sum() / union if union else 1.0
+        assert iou >= min_mask_iou, f"reference instance {i}: mask IoU {iou:.3f}"
+        unmatched.remove(j)

@@ -83,6 +83,17 @@ def test_compiled_features_match_eager(backbones, loaded, batch):
     _assert_close(compiled(pixels), eager(pixels))
 
 
+def test_an_inference_mode_frame_runs_on_the_prepared_graph(backbones, loaded):
+    """A frame made under inference_mode has other dispatch keys than `prepare`'s ordinary
+    tensor; it is run as an ordinary copy instead of compiling again on a streamed frame."""
+    _, compiled, _ = backbones
+    size = int(loaded.processor.image_processor.size["height"])
+    with torch.inference_mode():
+        pixels = torch.randn(1, 3, size, size)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        compiled(pixels)
+
+
 def test_a_larger_batch_reuses_the_dynamic_graph(backbones, loaded):
     """Batch 2 compiled a graph with a dynamic batch dimension: batch 3 runs without a
     recompile (fail_on_recompile raises if it needed one)."""

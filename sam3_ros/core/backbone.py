@@ -132,6 +132,7 @@ class TorchBackbone:
     def _run_compiled(self, pixel_values: Any) -> Any:
         import torch
 
+        pixel_values = ordinary_tensor(pixel_values)
         if pixel_values.shape[0] >= 2:
             torch._dynamo.maybe_mark_dynamic(pixel_values, 0)
         cuda_graphs = (self.compile_mode in _CUDA_GRAPH_MODES
@@ -172,23 +173,13 @@ class TorchBackbone:
         param = next(self._detector.parameters())
         log(f"torch_compile '{self.compile_mode}': compiling the vision backbone for batch "
             f"sizes {todo} on {param.device} (can take minutes; detector heads stay eager)")
-        # Never eager in disguise: suppress_errors would run a failed compile eagerly, and past
-        # the recompile limit torch runs eagerly too. The limit counts graphs per code object,
-        # i.e. of every model compiled in this process (2 each), so it is raised while
-        # compiling, and hitting it is an error where this torch can make it one.
-        config = torch._dynamo.config
-        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        strict: dict[str, Any] = {"suppress_errors": False,
-                                  limit: max(64, getattr(config, limit))}
-        if hasattr(config, "fail_on_recompile_limit_hit"):
-            strict["fail_on_recompile_limit_hit"] = True
         started = time.monotonic()
         for batch in todo:
             pixels = torch.zeros(batch, 3, self._image_size, self._image_size,
                                  device=param.device, dtype=param.dtype)
             batch_started = time.monotonic()
             try:
-                with config.patch(**strict), torch.inference_mode():
+                with strict_compile_config(), torch.inference_mode():
                     self._run_compiled(pixels)
                     if param.device.type == "cuda":
                         torch.cuda.synchronize(param.device)
@@ -208,6 +199,40 @@ class TorchBackbone:
             return "torch"
         compiled = "" if self._compiled is None else f", compiled {self.compile_mode}"
         return f"torch ({param.device}, {str(param.dtype).replace('torch.', '')}{compiled})"
+
+
+def strict_compile_config() -> Any:
+    """A context in which `torch.compile` either compiles or raises: never eager in disguise.
+
+    suppress_errors would run a failed compile eagerly, and past the recompile limit torch runs
+    eagerly too. The limit counts graphs per code object, i.e. of every model compiled in this
+    process (2 each), so it is raised while compiling, and hitting it is an error where this
+    torch can make it one.
+    """
+    import torch
+
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    strict: dict[str, Any] = {"suppress_errors": False, limit: max(64, getattr(config, limit))}
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        strict["fail_on_recompile_limit_hit"] = True
+    return config.patch(**strict)
+
+
+def ordinary_tensor(tensor: Any) -> Any:
+    """`tensor` itself, or an ordinary copy of it when it was made under `inference_mode`.
+
+    Compiled graphs guard on their input's dispatch keys, and an inference tensor's differ
+    from an ordinary one's: prepared with ordinary tensors (as the package's preprocessing
+    makes), a graph fed an inference tensor recompiled (minutes at full size, on a streamed
+    frame). The package's own frames are ordinary, so they are never copied.
+    """
+    import torch
+
+    if not tensor.is_inference():
+        return tensor
+    with torch.inference_mode(False):
+        return tensor.clone()
 
 
 def _clone(value: Any) -> Any:
@@ -320,6 +345,7 @@ def split_frames(features: Any, position: tuple[Any, ...] | None = None) -> list
 _FACTORIES: dict[str, str] = {
     "torch": "sam3_ros.core.backbone:_torch_factory",
     "onnxruntime": "sam3_ros.core.onnx_backbone:_onnxruntime_factory",
+    "torch_int8": "sam3_ros.core.torch_int8_backbone:_torch_int8_factory",
 }
 
 BACKENDS = tuple(_FACTORIES)
@@ -329,6 +355,7 @@ BACKEND_OPTION_PARAMS: dict[str, tuple[str, ...]] = {
     "torch": ("torch_compile",),
     "onnxruntime": ("onnx_artifact_dir", "onnx_precision", "onnx_provider", "onnx_threads",
                     "onnx_trt_cache_dir", "onnx_trt_fp16", "onnx_trt_int8"),
+    "torch_int8": (),
 }
 """Per backend, the ROS parameters that are its options (named without the `onnx_`/`torch_`
 prefix). They are part of the model key: nodes that differ in one load separate models."""

@@ -357,8 +357,9 @@ class Sam3LifecycleNode(LifecycleNode):
         self._configured = True
         self.get_logger().info(
             f"configured: model '{self._model.loaded.source}' on {self._model.loaded.device} "
-            f"({str(self._model.loaded.dtype).replace('torch.', '')}); "
-            f"{self._hub.loads} model load(s) in this process")
+            f"({str(self._model.loaded.dtype).replace('torch.', '')}), vision backbone "
+            f"{self._model.backbone.describe()}; {self._hub.loads} model load(s) in this "
+            f"process")
         return TransitionCallbackReturn.SUCCESS
 
     def _text_cache(self) -> TextEmbeddingCache | None:

@@ -99,7 +99,9 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
               "(nvfp4 needs a Blackwell GPU)", reload=True,
               choices=("none", "int8_weight_only", "int8_dynamic", "nvfp4")),
     ParamSpec("backend", "torch",
-              "Vision backbone implementation (the text encoder and heads stay in torch)",
+              "Vision backbone implementation (the text encoder and heads stay in torch): "
+              "torch; onnxruntime (onnx_* parameters); torch_int8 (x86 CPU only: the ViT's "
+              "linears INT8 via torchao PT2E, compiled during configure, minutes at full size)",
               reload=True, choices=BACKENDS),
     ParamSpec("torch_compile", "none",
               "backend torch: torch.compile mode of the vision backbone (compiled during "

@@ -22,7 +22,9 @@ INT8 fidelity (no activation outliers): the cosine figures say nothing about the
 MODE` times the `torch.compile`d encoder (as the torch backend's `torch_compile`), its first
 call (the compile) apart, and compares its outputs with the eager step's. `torch --dtype bf16`
 times the encoder with bfloat16 weights and activations (fast where the CPU has AMX or
-AVX512-BF16), compared with the fp32 step's outputs when that ran first.
+AVX512-BF16), compared with the fp32 step's outputs when that ran first. `torch --int8
+[--dtype bf16]` times backend `torch_int8` (the ViT's linears INT8, compiled; export, weight
+pass and compile timed apart as compile_s).
 
 `checkpoint` writes a full-size random `Sam3Model` checkpoint folder (`<workdir>/checkpoint`,
 ~3.4 GB; the tiny test tokenizer) for the export tool's own checks at full size:
@@ -125,7 +127,21 @@ def step_torch(args: argparse.Namespace) -> None:
     px = _pixel_values(args.image_size).to(dtype)
     outputs: list[Any] = []
     forward, mode, compile_s = model, args.torch_compile, None
-    if mode != "none":
+    if args.int8:
+        # As backend torch_int8: the ViT quantised (PT2E, X86InductorQuantizer, dynamic) and
+        # compiled, the neck eager in `dtype`; the torch ViT freed as the model hub does.
+        from sam3_ros.core.torch_int8_backbone import TorchInt8Backbone, quantize_vit
+
+        start = time.monotonic()
+        graph = quantize_vit(model.backbone, args.image_size)
+        _log(f"torch_int8: exported and quantised in {time.monotonic() - start:.1f} s")
+        forward = TorchInt8Backbone(graph, model.neck, model.config.backbone_config.patch_size,
+                                    args.image_size, dtype)
+        del model.backbone
+        start = time.monotonic()
+        forward.prepare([1], _log)
+        compile_s, mode = time.monotonic() - start, "int8"
+    elif mode != "none":
         # As the torch backend's torch_compile: fullgraph, the first call compiles.
         forward = torch.compile(model, fullgraph=True, mode=None if mode == "default" else mode)
         start = time.monotonic()
@@ -149,7 +165,11 @@ def step_torch(args: argparse.Namespace) -> None:
     else:
         from sam3_ros.tools.export_backbone import feature_metrics
 
-        if mode != "none":
+        if args.int8:
+            row["backend"] = (f"torch_int8 (PT2E x86 dynamic int8 linears, compiled; the rest "
+                              f"{args.dtype})")
+            row["compile_s"] = round(compile_s, 1)
+        elif mode != "none":
             row["backend"] = f"torch {args.dtype} (sdpa, torch.compile {mode})"
             row["compile_s"] = round(compile_s, 1)
         row["cosine_min"] = row["max_abs_error"] = None
@@ -282,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
                         choices=("none", "default", "reduce-overhead", "max-autotune"),
                         help="step torch: torch.compile mode (first call timed apart as "
                              "compile_s; run the eager step first to compare outputs)")
+    parser.add_argument("--int8", action="store_true",
+                        help="step torch: as backend torch_int8 (the ViT's linears INT8 via "
+                             "torchao PT2E, compiled; --dtype is the rest's dtype)")
     args = parser.parse_args(argv)
+    if args.int8 and args.torch_compile != "none":
+        parser.error("--int8 compiles the quantised ViT itself; leave --torch-compile none")
     if args.image_size is None:
         args.image_size = 112 if args.tiny else 1008
     args.workdir.mkdir(parents=True, exist_ok=True)

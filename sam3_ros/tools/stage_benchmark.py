@@ -102,6 +102,8 @@ class BackendSpec:
             parts = ["torch", self.dtype]
             if self.quantization != "none":
                 parts.append(self.quantization)
+        elif self.backend == "torch_int8":
+            parts = ["torch_int8", f"rest {self.dtype}"]
         else:
             parts = ["onnxruntime", self.precision, self.provider, f"heads {self.dtype}"]
         return " ".join(parts)
@@ -109,7 +111,8 @@ class BackendSpec:
 
 def parse_backend(text: str, dtype: str = "float32", quantization: str = "none",
                   device: str = "cpu") -> BackendSpec:
-    """Parse `torch[:DTYPE][:QUANT]` or `onnxruntime[:PRECISION][:PROVIDER][:DTYPE]`.
+    """Parse `torch[:DTYPE][:QUANT]`, `torch_int8[:DTYPE]` (the dtype of everything but the
+    ViT's linears) or `onnxruntime[:PRECISION][:PROVIDER][:DTYPE]`.
 
     Raises:
         ValueError: an unknown backend or part.
@@ -122,12 +125,15 @@ def parse_backend(text: str, dtype: str = "float32", quantization: str = "none",
     if backend == "torch":
         fields = {"dtype": dtype, "quantization": quantization}
         choices = {"dtype": DTYPES, "quantization": QUANTIZATIONS}
+    elif backend == "torch_int8":
+        fields, choices = {"dtype": dtype}, {"dtype": DTYPES}
     elif backend == "onnxruntime":
         fields = {"precision": "fp32", "dtype": dtype,
                   "provider": "cuda" if device.startswith("cuda") else "cpu"}
         choices = {"precision": onnx_precisions, "provider": onnx_providers, "dtype": DTYPES}
     else:
-        raise ValueError(f"backend '{text}': expected torch[:...] or onnxruntime[:...]")
+        raise ValueError(f"backend '{text}': expected torch[:...], torch_int8[:...] or "
+                         "onnxruntime[:...]")
     seen = set()
     for part in parts:
         name = next((n for n, values in choices.items() if part in values), None)
@@ -274,6 +280,7 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
         shared = SharedModel(ModelKey(config["model"], config["device"], spec.dtype,
                                       spec.quantization, spec.backend,
                                       tuple(sorted(options.items()))), loaded, 1)
+        shared.prepare(_log)  # torch_int8 compiles here, as in the node's configure
         backbone = shared.backbone
     except Sam3RosError as err:
         result["not_run"] = str(err)

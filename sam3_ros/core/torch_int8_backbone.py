@@ -1,0 +1,256 @@
+"""Backend `torch_int8`: the vision transformer in INT8 on an x86 CPU, through PyTorch.
+
+The ViT's linear layers are quantised with torchao's PT2E flow and X86InductorQuantizer
+(weights int8 per output channel, activations int8 per tensor computed at run time, i.e.
+dynamic: no calibration frames) and the quantised graph is compiled by inductor with weight
+freezing, which lowers every quantised linear to oneDNN's int8 kernel (AMX or VNNI). Everything
+that is not a GEMM (layer norms, GELU, rotary embeddings, attention) runs in the model's
+`dtype`: with `bfloat16`, under CPU autocast (on AMX the attention is the other big cost, and
+bf16 runs it ~3x faster than fp32). The FPN neck, the text encoder and the heads stay eager in
+the model's dtype: the neck's transposed convolutions ran slower quantised than in bf16.
+
+Measured at full size (random weights) on a 2-core Intel Xeon with AMX: the ViT 3.98 s + neck
+0.13-0.2 s against 21.5 s for torch fp32 (README, "torch_int8").
+
+Configure does the slow work, once per model: export the ViT (`torch.export`, batch dimension
+dynamic), prepare and convert it (one fp32 pass so the weight observers see the weights:
+without it the quantised weights are garbage, feature cosine ~0.07 on the tiny model), then
+compile it for each batch size the runtime will use (`prepare`, about a minute per graph at
+full size on 2 cores). The torch ViT is then released (the quantised graph holds its own
+int8 weights).
+
+Refused with the reason (no fallback): a device other than the CPU, a CPU that is not x86,
+a torchao `quantization` on top, a torchao without PT2E, and a failed export or compile.
+
+This is the only module that touches torch's export/PT2E graph internals.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from sam3_ros.core.backbone import _short_reason, ordinary_tensor, strict_compile_config
+from sam3_ros.core.errors import ModelLoadError
+
+_log = logging.getLogger(__name__)
+
+_X86_MACHINES = ("x86_64", "amd64", "i686", "x86")
+
+MAX_EXPORT_BATCH = 64
+"""Upper bound of the exported graph's dynamic batch dimension (the runtime's max_batch is
+far below it)."""
+
+
+def _quantizer() -> Any:
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as err:
+        raise ModelLoadError(f"backend 'torch_int8' needs torchao with PT2E quantisation "
+                             f"(torchao.quantization.pt2e): {err}") from None
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=True))
+    return quantizer, prepare_pt2e, convert_pt2e
+
+
+def quantize_vit(vit: Any, image_size: int) -> Any:
+    """An INT8 (dynamic) fp32-graph copy of a Sam3 ViT, not compiled yet.
+
+    Args:
+        vit: `Sam3ViTModel` (any dtype; copied to float32 for the export when it is not).
+        image_size: Side S of the (B, 3, S, S) pixel batch the graph is exported for.
+
+    Returns:
+        A `torch.fx.GraphModule`: (B, 3, S, S) float32 pixels -> an output whose
+        `last_hidden_state` is (B, S/14 * S/14, C).
+
+    Raises:
+        ModelLoadError: torchao PT2E missing, or the export/quantisation failed (the reason).
+    """
+    import torch
+
+    quantizer, prepare_pt2e, convert_pt2e = _quantizer()
+    param = next(vit.parameters())
+    source = vit if param.dtype == torch.float32 else copy.deepcopy(vit).float()
+    # Batch 2 as the example: torch.export specialises a dimension whose example is 1.
+    example = torch.zeros(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(source, (example,), dynamic_shapes=({0: batch},))
+            prepared = prepare_pt2e(exported.module(), quantizer)
+            # The weight observers record during a forward pass; activations are dynamic,
+            # so one zero frame is enough.
+            prepared(example[:1])
+            graph = convert_pt2e(prepared)
+    except Exception as err:
+        raise ModelLoadError(f"backend 'torch_int8': quantising the vision transformer "
+                             f"failed: {_short_reason(err)}") from err
+    # torch.export records every dtype the fp32 trace saw as a runtime assertion; under
+    # bf16 autocast those dtypes change by design, so the assertions go.
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and "_assert_tensor_metadata" in str(node.target):
+            graph.graph.erase_node(node)
+    graph.recompile()
+    _drop_unused_tensors(graph)
+    return graph
+
+
+def _drop_unused_tensors(graph: Any) -> int:
+    """Delete the parameters and buffers no node reads; returns the bytes freed.
+
+    convert_pt2e folds each quantised weight into a new int8 constant but leaves the fp32
+    original on the module: kept, the graph held the whole fp32 ViT (1.8 GB at full size)
+    beside its int8 weights.
+    """
+    used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    freed = 0
+    for name, tensor in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name in used:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = graph.get_submodule(owner_name) if owner_name else graph
+        freed += tensor.numel() * tensor.element_size()
+        delattr(owner, leaf)
+    return freed
+
+
+class TorchInt8Backbone:
+    """The ViT quantised to INT8 and compiled (see the module docstring); the neck eager.
+
+    Args:
+        graph: `quantize_vit`'s graph.
+        neck: The checkpoint's `Sam3VisionNeck` (eager, in `dtype`).
+        patch_size: The ViT's patch size (14).
+        image_size: Side S of the pixel batch.
+        dtype: The model's dtype: the heads read features in it; bfloat16 also runs the
+            graph's non-GEMM ops under CPU autocast.
+    """
+
+    name = "torch_int8"
+
+    def __init__(self, graph: Any, neck: Any, patch_size: int, image_size: int,
+                 dtype: Any) -> None:
+        import torch
+
+        from sam3_ros.core import position_encoding
+
+        self._graph = graph
+        self._neck = neck
+        self._patch_size = patch_size
+        self._image_size = image_size
+        self._dtype = dtype
+        autocast = dtype == torch.bfloat16
+
+        def run(pixel_values: Any) -> Any:
+            # The graph was exported in fp32; the cast is part of the compiled graph.
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                return graph(pixel_values.float())
+
+        self._compiled = torch.compile(run, fullgraph=True)
+        self.prepared_batch_sizes: set[int] = set()
+        """Batch sizes compiled (and run once) so far."""
+        if not position_encoding.install(neck):
+            _log.warning("this transformers version's SAM3 neck has no position module to "
+                         "share between batch sizes")
+
+    def __call__(self, pixel_values: Any) -> Any:
+        import torch
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        batch = int(pixel_values.shape[0])
+        if batch not in self.prepared_batch_sizes:
+            _log.warning("torch_int8: batch size %d was not compiled during configure; "
+                         "compiling it now (this call is slow)", batch)
+            self.prepared_batch_sizes.add(batch)
+        with torch.inference_mode():
+            hidden = self._run_graph(pixel_values).to(self._dtype)
+            # As Sam3VisionModel.forward: tokens -> (B, C, H/14, W/14) for the FPN neck.
+            height = pixel_values.shape[-2] // self._patch_size
+            width = pixel_values.shape[-1] // self._patch_size
+            spatial = hidden.view(batch, height, width, -1).permute(0, 3, 1, 2)
+            fpn_hidden_states, fpn_position_encoding = self._neck(spatial)
+        return Sam3VisionEncoderOutput(last_hidden_state=hidden,
+                                       fpn_hidden_states=fpn_hidden_states,
+                                       fpn_position_encoding=fpn_position_encoding)
+
+    def _run_graph(self, pixel_values: Any) -> Any:
+        import torch
+        from torch._inductor import config as inductor_config
+
+        pixels = ordinary_tensor(pixel_values)
+        if pixels.shape[0] >= 2:
+            torch._dynamo.maybe_mark_dynamic(pixels, 0)
+        # Freezing (constant weights) is what lowers the quantised linears to oneDNN's int8
+        # kernels; as a patch, so other compiled models in the process keep their setting.
+        with inductor_config.patch(freezing=True):
+            return self._compiled(pixels).last_hidden_state
+
+    def prepare(self, batch_sizes: Iterable[int],
+                log: Callable[[str], None] | None = None) -> None:
+        """Compile (and run once) the quantised ViT for each batch size not compiled yet.
+
+        Raises:
+            ModelLoadError: compilation failed (no C++ compiler, ...), with torch's reason.
+        """
+        import torch
+
+        log = log or _log.info
+        todo = sorted(set(batch_sizes) - self.prepared_batch_sizes)
+        if not todo:
+            log(f"torch_int8: vision transformer already compiled for batch sizes "
+                f"{sorted(self.prepared_batch_sizes)}")
+            return
+        log(f"torch_int8: compiling the INT8 vision transformer for batch sizes {todo} "
+            f"(can take minutes)")
+        started = time.monotonic()
+        for batch in todo:
+            # As the package's frames: ordinary tensors in the model's dtype (a graph
+            # compiled for another input dtype or kind would compile again on a frame).
+            pixels = torch.zeros(batch, 3, self._image_size, self._image_size,
+                                 dtype=self._dtype)
+            batch_started = time.monotonic()
+            try:
+                with strict_compile_config(), torch.inference_mode():
+                    self._run_graph(pixels)
+            except Exception as err:
+                raise ModelLoadError(f"torch_int8: compiling the vision transformer for batch "
+                                     f"size {batch} failed: {_short_reason(err)}") from err
+            self.prepared_batch_sizes.add(batch)
+            log(f"torch_int8: batch size {batch} ready in "
+                f"{time.monotonic() - batch_started:.1f} s")
+        log(f"torch_int8: vision transformer compiled in {time.monotonic() - started:.1f} s")
+
+    def describe(self) -> str:
+        compute = "bf16 autocast" if str(self._dtype) == "torch.bfloat16" else "fp32"
+        return f"torch_int8 (cpu, int8 dynamic linears, {compute}, neck eager)"
+
+
+def _torch_int8_factory(loaded: Any, options: Mapping[str, Any]) -> TorchInt8Backbone:
+    if options:
+        raise ModelLoadError(f"backend 'torch_int8': unknown options {sorted(options)} "
+                             f"(it has none)")
+    if loaded.device.type != "cpu":
+        raise ModelLoadError(f"backend 'torch_int8' runs on the CPU only (x86 oneDNN int8 "
+                             f"kernels); the model is on {loaded.device}. On a GPU use backend "
+                             f"onnxruntime with onnx_provider tensorrt and onnx_trt_int8")
+    machine = platform.machine().lower()
+    if machine not in _X86_MACHINES:
+        raise ModelLoadError(f"backend 'torch_int8' needs an x86 CPU (X86InductorQuantizer, "
+                             f"oneDNN int8); this machine is {platform.machine()}")
+    if getattr(loaded, "quantization", "none") != "none":
+        raise ModelLoadError(f"backend 'torch_int8' quantises the vision transformer itself; "
+                             f"set quantization to 'none' (got '{loaded.quantization}')")
+    encoder = loaded.detector.vision_encoder
+    image_size = int(loaded.processor.image_processor.size["height"])
+    started = time.monotonic()
+    graph = quantize_vit(encoder.backbone, image_size)
+    _log.info("torch_int8: vision transformer exported and quantised in %.1f s",
+              time.monotonic() - started)
+    return TorchInt8Backbone(graph, encoder.neck, int(encoder.config.backbone_config.patch_size),
+                             image_size, loaded.dtype)

@@ -1,0 +1,217 @@
+"""Backend `torch_int8` (PT2E X86 Inductor INT8 vision transformer) on the tiny random
+checkpoint: features and detections against the torch backend's eager fp32/bf16 features,
+batch sizes 1..3 on one dynamic graph, the node's configure, and every refusal.
+
+Slow tier `compile` (test/conftest.py): inductor builds, ~10 s per graph on the tiny model.
+
+Tolerances (INT8 against the same model's eager features, random weights: they flatter INT8,
+trained ViTs have outlier channels): every feature tensor's cosine similarity >= 0.999 with
+fp32 activations, >= 0.99 under bf16 autocast. Detections: the same count, class ids and
+labels, scores within 0.02, boxes within 1.5 px, mask IoU >= 0.9. The feature checks are also
+what fails if the weight pass before convert is dropped (cosine ~0.07, see the backend).
+"""
+
+from __future__ import annotations
+
+import platform
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from parity import assert_matched_detections
+
+from sam3_ros.core.backbone import create_backbone
+from sam3_ros.core.errors import ModelLoadError
+from sam3_ros.core.model_loading import load_sam3
+from sam3_ros.core.prompts import BoxExemplar, PromptSpec
+from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
+from sam3_ros.core.tracker import TrackerConfig, TrackerSession
+from sam3_ros.core.vision_features import VisionFeatureCache
+
+pytest.importorskip("torchao")
+pytestmark = pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 CPUs only")
+
+MIN_COSINE_FP32 = 0.999
+MIN_COSINE_BF16 = 0.99
+
+
+def _pair(tiny_checkpoint, dtype: str):
+    """(eager torch backbone, torch_int8 backbone prepared for 1 and 2), separate loads: the
+    INT8 backend's model serves that backend only (its ViT is released by the model hub)."""
+    reference = load_sam3(str(tiny_checkpoint), device="cpu", dtype=dtype, with_tracker=True)
+    quantized = load_sam3(str(tiny_checkpoint), device="cpu", dtype=dtype, with_tracker=True)
+    eager = create_backbone("torch", reference, {"compile": "none"})
+    int8 = create_backbone("torch_int8", quantized, {})
+    lines: list[str] = []
+    int8.prepare([1, 2], lines.append)
+    return SimpleNamespace(reference=reference, quantized=quantized, eager=eager, int8=int8,
+                           lines=lines)
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_checkpoint):
+    return _pair(tiny_checkpoint, "float32")
+
+
+@pytest.fixture(scope="module")
+def bf16(tiny_checkpoint):
+    return _pair(tiny_checkpoint, "bfloat16")
+
+
+def _tensors(features) -> list[torch.Tensor]:
+    return [features.last_hidden_state, *features.fpn_hidden_states,
+            *features.fpn_position_encoding]
+
+
+def _assert_close(got, ref, min_cosine: float) -> None:
+    for a, b in zip(_tensors(got), _tensors(ref), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        cosine = torch.nn.functional.cosine_similarity(
+            a.flatten().double(), b.flatten().double(), dim=0).item()
+        assert cosine >= min_cosine, f"feature cosine {cosine:.5f} < {min_cosine}"
+
+
+def _pixels(loaded, batch: int, seed: int) -> torch.Tensor:
+    size = int(loaded.processor.image_processor.size["height"])
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_prepare_logs_each_batch_size_and_describes_itself(fp32):
+    assert "compiling the INT8 vision transformer for batch sizes [1, 2]" in fp32.lines[0]
+    assert [line.split(" ready")[0] for line in fp32.lines[1:3]] == [
+        "torch_int8: batch size 1", "torch_int8: batch size 2"]
+    assert "vision transformer compiled in" in fp32.lines[3]
+    assert fp32.int8.describe() == "torch_int8 (cpu, int8 dynamic linears, fp32, neck eager)"
+    again: list[str] = []
+    fp32.int8.prepare([2, 1], again.append)
+    assert len(again) == 1 and "already compiled" in again[0]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_features_match_eager_fp32(fp32, batch):
+    pixels = _pixels(fp32.reference, batch, batch)
+    _assert_close(fp32.int8(pixels), fp32.eager(pixels), MIN_COSINE_FP32)
+
+
+def test_a_larger_batch_reuses_the_dynamic_graph(fp32):
+    pixels = _pixels(fp32.reference, 3, 3)
+    fp32.int8.prepared_batch_sizes.add(3)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        got = fp32.int8(pixels)
+    _assert_close(got, fp32.eager(pixels), MIN_COSINE_FP32)
+
+
+@pytest.mark.parametrize("inference_tensor", [False, True])
+def test_frames_run_on_the_graph_prepared_in_configure(bf16, inference_tensor):
+    """No compile on a streamed frame: bf16 frames (the model's dtype, as preprocessed) and
+    frames made under inference_mode run on the graph `prepare` compiled (a mismatch of
+    dtype or dispatch keys recompiled: 68 s on the first full-size frame)."""
+    with torch.inference_mode(inference_tensor):
+        pixels = _pixels(bf16.reference, 1, 9).to(torch.bfloat16)
+    assert pixels.is_inference() == inference_tensor
+    with torch.compiler.set_stance("fail_on_recompile"):
+        bf16.int8(pixels)
+
+
+def test_bfloat16_runs_under_autocast_and_hands_bf16_features(bf16):
+    assert "bf16 autocast" in bf16.int8.describe()
+    pixels = _pixels(bf16.reference, 1, 7).to(torch.bfloat16)
+    got = bf16.int8(pixels)
+    assert got.last_hidden_state.dtype == torch.bfloat16
+    _assert_close(got, bf16.eager(pixels), MIN_COSINE_BF16)
+
+
+def test_segmenter_detections_match_eager(fp32):
+    prompts = [PromptSpec("mug"), PromptSpec("bottle", (BoxExemplar(10, 12, 70, 60, True),))]
+    config = SegmenterConfig(score_threshold=0.25, max_detections=1000)
+    rgb = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    results = []
+    for loaded, backbone in ((fp32.reference, fp32.eager), (fp32.quantized, fp32.int8)):
+        session = SegmenterSession(
+            Sam3Segmenter(loaded, VisionFeatureCache(backbone, capacity=1)), config, prompts)
+        results.append(session.process(rgb, track=False)[0])
+    ref, got = results
+    assert len(ref) > 0, "the tiny model at threshold 0.25 should give instances"
+    assert_matched_detections(ref, got, score_tol=0.02, box_tol_px=1.5,
+                              min_mask_iou=0.9)
+
+
+def test_tracker_session_runs_on_the_int8_features(fp32):
+    def run(loaded, backbone):
+        session = TrackerSession(loaded, TrackerConfig(score_threshold=0.0, max_objects=4),
+                                 feature_cache=VisionFeatureCache(backbone, capacity=1))
+        session.set_text_prompts(["mug"])
+        base = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        return [session.process_frame(np.roll(base, i, axis=1), i * 33_000_000)
+                for i in range(3)]
+
+    ref, got = run(fp32.reference, fp32.eager), run(fp32.quantized, fp32.int8)
+    assert any(len(d) for d in ref)
+    for a, b in zip(ref, got, strict=True):
+        assert len(a) == len(b)
+        np.testing.assert_array_equal(a.object_ids, b.object_ids)
+
+
+def test_the_graph_keeps_int8_weights_not_the_fp32_originals(tiny_checkpoint):
+    """convert_pt2e leaves each fp32 weight on the module beside its int8 constant; the
+    backend drops them (the whole fp32 ViT was held twice, 1.8 GB at full size)."""
+    from sam3_ros.core.torch_int8_backbone import quantize_vit
+
+    loaded = load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32")
+    vit = loaded.detector.vision_encoder.backbone
+    graph = quantize_vit(vit, int(loaded.processor.image_processor.size["height"]))
+    held: dict[torch.dtype, int] = {}
+    for _, tensor in [*graph.named_parameters(), *graph.named_buffers()]:
+        held[tensor.dtype] = held.get(tensor.dtype, 0) + tensor.numel() * tensor.element_size()
+    # The quantiser takes the linears and the patch embedding's convolution.
+    weight_bytes = sum(m.weight.numel() * 4 for m in vit.modules()
+                       if isinstance(m, torch.nn.Linear | torch.nn.Conv2d))
+    assert held[torch.int8] == weight_bytes // 4  # every such weight, once, in int8
+    assert held[torch.float32] < weight_bytes / 4  # biases, norms, embeddings, scales only
+
+
+def _fake_loaded(**overrides):
+    loaded = SimpleNamespace(device=torch.device("cpu"), quantization="none",
+                             dtype=torch.float32)
+    for key, value in overrides.items():
+        setattr(loaded, key, value)
+    return loaded
+
+
+@pytest.mark.parametrize(("overrides", "options", "machine", "reason"), [
+    ({"device": torch.device("cuda", 0)}, {}, "x86_64",
+     "backend 'torch_int8' runs on the CPU only (x86 oneDNN int8 kernels); the model is on "
+     "cuda:0. On a GPU use backend onnxruntime with onnx_provider tensorrt and onnx_trt_int8"),
+    ({}, {}, "aarch64", "backend 'torch_int8' needs an x86 CPU (X86InductorQuantizer, oneDNN "
+     "int8); this machine is aarch64"),
+    ({"quantization": "int8_dynamic"}, {}, "x86_64",
+     "backend 'torch_int8' quantises the vision transformer itself; set quantization to "
+     "'none' (got 'int8_dynamic')"),
+    ({}, {"compile": "default"}, "x86_64",
+     "backend 'torch_int8': unknown options ['compile'] (it has none)"),
+])
+def test_refusals(monkeypatch, overrides, options, machine, reason):
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    with pytest.raises(ModelLoadError) as err:
+        create_backbone("torch_int8", _fake_loaded(**overrides), options)
+    assert str(err.value) == reason
+
+
+def test_a_failed_export_is_a_load_error_with_the_reason():
+    from sam3_ros.core.torch_int8_backbone import quantize_vit
+
+    class NotExportable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 3)
+
+        def forward(self, pixel_values):
+            if pixel_values.sum() > 0:  # data-dependent control flow: export refuses it
+                return self.linear(pixel_values)
+            return pixel_values
+
+    with pytest.raises(ModelLoadError, match="backend 'torch_int8': quantising the vision "
+                                             "transformer failed: "):
+        quantize_vit(NotExportable(), 4)

@@ -1,0 +1,106 @@
+"""Segmenter node with `backend:=torch_int8` over real DDS: it compiles during configure,
+publishes detections matching the `backend:=torch` node's on the same frame (two node
+processes), and refuses a torchao `quantization` on top with the reason (configure fails, the
+node stays unconfigured and alive).
+
+Tolerance as test_torch_int8_backbone.py: matched instances, scores within 0.02, boxes within
+1.5 px, mask IoU >= 0.9 (INT8 against fp32, tiny random model). Tier `compile`."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("sam3_ros.msg")
+pytest.importorskip("torchao")
+
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from parity import assert_matched_detections  # noqa: E402
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from sam3_ros.msg import DetectionArray  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from sam3_ros.ros.detection_conversions import msg_to_detections  # noqa: E402
+from sam3_ros.ros.image_conversions import numpy_to_image_msg  # noqa: E402
+from sam3_ros.tools.ros_runner import Client, NodeProcess, node_command, wait_for  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 CPUs only")]
+
+BACKENDS = ("torch", "torch_int8")
+
+
+@pytest.fixture(scope="module")
+def nodes(tiny_checkpoint):
+    client = Client("torch_int8_node_test_client")
+    started = {}
+    try:
+        for backend in BACKENDS:
+            ns = f"/int8_test_{backend}"
+            params = {"model": str(tiny_checkpoint), "device": "cpu", "autostart": True,
+                      "prompts": ["mug", "bottle"], "score_threshold": 0.25,
+                      "max_detections": 1000, "backend": backend}
+            started[backend] = NodeProcess(node_command(
+                "segmenter", params, remaps={"__ns": ns, "image": f"{ns}/camera/image"}))
+            client.subscribe(DetectionArray, f"{ns}/segmenter/detections")
+        yield client, started
+    finally:
+        client.close()
+        for node in started.values():
+            node.stop()
+
+
+def _send_until_result(client, node, backend: str, rgb: np.ndarray, sec: int):
+    ns = f"/int8_test_{backend}"
+    publisher = client.node.create_publisher(Image, f"{ns}/camera/image", 10)
+    msg = numpy_to_image_msg(rgb, "rgb8")
+    msg.header.stamp.sec = sec
+    msg.header.frame_id = "camera"
+
+    def got():
+        publisher.publish(msg)
+        return [d for d in client.messages(f"{ns}/segmenter/detections")
+                if d.header.stamp.sec == sec]
+
+    # Two model loads and an inductor build share 2 cores: allow for a slow start.
+    return wait_for(got, 400, f"detections from the {backend} node", node, poll_s=0.2)[0]
+
+
+def test_int8_node_publishes_the_torch_nodes_detections(nodes):
+    client, started = nodes
+    rgb = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    results = {b: msg_to_detections(_send_until_result(client, started[b], b, rgb, 100))
+               for b in BACKENDS}
+    ref, got = results["torch"], results["torch_int8"]
+    assert len(ref) > 0, "the tiny model at threshold 0.25 should give instances"
+    assert_matched_detections(ref, got, score_tol=0.02, box_tol_px=1.5, min_mask_iou=0.9)
+    output = started["torch_int8"].output()
+    assert "torch_int8: compiling the INT8 vision transformer for batch sizes [1]" in output
+    assert "torch_int8 (cpu, int8 dynamic linears, fp32, neck eager)" in output
+
+
+def test_torchao_quantization_on_top_fails_configure_with_the_reason(nodes):
+    client, started = nodes
+    node, ns = started["torch_int8"], "/int8_test_torch_int8/segmenter"
+
+    def transition(transition_id: int) -> bool:
+        return client.call(ChangeState, f"{ns}/change_state", ChangeState.Request(
+            transition=Transition(id=transition_id)), timeout_s=120.0).success
+
+    assert transition(Transition.TRANSITION_DEACTIVATE)
+    assert transition(Transition.TRANSITION_CLEANUP)
+    value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="int8_dynamic")
+    result = client.call(SetParameters, f"{ns}/set_parameters", SetParameters.Request(
+        parameters=[Parameter(name="quantization", value=value)])).results[0]
+    assert result.successful, result.reason
+    assert not transition(Transition.TRANSITION_CONFIGURE)
+    state = client.call(GetState, f"{ns}/get_state", GetState.Request()).current_state.label
+    assert state == "unconfigured"
+    assert ("backend 'torch_int8' quantises the vision transformer itself; set quantization "
+            "to 'none' (got 'int8_dynamic')") in node.output()
+    assert node.alive()
