@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sam3_ros.tools.benchmark import paired_stats
+from sam3_ros.tools.benchmark import p90, paired_stats
 
 
 def test_paired_stats_compare_each_frame_with_its_own_bare_call():
@@ -27,3 +27,11 @@ def test_paired_stats_quartiles_and_single_pair():
 def test_paired_stats_need_pairs():
     with pytest.raises(ValueError, match="no"):
         paired_stats([])
+
+
+@pytest.mark.parametrize(("samples", "expected"), [
+    ([5.0], 5.0), ([10.3, 5.6], 9.83), ([1.0, 2.0, 3.0], 2.8),
+    ([float(i) for i in range(11)], 9.0),
+])
+def test_p90_interpolates_and_is_never_below_the_median(samples, expected):
+    assert p90(samples) == pytest.approx(expected)

@@ -172,6 +172,38 @@ def test_the_graph_keeps_int8_weights_not_the_fp32_originals(tiny_checkpoint):
     assert held[torch.float32] < weight_bytes / 4  # biases, norms, embeddings, scales only
 
 
+def test_no_fp32_copy_of_the_weights_outlives_the_quantisation(tiny_checkpoint, monkeypatch):
+    """A bf16 model is exported from an fp32 copy; library caches keyed by module (torchao's
+    and torch.ao's `assert_and_get_unique_device`) kept that copy alive for good (1.8 GB at
+    full size)."""
+    import copy
+    import gc
+    import weakref
+
+    from sam3_ros.core import torch_int8_backbone
+
+    copies = []
+    real_deepcopy = copy.deepcopy
+
+    def recording_deepcopy(obj, *args, **kwargs):
+        result = real_deepcopy(obj, *args, **kwargs)
+        if isinstance(result, torch.nn.Module):  # the quantised weights' fp32 originals
+            copies.extend(weakref.ref(m.weight) for m in result.modules()
+                          if isinstance(m, torch.nn.Linear | torch.nn.Conv2d))
+        return result
+
+    loaded = load_sam3(str(tiny_checkpoint), device="cpu", dtype="bfloat16")
+    monkeypatch.setattr(torch_int8_backbone.copy, "deepcopy", recording_deepcopy)
+    graph = torch_int8_backbone.quantize_vit(loaded.detector.vision_encoder.backbone,
+                                             int(loaded.processor.image_processor.size["height"]))
+    monkeypatch.undo()
+    gc.collect()
+    assert copies, "the bf16 ViT should have been copied to fp32 for the export"
+    alive = [ref() for ref in copies if ref() is not None]
+    assert alive == []
+    assert graph is not None
+
+
 def _fake_loaded(**overrides):
     loaded = SimpleNamespace(device=torch.device("cpu"), quantization="none",
                              dtype=torch.float32)
@@ -215,3 +247,50 @@ def test_a_failed_export_is_a_load_error_with_the_reason():
     with pytest.raises(ModelLoadError, match="backend 'torch_int8': quantising the vision "
                                              "transformer failed: "):
         quantize_vit(NotExportable(), 4)
+
+
+@pytest.mark.parametrize(("args", "backbone"), [
+    (["--backend", "torch_int8"], "torch_int8 (cpu, int8 dynamic linears, fp32, neck eager)"),
+    (["--backend", "torch", "--quantization", "int8_weight_only"], "torch (cpu, float32)"),
+])
+def test_quantization_report_for_the_torch_modes(tiny_checkpoint, tmp_path, capsys, args,
+                                                 backbone):
+    import json
+
+    from sam3_ros.tools.quantization_report import main
+
+    out = tmp_path / "report.json"
+    assert main(["--model", str(tiny_checkpoint), *args, "--check-frames", "2", "--prompts",
+                 "mug", "--score-threshold", "0.25", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["backbone"] == backbone and report["check_frames"] == 2
+    assert set(report["features_vs_torch_fp32"]) == {"last_hidden_state", "fpn_0", "fpn_1",
+                                                     "fpn_2", "fpn_3"}
+    assert all(m["cosine"] >= 0.99 for m in report["features_vs_torch_fp32"].values())
+    sizes = report["vit_weights_mb"]
+    assert sizes["quantised"] < sizes["fp32"]
+    det = report["detections_vs_torch_fp32"]
+    assert det["detections_reference"] > 0 and det["matched"] == det["detections_reference"]
+    assert det["mean_mask_iou"] >= 0.9
+    printed = capsys.readouterr().out
+    assert "ViT weights: fp32" in printed and "random weights flatter INT8" in printed
+
+
+def test_quantization_report_exits_1_below_the_threshold(tiny_checkpoint):
+    from sam3_ros.tools.quantization_report import main
+
+    assert main(["--model", str(tiny_checkpoint), "--check-frames", "1", "--prompts",
+                 "--min-cosine", "1.0000001"]) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--backend", "torch"], "backend torch in float32 without --quantization is the "
+     "reference itself: name the torchao mode, or --dtype bfloat16"),
+    (["--backend", "torch_int8", "--quantization", "int8_dynamic"],
+     "set quantization to 'none' (got 'int8_dynamic')"),
+])
+def test_quantization_report_refusals_exit_2(tiny_checkpoint, capsys, args, message):
+    from sam3_ros.tools.quantization_report import main
+
+    assert main(["--model", str(tiny_checkpoint), *args, "--check-frames", "1"]) == 2
+    assert message in capsys.readouterr().err

@@ -98,7 +98,28 @@ def quantize_vit(vit: Any, image_size: int) -> Any:
             graph.graph.erase_node(node)
     graph.recompile()
     _drop_unused_tensors(graph)
+    _clear_module_caches()
     return graph
+
+
+# Unbounded functools caches keyed by the module they were called with: they kept the
+# exported and prepared modules, with the fp32 copy of every ViT weight (1.8 GB at full
+# size), alive for the life of the process (torchao 0.18, torch 2.14).
+_MODULE_CACHES = ("torchao.utils:_assert_and_get_unique_device",
+                  "torch.ao.quantization.fx.utils:assert_and_get_unique_device")
+
+
+def _clear_module_caches() -> None:
+    import importlib
+
+    for target in _MODULE_CACHES:
+        module_name, _, attr = target.partition(":")
+        try:
+            cached = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError):
+            continue
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
 
 
 def _drop_unused_tensors(graph: Any) -> int:

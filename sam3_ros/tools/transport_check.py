@@ -22,6 +22,8 @@ import sys
 import threading
 import time
 
+from sam3_ros.tools.benchmark import p90
+
 NS = "/sam3_transport_check"
 QOS_KINDS = ("best_effort", "reliable")
 
@@ -133,7 +135,7 @@ def _measure(sizes: list[tuple[int, int]], frames: int, timeout_s: float) -> int
                 print(json.dumps({
                     "image": f"{width}x{height}", "qos": kind, "sent": frames, "lost": lost,
                     "median_ms": statistics.median(ordered) * 1e3 if ordered else None,
-                    "p90_ms": ordered[int(0.9 * (len(ordered) - 1))] * 1e3 if ordered else None,
+                    "p90_ms": p90(ordered) * 1e3 if ordered else None,
                 }), flush=True)
     finally:
         echo.terminate()  # first: a failure below must not leave it running
