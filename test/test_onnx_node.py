@@ -113,3 +113,20 @@ def test_unavailable_provider_fails_configure_with_the_reason(nodes):
     state = client.call(GetState, f"{ns}/get_state", GetState.Request()).current_state.label
     assert state == "unconfigured"
     assert "needs CUDAExecutionProvider, which this onnxruntime" in node.output()
+
+
+def test_tracker_node_warms_up_on_the_onnx_backbone(tiny_checkpoint, artifact_dir):
+    """The tracker's warm-up session read its features through a torch cache of its own,
+    i.e. the torch ViT the hub had released: configure failed with backend onnxruntime."""
+    from in_process import in_process_node
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from sam3_ros.ros.tracker_node import TrackerNode
+
+    params = {"model": str(tiny_checkpoint), "device": "cpu", "backend": "onnxruntime",
+              "onnx_artifact_dir": str(artifact_dir), "warmup": True}
+    with in_process_node(TrackerNode, "tracker", "/onnx_tracker_test", params,
+                         spin=False) as node:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node._model.backbone.name == "onnxruntime"
+        node.trigger_cleanup()

@@ -21,7 +21,7 @@ import pytest
 import torch
 from parity import assert_matched_detections
 
-from sam3_ros.core.backbone import create_backbone
+from sam3_ros.core.backbone import create_backbone, release_torch_vit
 from sam3_ros.core.errors import ModelLoadError
 from sam3_ros.core.model_loading import load_sam3
 from sam3_ros.core.prompts import BoxExemplar, PromptSpec
@@ -44,6 +44,9 @@ def _pair(tiny_checkpoint, dtype: str):
     quantized = load_sam3(str(tiny_checkpoint), device="cpu", dtype=dtype, with_tracker=True)
     eager = create_backbone("torch", reference, {"compile": "none"})
     int8 = create_backbone("torch_int8", quantized, {})
+    # As the model hub does: anything that bypassed the backbone would now raise instead of
+    # quietly running the float ViT.
+    release_torch_vit(quantized.detector, "torch_int8")
     lines: list[str] = []
     int8.prepare([1, 2], lines.append)
     return SimpleNamespace(reference=reference, quantized=quantized, eager=eager, int8=int8,
@@ -294,3 +297,53 @@ def test_quantization_report_refusals_exit_2(tiny_checkpoint, capsys, args, mess
 
     assert main(["--model", str(tiny_checkpoint), *args, "--check-frames", "1"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_failed_quantisation_clears_the_library_caches(tiny_checkpoint, monkeypatch):
+    """The module caches are filled by prepare_pt2e: a convert that fails must not leave the
+    exported module (and its fp32 weights) cached, one more per failed configure."""
+    import torchao.utils
+
+    from sam3_ros.core import torch_int8_backbone
+
+    real = torch_int8_backbone._quantizer
+
+    def failing_convert():
+        quantizer, prepare, _ = real()
+
+        def convert(model):
+            raise RuntimeError("convert failed")
+
+        return quantizer, prepare, convert
+
+    monkeypatch.setattr(torch_int8_backbone, "_quantizer", failing_convert)
+    loaded = load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32")
+    with pytest.raises(ModelLoadError, match="quantising the vision transformer failed: "
+                                             "RuntimeError: convert failed"):
+        torch_int8_backbone.quantize_vit(loaded.detector.vision_encoder.backbone,
+                                         int(loaded.processor.image_processor.size["height"]))
+    assert torchao.utils._assert_and_get_unique_device.cache_info().currsize == 0
+
+
+def test_the_hubs_last_release_frees_the_int8_model(tiny_checkpoint):
+    """After the last user's release nothing (compiled code, caches) keeps the quantised
+    graph or the model alive: a configure after cleanup must not hold two."""
+    import gc
+    import weakref
+
+    from sam3_ros.core.model_hub import ModelHub, ModelKey
+
+    hub = ModelHub()
+    shared = hub.acquire(ModelKey(str(tiny_checkpoint), "cpu", "bfloat16", "none",
+                                  "torch_int8", ()))
+    shared.prepare(lambda line: None)
+    session = SegmenterSession(Sam3Segmenter(shared.loaded, shared.feature_cache),
+                               SegmenterConfig(), [PromptSpec("mug")])
+    session.process(np.zeros((48, 64, 3), np.uint8), frame_key=("frame", 1))
+    graph = weakref.ref(shared.backbone._graph)
+    detector = weakref.ref(shared.loaded.detector)
+    del session
+    hub.release(shared)
+    gc.collect()
+    assert detector() is None
+    assert graph() is None

@@ -104,3 +104,22 @@ def test_torchao_quantization_on_top_fails_configure_with_the_reason(nodes):
     assert ("backend 'torch_int8' quantises the vision transformer itself; set quantization "
             "to 'none' (got 'int8_dynamic')") in node.output()
     assert node.alive()
+
+
+def test_tracker_node_warms_up_on_the_int8_backbone(tiny_checkpoint):
+    """The tracker's warm-up session read its features through a torch cache of its own,
+    i.e. the released torch ViT: configure failed with backend torch_int8 (and onnxruntime)."""
+    from in_process import in_process_node
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from sam3_ros.ros.tracker_node import TrackerNode
+
+    params = {"model": str(tiny_checkpoint), "device": "cpu", "backend": "torch_int8",
+              "warmup": True}
+    with in_process_node(TrackerNode, "tracker", "/int8_tracker_test", params,
+                         spin=False) as node:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node._model.backbone.name == "torch_int8"
+        assert node._model.feature_cache.backbone_calls == 0  # the warm-up had its own cache
+        assert node._model.backbone.prepared_batch_sizes == {1}
+        node.trigger_cleanup()

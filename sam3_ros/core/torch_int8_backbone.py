@@ -91,6 +91,9 @@ def quantize_vit(vit: Any, image_size: int) -> Any:
     except Exception as err:
         raise ModelLoadError(f"backend 'torch_int8': quantising the vision transformer "
                              f"failed: {_short_reason(err)}") from err
+    finally:
+        # Also after a failure: each failed configure would otherwise keep another copy.
+        _clear_module_caches()
     # torch.export records every dtype the fp32 trace saw as a runtime assertion; under
     # bf16 autocast those dtypes change by design, so the assertions go.
     for node in list(graph.graph.nodes):
@@ -98,7 +101,6 @@ def quantize_vit(vit: Any, image_size: int) -> Any:
             graph.graph.erase_node(node)
     graph.recompile()
     _drop_unused_tensors(graph)
-    _clear_module_caches()
     return graph
 
 
@@ -185,12 +187,16 @@ class TorchInt8Backbone:
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         batch = int(pixel_values.shape[0])
-        if batch not in self.prepared_batch_sizes:
-            _log.warning("torch_int8: batch size %d was not compiled during configure; "
-                         "compiling it now (this call is slow)", batch)
-            self.prepared_batch_sizes.add(batch)
         with torch.inference_mode():
-            hidden = self._run_graph(pixel_values).to(self._dtype)
+            if batch in self.prepared_batch_sizes:
+                hidden = self._run_graph(pixel_values)
+            else:  # cannot happen with the model hub's batch sizes; never eager in disguise
+                _log.warning("torch_int8: batch size %d was not compiled during configure; "
+                             "compiling it now (this call is slow)", batch)
+                with strict_compile_config():
+                    hidden = self._run_graph(pixel_values)
+                self.prepared_batch_sizes.add(batch)
+            hidden = hidden.to(self._dtype)
             # As Sam3VisionModel.forward: tokens -> (B, C, H/14, W/14) for the FPN neck.
             height = pixel_values.shape[-2] // self._patch_size
             width = pixel_values.shape[-1] // self._patch_size

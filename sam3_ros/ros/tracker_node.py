@@ -23,6 +23,7 @@ from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
 from sam3_ros.core.tracker import ObjectPromptSpec, TrackerConfig, TrackerSession
+from sam3_ros.core.vision_features import VisionFeatureCache
 from sam3_ros.ros.base_node import Sam3LifecycleNode, node_main
 from sam3_ros.ros.params import DEPTH_PARAMS, IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
 from sam3_ros.srv import AddObjects, RemoveObjects, SetPrompts
@@ -156,8 +157,11 @@ class TrackerNode(Sam3LifecycleNode):
             session.note_camera_stamp(stamp_ns, gap_may_be_ours=executor_stalled)
 
     def _warm_up(self) -> None:
-        # A throwaway session: the warm-up frame must not enter the stream's memory bank.
+        # A throwaway session: the warm-up frame must not enter the stream's memory bank. Its
+        # features come from the model's backbone (with backend onnxruntime or torch_int8 the
+        # torch ViT is released: a session's default torch cache failed configure).
         session = TrackerSession(self._model.loaded, self._tracker_config(),
+                                 feature_cache=VisionFeatureCache(self._model.backbone, 1),
                                  preprocessing=self.param("preprocessing"))
         session.add_objects([ObjectPromptSpec(object_id=0, points=((320.0, 240.0, True),))])
         session.process_frame(np.zeros((480, 640, 3), np.uint8), stamp_ns=0)
