@@ -15,22 +15,20 @@ pytest.importorskip("sam3_ros.msg")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from backend_nodes import segmenter_per_backend, send_until_detections  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from parity import assert_same_detections  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from sam3_ros.msg import DetectionArray  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
 
 from sam3_ros.ros.detection_conversions import msg_to_detections  # noqa: E402
-from sam3_ros.ros.image_conversions import numpy_to_image_msg  # noqa: E402
-from sam3_ros.tools.ros_runner import Client, NodeProcess, node_command, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 SCORE_THRESHOLD = 0.25
 BACKENDS = ("torch", "onnxruntime")
+NAMESPACES = {backend: f"/onnx_test_{backend}" for backend in BACKENDS}
 
 
 @pytest.fixture(scope="module")
@@ -44,40 +42,20 @@ def artifact_dir(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nodes(tiny_checkpoint, artifact_dir):
-    client = Client("onnx_node_test_client")
-    started = {}
-    try:
-        for backend in BACKENDS:
-            ns = f"/onnx_test_{backend}"
-            params = {"model": str(tiny_checkpoint), "device": "cpu", "autostart": True,
-                      "prompts": ["mug", "bottle"], "score_threshold": SCORE_THRESHOLD,
-                      "max_detections": 1000, "backend": backend}
-            if backend == "onnxruntime":
-                params["onnx_artifact_dir"] = str(artifact_dir)
-            started[backend] = NodeProcess(node_command(
-                "segmenter", params, remaps={"__ns": ns, "image": f"{ns}/camera/image"}))
-            client.subscribe(DetectionArray, f"{ns}/segmenter/detections")
-        yield client, started
-    finally:
-        client.close()
-        for node in started.values():
-            node.stop()
+    params = {}
+    for backend in BACKENDS:
+        params[backend] = {"model": str(tiny_checkpoint), "device": "cpu", "autostart": True,
+                           "prompts": ["mug", "bottle"], "score_threshold": SCORE_THRESHOLD,
+                           "max_detections": 1000, "backend": backend}
+        if backend == "onnxruntime":
+            params[backend]["onnx_artifact_dir"] = str(artifact_dir)
+    with segmenter_per_backend("onnx_node_test_client", NAMESPACES, params) as started:
+        yield started
 
 
 def _send_until_result(client, node, backend: str, rgb: np.ndarray, sec: int):
-    ns = f"/onnx_test_{backend}"
-    publisher = client.node.create_publisher(Image, f"{ns}/camera/image", 10)
-    msg = numpy_to_image_msg(rgb, "rgb8")
-    msg.header.stamp.sec = sec
-    msg.header.frame_id = "camera"
-
-    def got():
-        publisher.publish(msg)
-        return [d for d in client.messages(f"{ns}/segmenter/detections")
-                if d.header.stamp.sec == sec]
-
     # Two model loads share 2 cores: allow for slow startup.
-    return wait_for(got, 300, f"detections from the {backend} node", node, poll_s=0.2)[0]
+    return send_until_detections(client, node, NAMESPACES[backend], rgb, sec, 300)
 
 
 def test_onnxruntime_node_publishes_the_torch_nodes_detections(nodes):

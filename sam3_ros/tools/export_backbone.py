@@ -369,6 +369,18 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.6g}"
 
 
+def format_detection_agreement(det: dict[str, Any], reference: str, test: str) -> list[str]:
+    """The report lines of a `detection_agreement` result (with its prompts and threshold)."""
+    return [f"  segmenter (prompts {det['prompts']}, score > {det['score_threshold']}):"
+            f" detections {reference} {det['detections_reference']}, {test} "
+            f"{det['detections_test']}, matched {det['matched']}",
+            f"    mean mask IoU {_fmt(det['mean_mask_iou'])}, min matched IoU "
+            f"{_fmt(det['min_matched_mask_iou'])}, pixel agreement "
+            f"{_fmt(det['pixel_agreement'])}, max box delta "
+            f"{_fmt(det['max_box_delta_px'])} px, max score delta "
+            f"{_fmt(det['max_score_delta'])}"]
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The printed table of a fidelity report."""
     lines = [f"Fidelity of {report['artifact']} ({report['precision']}) vs the fp32 torch "
@@ -382,14 +394,7 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{m['max_abs_reference']:>12.3g}")
     det = report.get("detections_vs_torch_fp32")
     if det:
-        lines.append(f"  segmenter (prompts {det['prompts']}, score > {det['score_threshold']}):"
-                     f" detections torch {det['detections_reference']}, onnx "
-                     f"{det['detections_test']}, matched {det['matched']}")
-        lines.append(f"    mean mask IoU {_fmt(det['mean_mask_iou'])}, min matched IoU "
-                     f"{_fmt(det['min_matched_mask_iou'])}, pixel agreement "
-                     f"{_fmt(det['pixel_agreement'])}, max box delta "
-                     f"{_fmt(det['max_box_delta_px'])} px, max score delta "
-                     f"{_fmt(det['max_score_delta'])}")
+        lines += format_detection_agreement(det, "torch", "onnx")
     lines.append(f"  threshold: every output's cosine >= {report['min_cosine']} -> "
                  f"{'PASSED' if report['passed'] else 'REFUSED'}")
     if report["precision"] != "fp32":

@@ -37,6 +37,7 @@ from sam3_ros.tools.export_backbone import (
     RANDOM_WEIGHTS_CAVEAT,
     detection_agreement,
     feature_metrics,
+    format_detection_agreement,
     load_frames,
     merge_worst,
 )
@@ -132,10 +133,6 @@ def build_report(model: str, backend: str, quantization: str, dtype: str, frames
     }
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.6g}"
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The printed table of a report."""
     sizes = report["vit_weights_mb"]
@@ -149,14 +146,7 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{m['max_abs_reference']:>12.3g}")
     det = report["detections_vs_torch_fp32"]
     if det:
-        lines.append(f"  segmenter (prompts {det['prompts']}, score > {det['score_threshold']}):"
-                     f" detections fp32 {det['detections_reference']}, quantised "
-                     f"{det['detections_test']}, matched {det['matched']}")
-        lines.append(f"    mean mask IoU {_fmt(det['mean_mask_iou'])}, min matched IoU "
-                     f"{_fmt(det['min_matched_mask_iou'])}, pixel agreement "
-                     f"{_fmt(det['pixel_agreement'])}, max box delta "
-                     f"{_fmt(det['max_box_delta_px'])} px, max score delta "
-                     f"{_fmt(det['max_score_delta'])}")
+        lines += format_detection_agreement(det, "fp32", "quantised")
     lines.append(f"  every output's cosine >= {report['min_cosine']}: "
                  f"{'yes' if report['passed'] else 'NO'}")
     lines.append(f"  NOTE: {report['caveat']}")
