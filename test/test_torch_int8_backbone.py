@@ -207,6 +207,71 @@ def test_no_fp32_copy_of_the_weights_outlives_the_quantisation(tiny_checkpoint, 
     assert graph is not None
 
 
+def test_the_backend_converts_a_bf16_vit_in_place_and_nothing_of_it_outlives_the_release(
+        tiny_checkpoint, monkeypatch):
+    """The backend exports a bf16 model's ViT converted to fp32 in place, not a copy: the copy
+    beside the bf16 original was configure's memory peak (0.9 + 1.8 GB at full size). Once the
+    model hub releases the torch ViT, none of its weights stays alive."""
+    import copy
+    import gc
+    import weakref
+
+    from sam3_ros.core import torch_int8_backbone
+
+    real_deepcopy = copy.deepcopy
+
+    def no_vit_copy(obj, *args, **kwargs):  # torch.export deep-copies small things itself
+        assert id(obj) != vit_id, "the ViT was copied"
+        return real_deepcopy(obj, *args, **kwargs)
+
+    loaded = load_sam3(str(tiny_checkpoint), device="cpu", dtype="bfloat16")
+    vit = loaded.detector.vision_encoder.backbone
+    vit_id = id(vit)
+    weights = [weakref.ref(m.weight) for m in vit.modules()
+               if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    assert {ref().dtype for ref in weights} == {torch.bfloat16}
+    monkeypatch.setattr(torch_int8_backbone.copy, "deepcopy", no_vit_copy)
+    backbone = create_backbone("torch_int8", loaded, {})
+    monkeypatch.undo()
+    assert {ref().dtype for ref in weights} == {torch.float32}  # the same weights, converted
+    del vit
+    release_torch_vit(loaded.detector, "torch_int8")
+    gc.collect()
+    assert [ref for ref in weights if ref() is not None] == []
+    assert backbone.describe().startswith("torch_int8")
+
+
+def test_the_hub_frees_the_float_vit_when_the_backend_is_created(tiny_checkpoint,
+                                                                   monkeypatch):
+    """The export's graphs keep the float weights in reference cycles; the model hub collects
+    them before it trims the heap, not whenever the cyclic collector next runs."""
+    import gc
+    import weakref
+
+    from sam3_ros.core import model_hub
+
+    weights = []
+    real_create = model_hub.create_backbone
+
+    def recording_create(backend, loaded, options):
+        weights.extend(weakref.ref(m.weight)
+                       for m in loaded.detector.vision_encoder.backbone.modules()
+                       if isinstance(m, torch.nn.Linear | torch.nn.Conv2d))
+        return real_create(backend, loaded, options)
+
+    monkeypatch.setattr(model_hub, "create_backbone", recording_create)
+    hub = model_hub.ModelHub()
+    gc.disable()  # only the hub's own collection may free them
+    try:
+        shared = hub.acquire(model_hub.ModelKey(str(tiny_checkpoint), "cpu", "bfloat16", "none",
+                                                "torch_int8"))
+        alive = [ref for ref in weights if ref() is not None]
+    finally:
+        gc.enable()
+    assert weights and alive == []
+    hub.release(shared)
+
+
 def _fake_loaded(**overrides):
     loaded = SimpleNamespace(device=torch.device("cpu"), quantization="none",
                              dtype=torch.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from sam3_ros.core.backbone import (
     release_torch_vit,
 )
 from sam3_ros.core.errors import ModelLoadError
-from sam3_ros.core.model_loading import LoadedSam3, load_sam3
+from sam3_ros.core.model_loading import LoadedSam3, load_sam3, trim_heap
 from sam3_ros.core.vision_features import VisionFeatureCache
 
 
@@ -67,6 +68,12 @@ class SharedModel:
         if self.backbone.name != "torch":
             # This load serves this backend only (the backend is part of the key).
             self.released_bytes = release_torch_vit(loaded.detector, key.backend)
+            # The export's graphs hold the released weights in reference cycles: collected
+            # now, not at some later frame, so the heap below can go back to the OS.
+            gc.collect()
+        # Creating a backend other than torch frees gigabytes (a quantisation's float copy,
+        # the released torch ViT): without this they stay resident in the allocator.
+        trim_heap()
         self.feature_cache = VisionFeatureCache(self.backbone, capacity=feature_capacity)
         self.batch_sizes = tuple(range(1, max(1, min(max_batch, feature_capacity)) + 1))
         """Backbone batch sizes this model can see (prepared during configure)."""
@@ -91,6 +98,7 @@ class SharedModel:
             ModelLoadError: compilation failed, with the reason.
         """
         prepare_backbone(self.backbone, self.batch_sizes, log)
+        trim_heap()  # compilation's own garbage
 
 
 class ModelHub:
