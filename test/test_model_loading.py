@@ -88,6 +88,34 @@ def test_bfloat16_on_cpu(tiny_checkpoint):
     assert detections.scores.dtype == np.float32 and len(detections) == 2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("with_tracker", [False, True])
+def test_mask_decoder_is_channels_last_on_the_cpu_with_the_same_results(tiny_checkpoint, dtype,
+                                                                         with_tracker):
+    from sam3_ros.core.model_loading import channels_last_mask_decoder
+
+    loaded = load_sam3(str(tiny_checkpoint), dtype=dtype, with_tracker=with_tracker)
+    convs = [m.weight for m in loaded.detector.mask_decoder.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)  # (1x1 kernels are both)
+    image = np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    config = SegmenterConfig(score_threshold=0.0, max_detections=20)
+
+    def run(model):
+        return SegmenterSession(Sam3Segmenter(model), config, [PromptSpec("mug")]).process(
+            image)[0]
+
+    got = run(loaded)
+    loaded.detector.mask_decoder.to(memory_format=torch.contiguous_format)  # as before
+    want = run(loaded)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(got.xyxy, want.xyxy)
+    # Only the convolutions' summation order differs: a pixel right at the threshold may flip.
+    assert (got.masks != want.masks).mean() < 1e-3
+    assert not channels_last_mask_decoder(loaded.detector, torch.device("meta"))
+
+
 @pytest.fixture(scope="module")
 def tiny_image_checkpoint(tiny_checkpoint, tmp_path_factory):
     """A 'sam3' image checkpoint (Sam3Model only, like a detector-only export)."""
