@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -111,8 +112,9 @@ def test_mask_decoder_is_channels_last_on_the_cpu_with_the_same_results(tiny_che
     want = run(loaded)
     np.testing.assert_array_equal(got.scores, want.scores)
     np.testing.assert_array_equal(got.xyxy, want.xyxy)
-    # Only the convolutions' summation order differs: a pixel right at the threshold may flip.
-    assert (got.masks != want.masks).mean() < 1e-3
+    # Only the convolutions' summation order differs: a pixel right at the threshold may flip
+    # (more in bf16, and which ones depends on the CPU's oneDNN kernel).
+    assert (got.masks != want.masks).mean() < (1e-3 if dtype == "float32" else 1e-2)
     assert not channels_last_mask_decoder(loaded.detector, torch.device("meta"))
 
 
@@ -221,8 +223,11 @@ before = anon_mb()
 assert trim_heap()
 print(before - anon_mb())
 """
+    # Without a preloaded allocator or malloc tunables from the environment: glibc's defaults.
+    env = {k: v for k, v in os.environ.items()
+           if k != "LD_PRELOAD" and not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60)
+                         check=True, timeout=60, env=env)
     assert float(out.stdout) > 200, out.stdout  # of ~390 MB freed
 
 

@@ -261,15 +261,19 @@ def test_the_hub_frees_the_float_vit_when_the_backend_is_created(tiny_checkpoint
 
     monkeypatch.setattr(model_hub, "create_backbone", recording_create)
     hub = model_hub.ModelHub()
+    key = model_hub.ModelKey(str(tiny_checkpoint), "cpu", "bfloat16", "none", "torch_int8")
+    was_enabled = gc.isenabled()
     gc.disable()  # only the hub's own collection may free them
     try:
-        shared = hub.acquire(model_hub.ModelKey(str(tiny_checkpoint), "cpu", "bfloat16", "none",
-                                                "torch_int8"))
+        shared = hub.acquire(key)
         alive = [ref for ref in weights if ref() is not None]
     finally:
-        gc.enable()
-    assert weights and alive == []
-    hub.release(shared)
+        if was_enabled:
+            gc.enable()
+    try:
+        assert weights and alive == []
+    finally:
+        hub.release(shared)
 
 
 def _fake_loaded(**overrides):
@@ -315,6 +319,11 @@ def test_a_failed_export_is_a_load_error_with_the_reason():
     with pytest.raises(ModelLoadError, match="backend 'torch_int8': quantising the vision "
                                              "transformer failed: "):
         quantize_vit(NotExportable(), 4)
+    # Converted in place for the export: a failure gives the ViT back in its own dtype.
+    vit = NotExportable().to(torch.bfloat16)
+    with pytest.raises(ModelLoadError):
+        quantize_vit(vit, 4, in_place=True)
+    assert vit.linear.weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize(("args", "backbone"), [

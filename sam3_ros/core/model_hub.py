@@ -71,8 +71,8 @@ class SharedModel:
             # The export's graphs hold the released weights in reference cycles: collected
             # now, not at some later frame, so the heap below can go back to the OS.
             gc.collect()
-        # Creating a backend other than torch frees gigabytes (a quantisation's float copy,
-        # the released torch ViT): without this they stay resident in the allocator.
+        # Creating a backend other than torch frees gigabytes (the released torch ViT, the
+        # export's intermediate graphs): without this they stay resident in the allocator.
         trim_heap()
         self.feature_cache = VisionFeatureCache(self.backbone, capacity=feature_capacity)
         self.batch_sizes = tuple(range(1, max(1, min(max_batch, feature_capacity)) + 1))

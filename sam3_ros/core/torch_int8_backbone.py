@@ -80,7 +80,8 @@ def quantize_vit(vit: Any, image_size: int, in_place: bool = False) -> Any:
 
     quantizer, prepare_pt2e, convert_pt2e = _quantizer()
     param = next(vit.parameters())
-    if param.dtype == torch.float32:
+    dtype = param.dtype  # (param's own dtype changes with an in-place conversion)
+    if dtype == torch.float32:
         source = vit
     elif in_place:
         source = vit.float()  # each weight's bf16 storage is freed as it is converted
@@ -98,6 +99,8 @@ def quantize_vit(vit: Any, image_size: int, in_place: bool = False) -> Any:
             prepared(example[:1])
             graph = convert_pt2e(prepared)
     except Exception as err:
+        if source is vit and dtype != torch.float32:
+            vit.to(dtype)  # converted in place: give the caller back the ViT it had
         raise ModelLoadError(f"backend 'torch_int8': quantising the vision transformer "
                              f"failed: {_short_reason(err)}") from err
     finally:

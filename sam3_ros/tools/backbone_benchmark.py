@@ -133,7 +133,7 @@ def step_torch(args: argparse.Namespace) -> None:
         from sam3_ros.core.torch_int8_backbone import TorchInt8Backbone, quantize_vit
 
         start = time.monotonic()
-        graph = quantize_vit(model.backbone, args.image_size)
+        graph = quantize_vit(model.backbone, args.image_size, in_place=True)
         _log(f"torch_int8: exported and quantised in {time.monotonic() - start:.1f} s")
         forward = TorchInt8Backbone(graph, model.neck, model.config.backbone_config.patch_size,
                                     args.image_size, dtype)
