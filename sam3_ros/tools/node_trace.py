@@ -74,9 +74,9 @@ sys.exit(main())
 """
 
 
-def hop_medians(sent_ns: dict[int, int], received_ns: dict[int, int],
-                events: list[tuple[int, str, int]]) -> dict[str, tuple[float, int]]:
-    """Median milliseconds of every hop over the frames that completed it.
+def frame_hops(sent_ns: dict[int, int], received_ns: dict[int, int],
+               events: list[tuple[int, str, int]]) -> dict[int, dict[str, float]]:
+    """Milliseconds of every hop of every frame the camera sent in the timed loop.
 
     Args:
         sent_ns / received_ns: frame id -> perf_counter_ns at the camera's publish / the
@@ -84,7 +84,9 @@ def hop_medians(sent_ns: dict[int, int], received_ns: dict[int, int],
         events: (frame id, event, perf_counter_ns) from the node.
 
     Returns:
-        hop label -> (median ms, frames), in path order, plus "total".
+        frame id -> {hop label: ms} for the hops that frame completed, in path order, plus
+        "total" when the result came back. The hops are contiguous, so a frame that completed
+        them all has hops summing to its total.
     """
     # Only frames the camera sent in the timed loop (not the warm-up frame).
     per_frame: dict[int, dict[str, int]] = {sec: {"send": t} for sec, t in sent_ns.items()}
@@ -94,16 +96,29 @@ def hop_medians(sent_ns: dict[int, int], received_ns: dict[int, int],
     for sec, t in received_ns.items():
         if sec in per_frame:
             per_frame[sec]["recv"] = t
+    result: dict[int, dict[str, float]] = {}
+    for sec, stamps in per_frame.items():
+        hops = {label: (stamps[end] - stamps[start]) / 1e6 for start, end, label in HOPS
+                if start in stamps and end in stamps}
+        if "recv" in stamps:
+            hops["total"] = (stamps["recv"] - stamps["send"]) / 1e6
+        result[sec] = hops
+    return result
+
+
+def hop_medians(sent_ns: dict[int, int], received_ns: dict[int, int],
+                events: list[tuple[int, str, int]]) -> dict[str, tuple[float, int]]:
+    """Median milliseconds of every hop over the frames that completed it (`frame_hops`).
+
+    Returns:
+        hop label -> (median ms, frames), in path order, plus "total".
+    """
+    per_frame = frame_hops(sent_ns, received_ns, events).values()
     result: dict[str, tuple[float, int]] = {}
-    for start, end, label in HOPS:
-        samples = [(f[end] - f[start]) / 1e6 for f in per_frame.values()
-                   if start in f and end in f]
+    for label in [label for _, _, label in HOPS] + ["total"]:
+        samples = [hops[label] for hops in per_frame if label in hops]
         if samples:
             result[label] = (statistics.median(samples), len(samples))
-    totals = [(f["recv"] - f["send"]) / 1e6 for f in per_frame.values()
-              if "send" in f and "recv" in f]
-    if totals:
-        result["total"] = (statistics.median(totals), len(totals))
     return result
 
 
@@ -115,7 +130,8 @@ def run(model: str, frames: int, pause_s: float, prompts: list[str], width: int 
     (`main` sets it) in both processes, or best-effort frames are lost.
 
     Returns:
-        {"hops": `hop_medians(...)`, "frames": sent, "received": answered}.
+        {"hops": `hop_medians(...)`, "frame_hops": `frame_hops(...)`, "frames": sent,
+        "received": answered}.
     """
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import Image
@@ -169,7 +185,8 @@ def run(model: str, frames: int, pause_s: float, prompts: list[str], width: int 
         raise RuntimeError(f"the node wrote no events:\n{node.output()[-3000:]}")
     events = json.loads(events_path.read_text())
     shutil.rmtree(events_path.parent, ignore_errors=True)
-    return {"hops": hop_medians(sent, received, events), "frames": frames,
+    return {"hops": hop_medians(sent, received, events),
+            "frame_hops": frame_hops(sent, received, events), "frames": frames,
             "received": len(received),
             "camera_serialize_ms": statistics.median(serialize_ms) if serialize_ms else 0.0}
 
