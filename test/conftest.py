@@ -66,6 +66,7 @@ TEST_TIERS = {
     "test_node_trace.py": "node",
     "test_tools_smoke.py": "node",
     "test_torch_compile_inductor.py": "compile",
+    "test_compile_heads.py": "compile",
     "test_torch_int8_backbone.py": "compile",
     "test_torch_int8_node.py": "compile",
 }

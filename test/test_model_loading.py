@@ -255,7 +255,7 @@ def test_one_folder_spelled_two_ways_is_one_model_key(spelling):
 
     def params(model):
         return {"model": model, "device": "cpu", "dtype": "float32", "quantization": "none",
-                "backend": "torch", "torch_compile": "none"}.__getitem__
+                "backend": "torch", "torch_compile": "none", "compile_heads": False}.__getitem__
 
     assert ModelKey.from_params(params(spelling)) == ModelKey.from_params(params("/data/ckpt"))
     assert ModelKey.from_params(params("facebook/sam3")).source == "facebook/sam3"
@@ -266,5 +266,6 @@ def test_a_relative_folder_stays_a_folder_in_the_model_key():
     from sam3_ros.core.model_hub import ModelKey
 
     params = {"model": "./missing_ckpt", "device": "cpu", "dtype": "float32",
-              "quantization": "none", "backend": "torch", "torch_compile": "none"}
+              "quantization": "none", "backend": "torch", "torch_compile": "none",
+              "compile_heads": False}
     assert ModelKey.from_params(params.__getitem__).source == "./missing_ckpt"

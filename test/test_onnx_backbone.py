@@ -431,7 +431,8 @@ def test_model_key_and_hub_with_onnxruntime(tiny_checkpoint, artifacts):
               "quantization": "none", "backend": "onnxruntime",
               "onnx_artifact_dir": str(artifacts[0]), "onnx_precision": "fp32",
               "onnx_provider": "cpu", "onnx_threads": 0, "onnx_trt_cache_dir": "",
-              "onnx_trt_fp16": False, "onnx_trt_int8": False, "torch_compile": "none"}
+              "onnx_trt_fp16": False, "onnx_trt_int8": False, "torch_compile": "none",
+              "compile_heads": False}
     key = ModelKey.from_params(params.__getitem__)
     assert dict(key.backend_options)["artifact_dir"] == str(artifacts[0])
     assert backend_options("torch", params.__getitem__) == (("compile", "none"),)
@@ -460,7 +461,8 @@ def test_hub_releases_the_unused_torch_vit(tiny_checkpoint, artifacts):
               "quantization": "none", "backend": "onnxruntime",
               "onnx_artifact_dir": str(artifacts[0]), "onnx_precision": "fp32",
               "onnx_provider": "cpu", "onnx_threads": 0, "onnx_trt_cache_dir": "",
-              "onnx_trt_fp16": False, "onnx_trt_int8": False, "torch_compile": "none"}
+              "onnx_trt_fp16": False, "onnx_trt_int8": False, "torch_compile": "none",
+              "compile_heads": False}
     hub = ModelHub(with_tracker=True)
     shared = hub.acquire(ModelKey.from_params(params.__getitem__))
     try:

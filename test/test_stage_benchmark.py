@@ -49,7 +49,12 @@ def test_parse_backend_variants_and_defaults():
     assert parse_backend("onnxruntime", device="cuda:0").provider == "cuda"
     trt = parse_backend("onnxruntime:fp32:tensorrt:bfloat16")
     assert (trt.precision, trt.provider, trt.dtype) == ("fp32", "tensorrt", "bfloat16")
-    for bad in ("tensorflow", "torch:fp32", "onnxruntime:int8_dynamic", "torch:float32:float16"):
+    heads = parse_backend("torch_int8:compiled-heads:bfloat16")
+    assert (heads.backend, heads.dtype, heads.compile_heads) == ("torch_int8", "bfloat16", True)
+    assert heads.label() == "torch_int8 rest bfloat16 compiled heads"
+    assert not parse_backend("onnxruntime:int8-dynamic").compile_heads
+    for bad in ("tensorflow", "torch:fp32", "onnxruntime:int8_dynamic", "torch:float32:float16",
+                "torch:compiled-heads:compiled-heads", "torch:compiled_heads"):
         with pytest.raises(ValueError, match="backend"):
             parse_backend(bad)
 

@@ -30,6 +30,7 @@ def loaded(tiny_checkpoint):
 def _params(tiny_checkpoint, **overrides) -> dict:
     params = {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32",
               "quantization": "none", "backend": "torch", "torch_compile": "none",
+              "compile_heads": False,
               "onnx_artifact_dir": "", "onnx_precision": "fp32", "onnx_provider": "cpu",
               "onnx_threads": 0, "onnx_trt_cache_dir": "", "onnx_trt_fp16": False,
               "onnx_trt_int8": False}

@@ -66,10 +66,8 @@ class TorchBackbone:
     `torch.compile(..., fullgraph=True)`: one graph or an error, never a partly eager backbone.
     Compilation is lazy in torch; `prepare` runs it for the batch sizes the runtime will use,
     during configure. A compile error there raises `ModelLoadError` with the reason (there is
-    no fallback to eager). The detector heads (DETR decoder, mask decoder) stay eager: with
-    transformers' Sam3 code they do not compile cleanly (data-dependent shapes in the decoder's
-    attention make fullgraph fail, and without fullgraph inductor falls back to eager at
-    several graph breaks), so compiling them would be slow to build and not really compiled.
+    no fallback to eager). The detector heads are not part of it: `compile_heads`
+    (`heads_compile`) compiles the two that compile as one graph each, for any backend.
 
     Batch sizes: the runtime batches 1..max_batch cameras. Batch 1 is always its own graph
     (torch specialises sizes 0 and 1); calls with B >= 2 mark the batch dimension dynamic, so
@@ -172,7 +170,7 @@ class TorchBackbone:
                                  "built without image_size)")
         param = next(self._detector.parameters())
         log(f"torch_compile '{self.compile_mode}': compiling the vision backbone for batch "
-            f"sizes {todo} on {param.device} (can take minutes; detector heads stay eager)")
+            f"sizes {todo} on {param.device} (can take minutes)")
         started = time.monotonic()
         for batch in todo:
             pixels = torch.zeros(batch, 3, self._image_size, self._image_size,

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from sam3_ros.core.backbone import (
     backend_options,
     create_backbone,
@@ -16,6 +18,7 @@ from sam3_ros.core.backbone import (
     release_torch_vit,
 )
 from sam3_ros.core.errors import ModelLoadError
+from sam3_ros.core.heads_compile import compile_heads, prepare_heads
 from sam3_ros.core.model_loading import LoadedSam3, load_sam3, trim_heap
 from sam3_ros.core.vision_features import VisionFeatureCache
 
@@ -25,6 +28,8 @@ class ModelKey:
     """What identifies a loaded model: checkpoint, device, dtype, quantisation and backbone.
 
     `backend_options` are (name, value) pairs, sorted, so the key stays hashable.
+    `compile_heads`: the detector's DETR encoder and mask decoder are `torch.compile`d (see
+    `heads_compile`), whatever the backend.
     """
 
     source: str
@@ -33,6 +38,7 @@ class ModelKey:
     quantization: str
     backend: str = "torch"
     backend_options: tuple[tuple[str, object], ...] = ()
+    compile_heads: bool = False
 
     @classmethod
     def from_params(cls, param: Callable[[str], Any]) -> ModelKey:
@@ -44,7 +50,7 @@ class ModelKey:
         # (normpath would turn './ckpt' into 'ckpt', which reads as a hub id).
         source = os.path.normpath(model) if model.startswith(("/", "~")) else model
         return cls(source, param("device"), param("dtype"), param("quantization"),
-                   backend, backend_options(backend, param))
+                   backend, backend_options(backend, param), bool(param("compile_heads")))
 
 
 class SharedModel:
@@ -77,6 +83,10 @@ class SharedModel:
         self.feature_cache = VisionFeatureCache(self.backbone, capacity=feature_capacity)
         self.batch_sizes = tuple(range(1, max(1, min(max_batch, feature_capacity)) + 1))
         """Backbone batch sizes this model can see (prepared during configure)."""
+        self.heads_prepared = False
+        """Whether `prepare` compiled the detector heads (`compile_heads`)."""
+        if key.compile_heads:
+            compile_heads(loaded.detector)
 
     def release(self) -> None:
         """Drop every reference to the weights, then free them (GPU memory included).
@@ -90,15 +100,30 @@ class SharedModel:
         self.loaded.release()
 
     def prepare(self, log: Callable[[str], None] | None = None) -> None:
-        """Do the backbone's slow first-call work now (`torch_compile`: compile every batch
-        size in `batch_sizes`); a no-op when done before or when there is none. Call on the
-        compute thread, during configure.
+        """Do the slow first-call work now: the backbone's (`torch_compile`: compile every
+        batch size in `batch_sizes`) and, with `compile_heads`, the heads' for every prompt
+        shape (one backbone pass on a blank frame feeds them); a no-op when done before or
+        when there is none. Call on the compute thread, during configure.
 
         Raises:
             ModelLoadError: compilation failed, with the reason.
         """
         prepare_backbone(self.backbone, self.batch_sizes, log)
+        if self.key.compile_heads and not self.heads_prepared:
+            self._prepare_heads(log)
         trim_heap()  # compilation's own garbage
+
+    def _prepare_heads(self, log: Callable[[str], None] | None) -> None:
+        from sam3_ros.core.segmenter import Sam3Segmenter
+
+        # The segmenter's own path (its preprocessing, this model's feature cache), so the
+        # heads' inputs are made as a streamed frame's are; the frame is not cached.
+        segmenter = Sam3Segmenter(self.loaded, self.feature_cache)
+        size = segmenter.model_image_size
+        blank = np.zeros((size, size, 3), np.uint8)
+        vision_embeds = self.feature_cache.get(None, segmenter.preprocess(blank))
+        prepare_heads(segmenter, vision_embeds, size, log)
+        self.heads_prepared = True
 
 
 class ModelHub:

@@ -333,7 +333,10 @@ class Sam3Segmenter:
             for i, text in enumerate(missing):
                 found[text] = (features[i], mask[i])
                 cache.store(key, text, features[i], mask[i])
-        features = torch.stack([found[text][0].to(device) for text in texts])
+        with torch.inference_mode():
+            # An inference tensor, as freshly encoded features are: compiled heads
+            # (`compile_heads`) guard on that, and would compile again for cached prompts.
+            features = torch.stack([found[text][0].to(device) for text in texts])
         mask = torch.stack([found[text][1].to(device) for text in texts])
         return features, mask
 

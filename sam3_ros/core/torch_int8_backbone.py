@@ -6,8 +6,9 @@ dynamic: no calibration frames) and the quantised graph is compiled by inductor 
 freezing, which lowers every quantised linear to oneDNN's int8 kernel (AMX or VNNI). Everything
 that is not a GEMM (layer norms, GELU, rotary embeddings, attention) runs in the model's
 `dtype`: with `bfloat16`, under CPU autocast (on AMX the attention is the other big cost, and
-bf16 runs it ~3x faster than fp32). The FPN neck, the text encoder and the heads stay eager in
-the model's dtype: the neck's transposed convolutions ran slower quantised than in bf16.
+bf16 runs it ~3x faster than fp32). The FPN neck, the text encoder and the heads stay in torch
+in the model's dtype (the neck's transposed convolutions ran slower quantised than in bf16);
+the heads can be compiled with `compile_heads`.
 
 Measured at full size (random weights) on a 2-core Intel Xeon with AMX: the ViT 3.98 s + neck
 0.13-0.2 s against 21.5 s for torch fp32 (README, "torch_int8").

@@ -371,8 +371,8 @@ class Sam3LifecycleNode(LifecycleNode):
         # On the compute thread: the thread that loads and warms the model runs every frame.
         self._model = self._hub.acquire(ModelKey.from_params(self.param),
                                         with_tracker=self._needs_tracker)
-        # torch_compile: compiled here whatever `warmup` says (compiling on the first streamed
-        # frame would stall the stream for minutes); logs before, per batch size and after.
+        # torch_compile, compile_heads: compiled here whatever `warmup` says (compiling on the
+        # first streamed frame would stall the stream for minutes); logs each step's time.
         self._model.prepare(self.get_logger().info)
         self._create_session(self._model)
         if self.param("warmup"):

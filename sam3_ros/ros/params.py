@@ -106,8 +106,13 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("torch_compile", "none",
               "backend torch: torch.compile mode of the vision backbone (compiled during "
               "configure, for every batch size the runtime can use; a failed compile fails "
-              "configure); the detector heads stay eager. Other backends: must be none",
+              "configure); the detector heads: compile_heads. Other backends: must be none",
               reload=True, choices=TORCH_COMPILE_MODES),
+    ParamSpec("compile_heads", False,
+              "torch.compile (fullgraph) of the detector's DETR encoder and mask decoder, any "
+              "backend: compiled during configure for text and box prompts (minutes at full "
+              "size; a failed compile fails configure); the DETR decoder stays eager",
+              reload=True),
     ParamSpec("onnx_artifact_dir", "",
               "backend onnxruntime: folder of backbones exported by "
               "`python -m sam3_ros.tools.export_backbone`; the one keyed to the loaded "

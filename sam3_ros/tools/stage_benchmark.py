@@ -96,6 +96,7 @@ class BackendSpec:
     quantization: str = "none"
     precision: str = ""
     provider: str = ""
+    compile_heads: bool = False
 
     def label(self) -> str:
         if self.backend == "torch":
@@ -106,13 +107,16 @@ class BackendSpec:
             parts = ["torch_int8", f"rest {self.dtype}"]
         else:
             parts = ["onnxruntime", self.precision, self.provider, f"heads {self.dtype}"]
+        if self.compile_heads:
+            parts.append("compiled heads")
         return " ".join(parts)
 
 
 def parse_backend(text: str, dtype: str = "float32", quantization: str = "none",
                   device: str = "cpu") -> BackendSpec:
     """Parse `torch[:DTYPE][:QUANT]`, `torch_int8[:DTYPE]` (the dtype of everything but the
-    ViT's linears) or `onnxruntime[:PRECISION][:PROVIDER][:DTYPE]`.
+    ViT's linears) or `onnxruntime[:PRECISION][:PROVIDER][:DTYPE]`, each optionally with
+    `:compiled-heads` (the model's `compile_heads`).
 
     Raises:
         ValueError: an unknown backend or part.
@@ -134,6 +138,7 @@ def parse_backend(text: str, dtype: str = "float32", quantization: str = "none",
     else:
         raise ValueError(f"backend '{text}': expected torch[:...], torch_int8[:...] or "
                          "onnxruntime[:...]")
+    choices["compile_heads"] = ("compiled-heads",)
     seen = set()
     for part in parts:
         name = next((n for n, values in choices.items() if part in values), None)
@@ -142,7 +147,7 @@ def parse_backend(text: str, dtype: str = "float32", quantization: str = "none",
             raise ValueError(f"backend '{text}': '{part}' is not one of {allowed} (or is given "
                              "twice)")
         seen.add(name)
-        fields[name] = part
+        fields[name] = True if name == "compile_heads" else part
     return BackendSpec(text=text, backend=backend, **fields)
 
 
@@ -279,8 +284,10 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
         # the unused torch ViT is freed, so the peak RSS is the node's.
         shared = SharedModel(ModelKey(config["model"], config["device"], spec.dtype,
                                       spec.quantization, spec.backend,
-                                      tuple(sorted(options.items()))), loaded, 1)
-        shared.prepare(_log)  # torch_int8 compiles here, as in the node's configure
+                                      tuple(sorted(options.items())), spec.compile_heads),
+                             loaded, 1)
+        # torch_int8 and compile_heads compile here, as in the node's configure
+        shared.prepare(_log)
         backbone = shared.backbone
     except Sam3RosError as err:
         result["not_run"] = str(err)
