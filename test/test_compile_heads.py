@@ -89,6 +89,30 @@ def test_detections_match_eager_without_compiling_on_the_frame(eager, compiled, 
     assert_same_detections(ref, got)
 
 
+def test_features_of_a_batched_backbone_pass_need_no_compile(eager, compiled):
+    """Several cameras' frames share one backbone pass (the runtime's batch): each frame's
+    features are split out of it, and its heads reuse the prepared graphs."""
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(2)]
+    specs = [PromptSpec("mug"), PromptSpec("bottle", (_BOX_A,))]
+    config = SegmenterConfig(score_threshold=0.2, max_detections=1000)
+    results = []
+    for shared in (eager, compiled):
+        segmenter = Sam3Segmenter(shared.loaded, shared.feature_cache)
+        prompts = segmenter.encode_prompts(specs)
+        keys = [("batched camera", i) for i in range(2)]
+        shared.feature_cache.compute_batch(
+            keys, torch.cat([segmenter.preprocess(frame) for frame in frames]))
+        with torch.compiler.set_stance("fail_on_recompile"):
+            results.append([segmenter.segment_features(shared.feature_cache.get(key, None),
+                                                       prompts, config, 96, 128)
+                            for key in keys])
+        shared.feature_cache.clear()
+    assert any(len(d) for d in results[0])
+    for ref, got in zip(*results, strict=True):
+        assert_same_detections(ref, got)
+
+
 def test_prompts_read_from_the_text_cache_need_no_compile(compiled, tmp_path):
     """Embeddings read back from disk are ordinary tensors, encoded ones inference tensors:
     graphs guard on that, so a restart with a warm cache must not compile on a frame."""

@@ -198,6 +198,25 @@ def test_positions_that_are_one_frame_expanded_are_shared_without_a_copy():
     assert frames[0].fpn_position_encoding[0].shape == (1, 3, 4)
 
 
+@pytest.mark.parametrize("inference", [True, False])
+def test_frames_of_a_batch_look_like_a_batch_of_one_pass(inference):
+    """Same tensor kind (inference or not) and the strides a batch-of-one pass gives, the
+    size-1 batch dimension's included, also for channels-last positions expanded from one
+    frame: compiled heads guard on both (test_compile_heads.py checks the compile itself)."""
+    from sam3_ros.core.backbone import split_frames
+
+    with torch.inference_mode(inference):
+        hidden = torch.randn(2, 3, 4)
+        one = torch.randn(1, 6, 5, 4).to(memory_format=torch.channels_last)
+        fresh = torch.randn(1, 6, 5, 4).to(memory_format=torch.channels_last)
+    frames = split_frames(Features(hidden, (hidden,), (one.expand(2, -1, -1, -1),)))
+    position = frames[1].fpn_position_encoding[0]
+    assert position.data_ptr() == one.data_ptr()  # still a view
+    assert position.stride() == fresh.stride() == (120, 1, 24, 6)
+    for tensor in (position, frames[1].last_hidden_state, frames[0].fpn_hidden_states[0]):
+        assert tensor.is_inference() == inference
+
+
 def test_a_camera_in_a_later_batch_does_not_pin_the_earlier_batch():
     backbone = Backbone()
     cache = VisionFeatureCache(backbone, capacity=4)

@@ -322,19 +322,36 @@ def split_frames(features: Any, position: tuple[Any, ...] | None = None) -> list
     Returns:
         B outputs with batch 1 (for B == 1, `features` itself: no copy).
     """
+    import torch
+
     batch = features.last_hidden_state.shape[0]
     if batch == 1:
         return [features]
-    current = features.fpn_position_encoding
-    if position is None or len(position) != len(current) or any(
-            p.shape[1:] != t.shape[1:] or p.dtype != t.dtype or p.device != t.device
-            for p, t in zip(position, current, strict=False)):
-        position = tuple(t[:1] if t.stride(0) == 0 else t[:1].clone() for t in current)
-    return [type(features)(
-        last_hidden_state=features.last_hidden_state[i:i + 1].clone(),
-        fpn_hidden_states=tuple(t[i:i + 1].clone() for t in features.fpn_hidden_states),
-        fpn_position_encoding=position,
-    ) for i in range(batch)]
+    # The copies are inference tensors when the batch's are (as a batch-of-one pass gives
+    # them), ordinary ones otherwise: compiled heads (`compile_heads`) guard on that, and
+    # would compile again for a frame of a batched pass.
+    with torch.inference_mode(features.last_hidden_state.is_inference()):
+        current = features.fpn_position_encoding
+        if position is None or len(position) != len(current) or any(
+                p.shape[1:] != t.shape[1:] or p.dtype != t.dtype or p.device != t.device
+                or p.is_inference() != t.is_inference()
+                for p, t in zip(position, current, strict=False)):
+            position = tuple(_one_frame_view(t) if t.stride(0) == 0 else t[:1].clone()
+                             for t in current)
+        return [type(features)(
+            last_hidden_state=features.last_hidden_state[i:i + 1].clone(),
+            fpn_hidden_states=tuple(t[i:i + 1].clone() for t in features.fpn_hidden_states),
+            fpn_position_encoding=position,
+        ) for i in range(batch)]
+
+
+def _one_frame_view(expanded: Any) -> Any:
+    """Frame 0 of a batch expanded from one frame (batch stride 0), as a (1, ...) view with
+    the strides a batch-of-one pass gives it (batch stride = one frame's elements): compiled
+    heads (`compile_heads`) guard on strides, a size-1 dimension's included."""
+    shape = (1, *expanded.shape[1:])
+    return expanded.as_strided(shape, (expanded[0].numel(), *expanded.stride()[1:]),
+                               expanded.storage_offset())
 
 
 # name -> "module:factory"; a factory takes (loaded: LoadedSam3, options: Mapping) and returns
