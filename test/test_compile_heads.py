@@ -143,6 +143,48 @@ def test_tracker_detection_matches_eager_without_compiling(eager, compiled):
         assert_same_detections(a, b)
 
 
+def test_onnxruntime_backbone_with_compiled_heads(tiny_checkpoint, tmp_path):
+    """Another backend (its features are ordinary tensors made from numpy): prepared from its
+    own features, then single and batched frames reuse the graphs, same detections as the
+    same backbone with eager heads."""
+    pytest.importorskip("onnxruntime")
+    from sam3_ros.tools.export_backbone import export_backbone
+
+    export_backbone(str(tiny_checkpoint), str(tmp_path), "fp32", check_frames=1,
+                    prompts=["mug"], score_threshold=0.2)
+    options = (("artifact_dir", str(tmp_path)), ("precision", "fp32"), ("provider", "cpu"),
+               ("threads", 0), ("trt_cache_dir", ""), ("trt_fp16", False), ("trt_int8", False))
+    specs = [PromptSpec("mug"), PromptSpec("bottle", (_BOX_A,))]
+    config = SegmenterConfig(score_threshold=0.2, max_detections=1000)
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(2)]
+    hub = ModelHub()
+    results = []
+    for compiled in (False, True):
+        key = ModelKey(str(tiny_checkpoint), "cpu", "float32", "none", "onnxruntime", options,
+                       compiled)
+        shared = hub.acquire(key)
+        try:
+            shared.prepare(lambda line: None)
+            segmenter = Sam3Segmenter(shared.loaded, shared.feature_cache)
+            prompts = segmenter.encode_prompts(specs)
+            keys = [("onnx camera", i) for i in range(2)]
+            shared.feature_cache.compute_batch(
+                keys, torch.cat([segmenter.preprocess(frame) for frame in frames]))
+            with torch.compiler.set_stance("fail_on_recompile"):
+                got = [segmenter.segment_features(shared.feature_cache.get(k, None), prompts,
+                                                  config, 96, 128) for k in keys]
+                got.append(segmenter.segment_features(
+                    shared.feature_cache.get(None, segmenter.preprocess(frames[0])), prompts,
+                    config, 96, 128))
+            results.append(got)
+        finally:
+            hub.release(shared)
+    assert any(len(d) for d in results[0])
+    for ref, got in zip(*results, strict=True):
+        assert_same_detections(ref, got)
+
+
 def test_a_failed_compile_fails_prepare_with_the_reason(tiny_checkpoint, monkeypatch):
     loaded = load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32")
     shared = SharedModel(_key(tiny_checkpoint, True), loaded)
@@ -151,10 +193,14 @@ def test_a_failed_compile_fails_prepare_with_the_reason(tiny_checkpoint, monkeyp
         raise RuntimeError("inductor: no C++ compiler")
 
     monkeypatch.setattr(Sam3Segmenter, "segment_features", broken)
-    with pytest.raises(ModelLoadError, match=r"compile_heads: compiling the detector heads for "
-                                             r"1 text prompt failed: .*no C\+\+ compiler"):
-        shared.prepare(lambda line: None)
-    assert not shared.heads_prepared
+    try:
+        with pytest.raises(ModelLoadError, match=r"compile_heads: compiling the detector heads "
+                                                 r"for 1 text prompt failed: .*no C\+\+ "
+                                                 r"compiler"):
+            shared.prepare(lambda line: None)
+        assert not shared.heads_prepared
+    finally:
+        shared.release()
 
 
 def test_a_detector_without_the_modules_is_refused():

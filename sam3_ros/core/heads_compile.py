@@ -46,8 +46,8 @@ def compile_heads(detector: Any) -> None:
         getattr(detector, name).compile(fullgraph=True)
     # Both modules' forwards are one code object (transformers' output-capturing wrapper), and
     # torch's recompile limit (8) counts graphs per code object: the 8 prepared ones reach it,
-    # and past it torch would run a new prompt shape eagerly without a word. Compiling it on
-    # that frame (slow, once) is what this option promises instead.
+    # and past it a fullgraph module raises, i.e. a new prompt shape would fail its frame.
+    # Compiling it on that frame (slow, once) is the lesser evil.
     config = torch._dynamo.config
     limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, limit, max(64, getattr(config, limit)))
