@@ -34,7 +34,8 @@ CUDA, the row's peak allocated CUDA memory.
 Backends: `torch[:DTYPE][:QUANTIZATION]` (DTYPE float32, float16, bfloat16; QUANTIZATION a
 torchao mode: int8_weight_only, int8_dynamic, nvfp4) and `onnxruntime[:PRECISION]
 [:PROVIDER][:DTYPE]` (PRECISION fp32, int8-dynamic, int8-static; PROVIDER cpu, cuda,
-tensorrt, default cuda on a CUDA device; DTYPE that of the torch heads). `--dtype` and
+tensorrt, default cuda on a CUDA device; DTYPE that of the torch heads), `torch_int8[:DTYPE]`;
+any of them with `:compiled-heads` sets the model's `compile_heads`. `--dtype` and
 `--quantization` are the defaults for specs that do not name one. A backend that cannot run
 here (missing provider, no CUDA, a quantisation the hardware lacks) is reported as
 "not run: <reason>", never replaced by another.
