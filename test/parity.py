@@ -1,4 +1,5 @@
-"""Shared assertion for backend parity tests: two `Detections` of the same frame agree."""
+"""Shared helpers for backend parity tests: two `Detections` of the same frame agree; a
+short tracker run to compare backends on."""
 
 from __future__ import annotations
 
@@ -43,3 +44,20 @@ def assert_matched_detections(ref, got, score_tol: float, box_tol_px: float,
         iou = np.logical_and(ref.masks[i], got.masks[j]).sum() / union if union else 1.0
         assert iou >= min_mask_iou, f"reference instance {i}: mask IoU {iou:.3f}"
         unmatched.remove(j)
+
+
+def tracker_run(loaded, feature_cache, prompts: list[str], frames: int = 3,
+                base: np.ndarray | None = None) -> list:
+    """`TrackerSession.process_frame` results for `frames` frames of one scene moving right
+    by a pixel per frame (33 ms apart), text prompts `prompts`, every detection kept
+    (score_threshold 0, at most 4 objects). `feature_cache` None: the session's own backbone.
+    """
+    from sam3_ros.core.tracker import TrackerConfig, TrackerSession
+
+    session = TrackerSession(loaded, TrackerConfig(score_threshold=0.0, max_objects=4),
+                             feature_cache=feature_cache)
+    session.set_text_prompts(prompts)
+    if base is None:
+        base = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    return [session.process_frame(np.roll(base, i, axis=1), i * 33_000_000)
+            for i in range(frames)]

@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from parity import assert_same_detections
+from parity import assert_same_detections, tracker_run
 
 from sam3_ros.core.backbone import BACKENDS, backend_options, create_backbone
 from sam3_ros.core.errors import ModelLoadError
@@ -244,16 +244,9 @@ def test_segmenter_detections_match_torch(loaded, onnx_backbone):
 
 
 def test_tracker_session_matches_torch(loaded, onnx_backbone):
-    def run(cache):
-        session = TrackerSession(loaded, TrackerConfig(score_threshold=0.0, max_objects=4),
-                                 feature_cache=cache)
-        session.set_text_prompts(["mug"])
-        base = _image(3)
-        return [session.process_frame(np.roll(base, i, axis=1), i * 33_000_000)
-                for i in range(4)]
-
-    ref = run(None)
-    got = run(VisionFeatureCache(onnx_backbone, capacity=1))
+    ref = tracker_run(loaded, None, ["mug"], 4, base=_image(3))
+    got = tracker_run(loaded, VisionFeatureCache(onnx_backbone, capacity=1), ["mug"], 4,
+                      base=_image(3))
     assert any(len(d) for d in ref)
     for a, b in zip(ref, got, strict=True):
         assert_same_detections(a, b)

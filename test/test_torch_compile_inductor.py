@@ -19,13 +19,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from parity import assert_same_detections
+from parity import assert_same_detections, tracker_run
 
 from sam3_ros.core.backbone import create_backbone
 from sam3_ros.core.model_loading import load_sam3
 from sam3_ros.core.prompts import BoxExemplar, PromptSpec
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
-from sam3_ros.core.tracker import TrackerConfig, TrackerSession
 from sam3_ros.core.vision_features import VisionFeatureCache
 
 MAX_ABS = 1e-4
@@ -126,15 +125,8 @@ def test_detections_match_eager(backbones, loaded):
 def test_tracker_session_matches_eager(backbones, loaded):
     eager, compiled, _ = backbones
 
-    def run(backbone):
-        session = TrackerSession(loaded, TrackerConfig(score_threshold=0.0, max_objects=4),
-                                 feature_cache=VisionFeatureCache(backbone, capacity=1))
-        session.set_text_prompts(["mug"])
-        base = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
-        return [session.process_frame(np.roll(base, i, axis=1), i * 33_000_000)
-                for i in range(4)]
-
-    ref, got = run(eager), run(compiled)
+    ref, got = (tracker_run(loaded, VisionFeatureCache(backbone, capacity=1), ["mug"], 4)
+                for backbone in (eager, compiled))
     assert any(len(d) for d in ref)
     for a, b in zip(ref, got, strict=True):
         assert_same_detections(a, b)

@@ -19,14 +19,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from parity import assert_matched_detections
+from parity import assert_matched_detections, tracker_run
 
 from sam3_ros.core.backbone import create_backbone, release_torch_vit
 from sam3_ros.core.errors import ModelLoadError
 from sam3_ros.core.model_loading import load_sam3
 from sam3_ros.core.prompts import BoxExemplar, PromptSpec
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig, SegmenterSession
-from sam3_ros.core.tracker import TrackerConfig, TrackerSession
 from sam3_ros.core.vision_features import VisionFeatureCache
 
 pytest.importorskip("torchao")
@@ -142,15 +141,9 @@ def test_segmenter_detections_match_eager(fp32):
 
 
 def test_tracker_session_runs_on_the_int8_features(fp32):
-    def run(loaded, backbone):
-        session = TrackerSession(loaded, TrackerConfig(score_threshold=0.0, max_objects=4),
-                                 feature_cache=VisionFeatureCache(backbone, capacity=1))
-        session.set_text_prompts(["mug"])
-        base = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
-        return [session.process_frame(np.roll(base, i, axis=1), i * 33_000_000)
-                for i in range(3)]
-
-    ref, got = run(fp32.reference, fp32.eager), run(fp32.quantized, fp32.int8)
+    ref, got = (tracker_run(loaded, VisionFeatureCache(backbone, capacity=1), ["mug"])
+                for loaded, backbone in ((fp32.reference, fp32.eager),
+                                         (fp32.quantized, fp32.int8)))
     assert any(len(d) for d in ref)
     for a, b in zip(ref, got, strict=True):
         assert len(a) == len(b)
