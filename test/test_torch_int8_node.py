@@ -1,7 +1,8 @@
-"""Segmenter node with `backend:=torch_int8` over real DDS: it compiles during configure,
-publishes detections matching the `backend:=torch` node's on the same frame (two node
-processes), and refuses a torchao `quantization` on top with the reason (configure fails, the
-node stays unconfigured and alive).
+"""Segmenter node with `backend:=torch_int8` and `compile_heads:=true` over real DDS: it
+compiles the INT8 ViT and then the detector heads during configure, publishes detections
+matching the eager `backend:=torch` node's on the same frame (two node processes), and
+refuses a torchao `quantization` on top with the reason (configure fails, the node stays
+unconfigured and alive).
 
 Tolerance as test_torch_int8_backbone.py: matched instances, scores within 0.02, boxes within
 1.5 px, mask IoU >= 0.9 (INT8 against fp32, tiny random model). Tier `compile`."""
@@ -37,7 +38,9 @@ NAMESPACES = {backend: f"/int8_test_{backend}" for backend in BACKENDS}
 def nodes(tiny_checkpoint):
     params = {backend: {"model": str(tiny_checkpoint), "device": "cpu", "autostart": True,
                         "prompts": ["mug", "bottle"], "score_threshold": 0.25,
-                        "max_detections": 1000, "backend": backend} for backend in BACKENDS}
+                        "max_detections": 1000, "backend": backend,
+                        # The full-size measurement's configuration (README), over DDS.
+                        "compile_heads": backend == "torch_int8"} for backend in BACKENDS}
     with segmenter_per_backend("torch_int8_node_test_client", NAMESPACES, params) as started:
         yield started
 
@@ -58,6 +61,8 @@ def test_int8_node_publishes_the_torch_nodes_detections(nodes):
     output = started["torch_int8"].output()
     assert "torch_int8: compiling the INT8 vision transformer for batch sizes [1]" in output
     assert "torch_int8 (cpu, int8 dynamic linears, fp32, neck eager)" in output
+    assert "compile_heads: detector heads compiled in" in output
+    assert "compile_heads" not in started["torch"].output()
 
 
 def test_torchao_quantization_on_top_fails_configure_with_the_reason(nodes):
