@@ -23,6 +23,7 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 #               the main Python only
 TEST_TIERS = {
     "test_benchmark_stats.py": "core",
+    "test_cpu_latency.py": "core",
     "test_bytetrack.py": "core",
     "test_compute_thread.py": "core",
     "test_runtime.py": "core",

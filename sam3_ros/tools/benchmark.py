@@ -325,12 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write the Markdown table here")
     parser.add_argument("--executor", default="single_threaded",
                         help="the node's executor: single_threaded or events")
+    parser.add_argument("--cpu-latency-us", type=int, metavar="US",
+                        help="hold this CPU wake-up latency limit (Linux PM QoS, "
+                             "/dev/cpu_dma_latency, needs root) for the whole run; 0 keeps "
+                             "the CPUs out of deep idle between frames")
     parser.add_argument("--skip-transformers", action="store_true",
                         help="no transformers bare call (it is skipped anyway with a backend "
                              "other than torch: not the same model path)")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.camera_rate <= 0 or args.rate_seconds <= 0:
         parser.error("--frames must be >= 1, --camera-rate and --rate-seconds > 0")
+    if args.cpu_latency_us is not None and not 0 <= args.cpu_latency_us < 2**31:
+        parser.error("--cpu-latency-us must be 0 or more (microseconds)")
     node_params = {}
     for item in args.set:
         name, sep, value = item.partition("=")
@@ -352,7 +358,20 @@ def main(argv: list[str] | None = None) -> int:
     from sam3_ros.tools.demo import synthetic_frames
 
     frames = synthetic_frames(args.frames, args.height, args.width)
+    from sam3_ros.tools.cpu_latency import CpuLatencyError, cpu_latency_limit
+
+    try:
+        with cpu_latency_limit(args.cpu_latency_us):
+            return _measure(args, model, model_note, frames, node_params, profile)
+    except CpuLatencyError as err:
+        print(f"benchmark: {err}", file=sys.stderr)
+        return 1
+
+
+def _measure(args: argparse.Namespace, model: str, model_note: str, frames: list[np.ndarray],
+             node_params: dict[str, str], profile: object) -> int:
     from sam3_ros.core.errors import Sam3RosError
+    from sam3_ros.tools.cpu_latency import describe
 
     try:
         calls, release = make_bare_calls(model, args.device, args.dtype, args.prompts,
@@ -401,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         f"frames; prompts {args.prompts}; {args.frames} frames; image QoS best effort "
         f"(the node's default); Fast DDS profile {profile}"
         + (f"; node parameters {node_params}" if node_params else "")
-        + f"; node executor {args.executor}"
+        + f"; node executor {args.executor}; {describe(args.cpu_latency_us)}"
         + ". Bare calls and end-to-end frames alternate (same frame, same machine load).",
         "",
         "| measurement | median ms | p90 ms |",

@@ -1,6 +1,7 @@
 """Where a frame's time goes between a camera and a subscriber of the segmenter node.
 
     python -m sam3_ros.tools.node_trace [--model CKPT] [--frames 40] [--pause-s 0.3]
+        [--cpu-latency-us 0]
 
 Runs the real segmenter node in a child process with its frame path timestamped
 (`time.perf_counter_ns`, which is CLOCK_MONOTONIC on Linux and so comparable across processes
@@ -205,10 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--executor", default="single_threaded",
                         help="the node's executor: single_threaded or events")
+    parser.add_argument("--cpu-latency-us", type=int, metavar="US",
+                        help="hold this CPU wake-up latency limit (Linux PM QoS, "
+                             "/dev/cpu_dma_latency, needs root) for the whole run")
     args = parser.parse_args(argv)
     if args.frames < 1:
         parser.error("--frames must be at least 1")
+    if args.cpu_latency_us is not None and not 0 <= args.cpu_latency_us < 2**31:
+        parser.error("--cpu-latency-us must be 0 or more (microseconds)")
     from sam3_ros.ros.fastdds import use_large_frames_profile
+    from sam3_ros.tools.cpu_latency import CpuLatencyError, cpu_latency_limit, describe
 
     use_large_frames_profile()  # this process (camera, subscriber) and the node's
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,10 +224,15 @@ def main(argv: list[str] | None = None) -> int:
             from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
 
             model = str(make_tiny_checkpoint(Path(tmp) / "tiny"))
-        result = run(model, args.frames, args.pause_s, args.prompts, args.width, args.height,
-                     args.executor)
+        try:
+            with cpu_latency_limit(args.cpu_latency_us):
+                result = run(model, args.frames, args.pause_s, args.prompts, args.width,
+                             args.height, args.executor)
+        except CpuLatencyError as err:
+            print(f"node_trace: {err}", file=sys.stderr)
+            return 1
     print(f"{result['received']} of {result['frames']} frames answered (node executor: "
-          f"{args.executor}); median per hop:")
+          f"{args.executor}; {describe(args.cpu_latency_us)}); median per hop:")
     print("| hop | median ms | frames |\n|---|---:|---:|")
     for label, (ms, n) in result["hops"].items():
         print(f"| {label} | {ms:.2f} | {n} |")
