@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +109,18 @@ class LoadedSam3:
         trim_heap()
 
 
-_libc_malloc_trim: Any = None
+@functools.cache
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None where the C library has none (musl, not Linux)."""
+    import ctypes
+
+    try:
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    return malloc_trim
 
 
 def trim_heap() -> bool:
@@ -124,19 +137,10 @@ def trim_heap() -> bool:
         Whether anything could be asked (False on a C library without `malloc_trim`, e.g.
         musl, or outside Linux).
     """
-    global _libc_malloc_trim
-    if _libc_malloc_trim is None:
-        import ctypes
-
-        try:
-            _libc_malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-            _libc_malloc_trim.argtypes = [ctypes.c_size_t]
-            _libc_malloc_trim.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            _libc_malloc_trim = False
-    if _libc_malloc_trim is False:
+    malloc_trim = _libc_malloc_trim()
+    if malloc_trim is None:
         return False
-    _libc_malloc_trim(0)
+    malloc_trim(0)
     return True
 
 
