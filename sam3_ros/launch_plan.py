@@ -9,6 +9,13 @@ launch_ros actions; this module holds every decision so CI (which has no `launch
 Precedence, lowest first: the node's declared defaults (equal to config/*.yaml), the launch
 files' own defaults (autostart: true), the user's `params_file`, then the launch arguments the
 user actually set. An argument left unset ('') never overrides the params file.
+
+How rcl ranks parameter files: it merges every `--params-file` of a process into one list of
+node-name keys, in the order each key was *first seen*, and a node takes its values from every
+matching key in that order (a later key wins, however specific the earlier one). A value
+written in a later file under a key already seen lands in that key's earlier place. So the
+launch files' own values go under keys that no earlier file uses (`KeyedParameters`,
+`unused_keys`), or an argument the user set would lose to a wildcard key of their file.
 """
 
 from __future__ import annotations
@@ -78,6 +85,71 @@ class LaunchArgumentError(ValueError):
     """A launch argument that cannot be used; the message says which and why."""
 
 
+@dataclass(frozen=True)
+class KeyedParameters:
+    """Parameters to hand a process in a parameter file of their own, under `key`.
+
+    Attributes:
+        key: An rcl node-name pattern matching every node of the process (see `unused_keys`).
+        values: Parameter name -> value.
+    """
+
+    key: str
+    values: dict[str, Any]
+
+    def yaml_text(self) -> str:
+        """The parameter file's text."""
+        return yaml.safe_dump({self.key: {"ros__parameters": self.values}},
+                              default_flow_style=False)
+
+
+def params_file_keys(path: str) -> set[str]:
+    """The node-name keys of an rcl parameter file, with a leading '/' (nested namespaces
+    joined, as rcl reads them).
+
+    Raises:
+        LaunchArgumentError: the file cannot be read or is not a YAML mapping.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            document = yaml.safe_load(file)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise LaunchArgumentError(f"params_file:={path!r}: cannot be read as YAML: "
+                                  f"{str(err).splitlines()[0]}") from None
+    if document is None:
+        return set()
+    if not isinstance(document, dict):
+        raise LaunchArgumentError(f"params_file:={path!r}: expected a mapping of node names, "
+                                  f"e.g. '/**/segmenter:' (got {type(document).__name__})")
+    keys: set[str] = set()
+
+    def walk(mapping: dict, prefix: str) -> None:
+        for name, value in mapping.items():
+            if name == "ros__parameters":
+                keys.add(prefix or "/")
+            elif isinstance(value, dict):
+                walk(value, f"{prefix}/{str(name).strip('/')}")
+
+    walk(document, "")
+    return keys
+
+
+def unused_keys(taken: set[str], count: int) -> list[str]:
+    """`count` node-name keys that match every node and are none of `taken`.
+
+    `/**`, `/**/*`, `/**/**/*`, ...: each matches any node name (`**` is zero or more
+    namespace tokens, `*` exactly one), and being new strings they are first seen where they
+    are written, i.e. after every key of the files before them.
+    """
+    keys, depth = [], 0
+    while len(keys) < count:
+        key = "/**" if depth == 0 else "/**" * depth + "/*"
+        if key not in taken:
+            keys.append(key)
+        depth += 1
+    return keys
+
+
 @dataclass
 class LaunchPlan:
     """The one process a launch file starts.
@@ -88,7 +160,8 @@ class LaunchPlan:
         name: Node name for a single node; None for the pipeline (its nodes keep their names).
         namespace: Namespace ('' = root).
         lifecycle: Start as a launch_ros LifecycleNode (single nodes).
-        parameters: In precedence order: dicts and parameter-file paths.
+        parameters: In precedence order: `KeyedParameters` (the launch files' own) and the
+            user's parameter-file path.
         remappings: (from, to) topic remappings.
         ros_arguments: Extra `--ros-args` (log level).
         environment: Variables to set for the process (the Fast DDS profile).
@@ -251,13 +324,17 @@ def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
         raise LaunchArgumentError(f"executor:={executor!r}: expected one of "
                                   f"{', '.join(EXECUTORS)}")
     overrides = parameter_overrides(values)
-    # The launch files' own default sits under the user's file: autostart only when neither
-    # the file nor the argument says otherwise.
-    parameters: list[Any] = [{"autostart": True}]
+    # Keys no other file of the process uses, so each file ranks where it is written (see
+    # the module's docstring): the launch files' own default under the user's file
+    # (autostart only when neither the file nor the argument says otherwise), the arguments
+    # the user set over it.
+    default_key, arguments_key = unused_keys(
+        params_file_keys(params_file) if params_file else set(), 2)
+    parameters: list[Any] = [KeyedParameters(default_key, {"autostart": True})]
     if params_file:
         parameters.append(params_file)
     if overrides:
-        parameters.append(overrides)
+        parameters.append(KeyedParameters(arguments_key, overrides))
     image = values.get("image", "image").strip() or "image"
     remappings = [("image", image), ("image/compressed", f"{image}/compressed"),
                   ("depth", values.get("depth", "depth").strip() or "depth"),

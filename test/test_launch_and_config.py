@@ -103,3 +103,55 @@ def test_yaml_equals_declared_parameters(node):
         assert values[name] == spec.default, f"{node}.{name}: yaml {values[name]!r} != " \
                                              f"declared {spec.default!r}"
         assert type(values[name]) is type(spec.default), name
+
+
+_USER_FILES = {
+    # The README's form; and the form rcl ranked above the arguments before the fix.
+    "wildcard": "/**/segmenter:\n  ros__parameters:\n    prompts: [ball]\n"
+                "    score_threshold: 0.2\n    autostart: false\n",
+    "exact": "/robot/front/segmenter:\n  ros__parameters:\n    prompts: [ball]\n"
+             "    score_threshold: 0.2\n    autostart: false\n",
+    "nested": "robot:\n  front:\n    segmenter:\n      ros__parameters:\n"
+              "        prompts: [ball]\n        score_threshold: 0.2\n        autostart: false\n",
+    # A user who took the keys the launch files would otherwise use.
+    "global keys": "/**:\n  ros__parameters:\n    prompts: [ball]\n"
+                   "/**/*:\n  ros__parameters:\n    score_threshold: 0.2\n"
+                   "/**/segmenter:\n  ros__parameters:\n    autostart: false\n",
+}
+
+
+@pytest.mark.parametrize("user_file", sorted(_USER_FILES))
+def test_set_arguments_beat_the_params_file_and_unset_ones_do_not(tmp_path, user_file):
+    """The plan's parameter files, in its order, read by rcl itself as the launched node's
+    process would (`--params-file` each): the argument set (prompts) wins over the user's
+    file whatever its keys, the user's file wins over the launch files' own default
+    (autostart) and over the node's default (score_threshold)."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.node import Node
+    from test_launch_plan import PROFILE, _values
+
+    from sam3_ros.launch_plan import KeyedParameters, plan
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(_USER_FILES[user_file])
+    files = []
+    for i, entry in enumerate(plan(_values(params_file=str(mine), namespace="/robot/front",
+                                           prompts="[mug, cup]"), PROFILE).parameters):
+        if isinstance(entry, KeyedParameters):  # as launch_description writes it
+            path = tmp_path / f"plan_{i}.yaml"
+            path.write_text(entry.yaml_text())
+            entry = str(path)
+        files += ["--params-file", entry]
+    context = rclpy.Context()
+    rclpy.init(args=["segmenter", "--ros-args", *files], context=context)
+    try:
+        node = Node("segmenter", namespace="/robot/front", context=context,
+                    automatically_declare_parameters_from_overrides=True)
+        try:
+            values = {name: node.get_parameter(name).value
+                      for name in ("prompts", "score_threshold", "autostart")}
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    assert values == {"prompts": ["mug", "cup"], "score_threshold": 0.2, "autostart": False}

@@ -7,9 +7,12 @@ import pytest
 from sam3_ros.launch_plan import (
     LAUNCH_ARGUMENTS,
     NODE_KINDS,
+    KeyedParameters,
     LaunchArgumentError,
+    params_file_keys,
     parse_prompts,
     plan,
+    unused_keys,
 )
 
 PROFILE = "/opt/share/sam3_ros/config/fastdds_large_frames.xml"
@@ -33,7 +36,7 @@ def test_unset_arguments_never_override_the_params_file(tmp_path):
     result = plan(_values(params_file=str(params)), PROFILE)
     # The file comes after the launch files' own defaults; nothing the user did not set
     # follows it.
-    assert result.parameters == [{"autostart": True}, str(params)]
+    assert result.parameters == [KeyedParameters("/**", {"autostart": True}), str(params)]
 
 
 def test_set_arguments_override_the_params_file(tmp_path):
@@ -43,9 +46,56 @@ def test_set_arguments_override_the_params_file(tmp_path):
                           prompts="[mug, bottle]", input_kind="compressed",
                           use_sim_time="true", autostart="false"), PROFILE)
     assert result.parameters[1] == str(params)
-    assert result.parameters[2] == {
+    assert result.parameters[2] == KeyedParameters("/**/*", {
         "model": "/x", "device": "cpu", "dtype": "bfloat16", "prompts": ["mug", "bottle"],
-        "input_kind": "compressed", "use_sim_time": True, "autostart": False}
+        "input_kind": "compressed", "use_sim_time": True, "autostart": False})
+
+
+@pytest.mark.parametrize(("taken", "expected"), [
+    (set(), ["/**", "/**/*"]),
+    ({"/**/segmenter", "/front/segmenter"}, ["/**", "/**/*"]),
+    ({"/**"}, ["/**/*", "/**/**/*"]),
+    ({"/**", "/**/*", "/**/**/*"}, ["/**/**/**/*", "/**/**/**/**/*"]),
+])
+def test_the_launch_files_own_keys_are_none_of_the_users(taken, expected):
+    assert unused_keys(taken, 2) == expected
+
+
+@pytest.mark.parametrize(("text", "keys"), [
+    ("/**/segmenter:\n  ros__parameters:\n    model: a\n", {"/**/segmenter"}),
+    ("segmenter:\n  ros__parameters: {}\n/**:\n  ros__parameters: {}\n",
+     {"/segmenter", "/**"}),
+    ("robot:\n  front:\n    segmenter:\n      ros__parameters: {model: a}\n"
+     "  /wrist/tracker:\n    ros__parameters: {}\n",
+     {"/robot/front/segmenter", "/robot/wrist/tracker"}),
+    ("", set()),
+    ("# only a comment\n", set()),
+])
+def test_params_file_keys_as_rcl_reads_them(tmp_path, text, keys):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    assert params_file_keys(str(path)) == keys
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("/**/segmenter: [unclosed\n", "cannot be read as YAML"),
+    ("- a\n- b\n", "expected a mapping of node names"),
+])
+def test_a_params_file_that_is_not_a_parameter_file_is_refused(tmp_path, text, match):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(LaunchArgumentError, match=match):
+        plan(_values(params_file=str(path)), PROFILE)
+
+
+def test_the_plans_keys_avoid_the_users_keys(tmp_path):
+    params = tmp_path / "mine.yaml"
+    params.write_text("/**:\n  ros__parameters: {use_sim_time: true}\n"
+                      "/**/*:\n  ros__parameters: {model: /a}\n")
+    result = plan(_values(params_file=str(params), model="/x"), PROFILE)
+    own = [entry for entry in result.parameters if isinstance(entry, KeyedParameters)]
+    assert [entry.key for entry in own] == ["/**/**/*", "/**/**/**/*"]
+    assert own[1].yaml_text() == "/**/**/**/*:\n  ros__parameters:\n    model: /x\n"
 
 
 @pytest.mark.parametrize(("text", "expected"), [
