@@ -7,7 +7,6 @@ the arguments and maps the plan onto `launch_ros` actions.
 from __future__ import annotations
 
 import os
-import tempfile
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
@@ -15,24 +14,12 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
-from sam3_ros.launch_plan import LAUNCH_ARGUMENTS, KeyedParameters, plan
+from sam3_ros.launch_plan import LAUNCH_ARGUMENTS, parameter_file_paths, plan
 
 
 def _default_profile() -> str:
     return os.path.join(get_package_share_directory("sam3_ros"), "config",
                         "fastdds_large_frames.xml")
-
-
-def _parameter_file(entry: str | KeyedParameters) -> str:
-    """A path for launch_ros: the user's file as it is, the launch's own values written to a
-    file under the key the plan chose (a dict would be keyed by launch_ros, see launch_plan).
-    """
-    if isinstance(entry, str):
-        return entry
-    with tempfile.NamedTemporaryFile("w", prefix="sam3_ros_params_", suffix=".yaml",
-                                     delete=False) as file:
-        file.write(entry.yaml_text())
-    return file.name
 
 
 def _actions(context: LaunchContext) -> list:
@@ -43,7 +30,8 @@ def _actions(context: LaunchContext) -> list:
     common = {
         "package": "sam3_ros",
         "executable": launch_plan.executable,
-        "parameters": [_parameter_file(entry) for entry in launch_plan.parameters],
+        # Files, not dicts: launch_ros would key a dict itself (see launch_plan).
+        "parameters": parameter_file_paths(launch_plan.parameters),
         "remappings": launch_plan.remappings,
         "ros_arguments": launch_plan.ros_arguments,
         "arguments": launch_plan.arguments,

@@ -103,34 +103,55 @@ class KeyedParameters:
                               default_flow_style=False)
 
 
+def parameter_file_paths(parameters: list[Any], directory: str | None = None) -> list[str]:
+    """A plan's `parameters` as the parameter-file paths to hand the process, in order: the
+    user's file as it is, each `KeyedParameters` written to a new file (in `directory`, or the
+    temporary directory; left there, as launch_ros leaves its own)."""
+    import tempfile
+
+    paths = []
+    for entry in parameters:
+        if isinstance(entry, KeyedParameters):
+            with tempfile.NamedTemporaryFile("w", prefix="sam3_ros_params_", suffix=".yaml",
+                                             dir=directory, delete=False) as file:
+                file.write(entry.yaml_text())
+            entry = file.name
+        paths.append(entry)
+    return paths
+
+
 def params_file_keys(path: str) -> set[str]:
     """The node-name keys of an rcl parameter file, with a leading '/' (nested namespaces
-    joined, as rcl reads them).
+    joined; every YAML document of the file; a child key that starts with `ros__parameters`
+    ends a node name, as rcl's parser takes it). What rcl itself would refuse in the file is
+    left to rcl's own error when the node starts.
 
     Raises:
-        LaunchArgumentError: the file cannot be read or is not a YAML mapping.
+        LaunchArgumentError: the file cannot be read or is not YAML mappings.
     """
     try:
         with open(path, encoding="utf-8") as file:
-            document = yaml.safe_load(file)
+            documents = list(yaml.safe_load_all(file))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise LaunchArgumentError(f"params_file:={path!r}: cannot be read as YAML: "
                                   f"{str(err).splitlines()[0]}") from None
-    if document is None:
-        return set()
-    if not isinstance(document, dict):
-        raise LaunchArgumentError(f"params_file:={path!r}: expected a mapping of node names, "
-                                  f"e.g. '/**/segmenter:' (got {type(document).__name__})")
     keys: set[str] = set()
 
     def walk(mapping: dict, prefix: str) -> None:
         for name, value in mapping.items():
-            if name == "ros__parameters":
+            if str(name).startswith("ros__parameters"):
                 keys.add(prefix or "/")
             elif isinstance(value, dict):
                 walk(value, f"{prefix}/{str(name).strip('/')}")
 
-    walk(document, "")
+    for document in documents:
+        if document is None:
+            continue
+        if not isinstance(document, dict):
+            raise LaunchArgumentError(
+                f"params_file:={path!r}: expected a mapping of node names, e.g. "
+                f"'/**/segmenter:' (got {type(document).__name__})")
+        walk(document, "")
     return keys
 
 

@@ -120,38 +120,74 @@ _USER_FILES = {
 }
 
 
-@pytest.mark.parametrize("user_file", sorted(_USER_FILES))
-def test_set_arguments_beat_the_params_file_and_unset_ones_do_not(tmp_path, user_file):
-    """The plan's parameter files, in its order, read by rcl itself as the launched node's
-    process would (`--params-file` each): the argument set (prompts) wins over the user's
-    file whatever its keys, the user's file wins over the launch files' own default
-    (autostart) and over the node's default (score_threshold)."""
+def _rcl_values(tmp_path, launch_plan, nodes: list[str], names: tuple[str, ...]) -> dict:
+    """What rcl gives each node of `nodes` (fully qualified names, one process) for the
+    parameters `names`, reading the plan's parameter files in its order, as the launched
+    process would (`--params-file` each, written by `parameter_file_paths`, which
+    launch_description calls)."""
     rclpy = pytest.importorskip("rclpy")
     from rclpy.node import Node
+
+    from sam3_ros.launch_plan import parameter_file_paths
+
+    files = []
+    for path in parameter_file_paths(launch_plan.parameters, str(tmp_path)):
+        files += ["--params-file", path]
+    context = rclpy.Context()
+    rclpy.init(args=["sam3_ros", "--ros-args", *files], context=context)
+    values = {}
+    try:
+        for fqn in nodes:
+            namespace, _, name = fqn.rpartition("/")
+            node = Node(name, namespace=namespace or "/", context=context,
+                        automatically_declare_parameters_from_overrides=True)
+            try:
+                values[fqn] = {n: node.get_parameter(n).value for n in names}
+            finally:
+                node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    return values
+
+
+@pytest.mark.parametrize("user_file", sorted(_USER_FILES))
+def test_set_arguments_beat_the_params_file_and_unset_ones_do_not(tmp_path, user_file):
+    """The argument set (prompts) wins over the user's file whatever its keys, the user's
+    file wins over the launch files' own default (autostart) and the node's default
+    (score_threshold)."""
     from test_launch_plan import PROFILE, _values
 
-    from sam3_ros.launch_plan import KeyedParameters, plan
+    from sam3_ros.launch_plan import plan
 
     mine = tmp_path / "mine.yaml"
     mine.write_text(_USER_FILES[user_file])
-    files = []
-    for i, entry in enumerate(plan(_values(params_file=str(mine), namespace="/robot/front",
-                                           prompts="[mug, cup]"), PROFILE).parameters):
-        if isinstance(entry, KeyedParameters):  # as launch_description writes it
-            path = tmp_path / f"plan_{i}.yaml"
-            path.write_text(entry.yaml_text())
-            entry = str(path)
-        files += ["--params-file", entry]
-    context = rclpy.Context()
-    rclpy.init(args=["segmenter", "--ros-args", *files], context=context)
-    try:
-        node = Node("segmenter", namespace="/robot/front", context=context,
-                    automatically_declare_parameters_from_overrides=True)
-        try:
-            values = {name: node.get_parameter(name).value
-                      for name in ("prompts", "score_threshold", "autostart")}
-        finally:
-            node.destroy_node()
-    finally:
-        rclpy.shutdown(context=context)
-    assert values == {"prompts": ["mug", "cup"], "score_threshold": 0.2, "autostart": False}
+    launch_plan = plan(_values(params_file=str(mine), namespace="/robot/front",
+                               prompts="[mug, cup]"), PROFILE)
+    got = _rcl_values(tmp_path, launch_plan, ["/robot/front/segmenter"],
+                      ("prompts", "score_threshold", "autostart"))
+    assert got["/robot/front/segmenter"] == {"prompts": ["mug", "cup"], "score_threshold": 0.2,
+                                             "autostart": False}
+
+
+def test_cameras_get_the_arguments_and_their_own_keys(tmp_path):
+    """Several nodes in one process (cameras): the argument reaches every node over the
+    user's wildcard key, and a camera's own key (written after it) still reaches that
+    camera only."""
+    from test_launch_plan import PROFILE, _values
+
+    from sam3_ros.launch_plan import plan
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("/**/segmenter:\n  ros__parameters:\n    prompts: [ball]\n"
+                    "    score_threshold: 0.3\n    autostart: false\n"
+                    "/robot/front/segmenter:\n  ros__parameters:\n    score_threshold: 0.2\n")
+    launch_plan = plan(_values(params_file=str(mine), cameras="[front, wrist]",
+                               namespace="robot", prompts="mug"), PROFILE)
+    assert launch_plan.executable == "pipeline"
+    nodes = ["/robot/front/segmenter", "/robot/wrist/segmenter"]
+    got = _rcl_values(tmp_path, launch_plan, nodes, ("prompts", "score_threshold", "autostart"))
+    assert got == {
+        "/robot/front/segmenter": {"prompts": ["mug"], "score_threshold": 0.2,
+                                   "autostart": False},
+        "/robot/wrist/segmenter": {"prompts": ["mug"], "score_threshold": 0.3,
+                                   "autostart": False}}

@@ -66,8 +66,13 @@ def test_the_launch_files_own_keys_are_none_of_the_users(taken, expected):
     ("segmenter:\n  ros__parameters: {}\n/**:\n  ros__parameters: {}\n",
      {"/segmenter", "/**"}),
     ("robot:\n  front:\n    segmenter:\n      ros__parameters: {model: a}\n"
-     "  /wrist/tracker:\n    ros__parameters: {}\n",
+     "  wrist:\n    tracker:\n      ros__parameters: {}\n",
      {"/robot/front/segmenter", "/robot/wrist/tracker"}),
+    # rcl compares only the prefix of the key that ends a node name.
+    ("/**/*:\n  ros__parameters_x: {}\n", {"/**/*"}),
+    # Several documents: rcl reads them all.
+    ("/**:\n  ros__parameters: {a: 1}\n---\n/**/segmenter:\n  ros__parameters: {b: 2}\n",
+     {"/**", "/**/segmenter"}),
     ("", set()),
     ("# only a comment\n", set()),
 ])
@@ -80,6 +85,7 @@ def test_params_file_keys_as_rcl_reads_them(tmp_path, text, keys):
 @pytest.mark.parametrize(("text", "match"), [
     ("/**/segmenter: [unclosed\n", "cannot be read as YAML"),
     ("- a\n- b\n", "expected a mapping of node names"),
+    ("/**:\n  ros__parameters: {}\n---\n- a\n", "expected a mapping of node names"),
 ])
 def test_a_params_file_that_is_not_a_parameter_file_is_refused(tmp_path, text, match):
     path = tmp_path / "mine.yaml"
