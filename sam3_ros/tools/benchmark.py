@@ -307,6 +307,13 @@ def node_end_to_end(model: str, device: str, dtype: str, frames: list[np.ndarray
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sam3_ros.tools.cpu_latency import (
+        CpuLatencyError,
+        add_option,
+        check_option,
+        cpu_latency_limit,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint id or folder (default: tiny RANDOM model)")
     parser.add_argument("--device", default="cpu")
@@ -325,18 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write the Markdown table here")
     parser.add_argument("--executor", default="single_threaded",
                         help="the node's executor: single_threaded or events")
-    parser.add_argument("--cpu-latency-us", type=int, metavar="US",
-                        help="hold this CPU wake-up latency limit (Linux PM QoS, "
-                             "/dev/cpu_dma_latency, needs root) for the whole run; 0 keeps "
-                             "the CPUs out of deep idle between frames")
+    add_option(parser)
     parser.add_argument("--skip-transformers", action="store_true",
                         help="no transformers bare call (it is skipped anyway with a backend "
                              "other than torch: not the same model path)")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.camera_rate <= 0 or args.rate_seconds <= 0:
         parser.error("--frames must be >= 1, --camera-rate and --rate-seconds > 0")
-    if args.cpu_latency_us is not None and not 0 <= args.cpu_latency_us < 2**31:
-        parser.error("--cpu-latency-us must be 0 or more (microseconds)")
+    check_option(parser, args)
     node_params = {}
     for item in args.set:
         name, sep, value = item.partition("=")
@@ -358,8 +361,6 @@ def main(argv: list[str] | None = None) -> int:
     from sam3_ros.tools.demo import synthetic_frames
 
     frames = synthetic_frames(args.frames, args.height, args.width)
-    from sam3_ros.tools.cpu_latency import CpuLatencyError, cpu_latency_limit
-
     try:
         with cpu_latency_limit(args.cpu_latency_us):
             return _measure(args, model, model_note, frames, node_params, profile)

@@ -11,6 +11,7 @@ choice belongs to the robot's set-up, e.g. `jetson_clocks` or the BIOS's C-state
 
 from __future__ import annotations
 
+import argparse
 import os
 import struct
 from collections.abc import Iterator
@@ -58,3 +59,17 @@ def describe(max_us: int | None) -> str:
     if max_us is None:
         return "CPU idle states as the system sets them"
     return f"CPU wake-up latency limited to {max_us} us ({PM_QOS_DEVICE} held)"
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """The tools' `--cpu-latency-us US` option (check it with `check_option`)."""
+    parser.add_argument("--cpu-latency-us", type=int, metavar="US",
+                        help="hold this CPU wake-up latency limit (Linux PM QoS, "
+                             f"{PM_QOS_DEVICE}, needs root) for the whole run; 0 keeps the "
+                             "CPUs out of deep idle between frames")
+
+
+def check_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2, one line) a `--cpu-latency-us` outside the kernel's range."""
+    if args.cpu_latency_us is not None and not 0 <= args.cpu_latency_us < 2**31:
+        parser.error("--cpu-latency-us must be 0 or more (microseconds)")

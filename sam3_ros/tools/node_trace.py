@@ -197,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         print("node_trace: Linux only (needs one monotonic clock across processes)",
               file=sys.stderr)
         return 1
+    from sam3_ros.tools.cpu_latency import (
+        CpuLatencyError,
+        add_option,
+        check_option,
+        cpu_latency_limit,
+        describe,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="checkpoint folder (default: tiny RANDOM checkpoint)")
     parser.add_argument("--frames", type=int, default=40)
@@ -206,16 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--executor", default="single_threaded",
                         help="the node's executor: single_threaded or events")
-    parser.add_argument("--cpu-latency-us", type=int, metavar="US",
-                        help="hold this CPU wake-up latency limit (Linux PM QoS, "
-                             "/dev/cpu_dma_latency, needs root) for the whole run")
+    add_option(parser)
     args = parser.parse_args(argv)
     if args.frames < 1:
         parser.error("--frames must be at least 1")
-    if args.cpu_latency_us is not None and not 0 <= args.cpu_latency_us < 2**31:
-        parser.error("--cpu-latency-us must be 0 or more (microseconds)")
+    check_option(parser, args)
     from sam3_ros.ros.fastdds import use_large_frames_profile
-    from sam3_ros.tools.cpu_latency import CpuLatencyError, cpu_latency_limit, describe
 
     use_large_frames_profile()  # this process (camera, subscriber) and the node's
     with tempfile.TemporaryDirectory() as tmp:
