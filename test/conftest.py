@@ -101,3 +101,18 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from sam3_ros.tools.make_tiny_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_sam3"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def calibration_frames_dir(tmp_path_factory) -> Path:
+    """A folder of 3 png camera frames (synthetic, seeded; not the frames tests compare on)
+    and a text file, for the torch_int8 backend's static calibration."""
+    import cv2
+
+    from sam3_ros.tools.export_backbone import synthetic_frames
+
+    folder = tmp_path_factory.mktemp("calibration_frames")
+    for i, rgb in enumerate(synthetic_frames(3, seed=7, height=120, width=160)):
+        cv2.imwrite(str(folder / f"frame_{i}.png"), rgb[:, :, ::-1])
+    (folder / "notes.txt").write_text("not an image")
+    return folder

@@ -498,3 +498,49 @@ def test_decode_compressed_depth_skips_config_header():
     decoded, encoding = decode_compressed(array.array("B", payload), "16UC1; compressedDepth png")
     assert encoding == "16UC1"
     np.testing.assert_array_equal(decoded, depth)
+
+
+# ------------------------------------------------------------------ image folders (calibration)
+
+
+def test_read_image_folder_reads_the_first_files_by_name_as_rgb(tmp_path):
+    from sam3_ros.core.image_codec import read_image_folder
+
+    rgb = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "b.png"), rgb[:, :, ::-1])
+    cv2.imwrite(str(tmp_path / "a.PNG"), np.full((5, 7), 200, np.uint8))  # mono
+    cv2.imwrite(str(tmp_path / "c.jpg"), rgb[:, :, ::-1])
+    (tmp_path / "0_readme.txt").write_text("ignored")
+    (tmp_path / "d.png").mkdir()  # a folder with an image's name: ignored
+    frames = read_image_folder(str(tmp_path), 10, max_pixels=1000, max_file_bytes=1 << 20)
+    assert [f.shape for f in frames] == [(5, 7, 3), (12, 16, 3), (12, 16, 3)]
+    assert all(f.dtype == np.uint8 for f in frames)
+    assert (frames[0] == 200).all()
+    np.testing.assert_array_equal(frames[1], rgb)  # png: lossless, in RGB order
+    assert len(read_image_folder(str(tmp_path), 2, 1000, 1 << 20)) == 2
+
+
+@pytest.mark.parametrize(("setup", "limits", "message"), [
+    ("missing", (1000, 1 << 20), "is not a folder"),
+    ("file", (1000, 1 << 20), "is not a folder"),
+    ("empty", (1000, 1 << 20), "no png/jpeg files in"),
+    ("big_file", (10**6, 20), "bytes exceeds the limit of 20 bytes"),
+    ("many_pixels", (100, 1 << 20), "image 16x12 (192 pixels) exceeds the limit of 100 pixels"),
+    ("corrupt", (1000, 1 << 20), "x.jpg:"),
+])
+def test_read_image_folder_errors_name_the_file_and_the_limit(tmp_path, setup, limits,
+                                                               message):
+    from sam3_ros.core.image_codec import read_image_folder
+
+    folder = tmp_path / "frames"
+    if setup == "file":
+        folder.write_text("a file")
+    elif setup != "missing":
+        folder.mkdir()
+    rgb = np.zeros((12, 16, 3), np.uint8)
+    if setup in ("big_file", "many_pixels"):
+        cv2.imwrite(str(folder / "x.png"), rgb)
+    if setup == "corrupt":
+        (folder / "x.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 64)
+    with pytest.raises(InvalidImageError, match=re.escape(message)):
+        read_image_folder(str(folder), 4, *limits)

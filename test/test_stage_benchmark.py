@@ -4,6 +4,7 @@ ONNX Runtime fp32 exported on the way, and a refused provider). Nothing here ass
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 
@@ -53,8 +54,13 @@ def test_parse_backend_variants_and_defaults():
     assert (heads.backend, heads.dtype, heads.compile_heads) == ("torch_int8", "bfloat16", True)
     assert heads.label() == "torch_int8 rest bfloat16 compiled heads"
     assert not parse_backend("onnxruntime:int8-dynamic").compile_heads
+    static = parse_backend("torch_int8:static:bfloat16")
+    assert (static.static, static.dtype, static.label()) == (
+        True, "bfloat16", "torch_int8 static rest bfloat16")
+    assert not heads.static
     for bad in ("tensorflow", "torch:fp32", "onnxruntime:int8_dynamic", "torch:float32:float16",
-                "torch:compiled-heads:compiled-heads", "torch:compiled_heads"):
+                "torch:compiled-heads:compiled-heads", "torch:compiled_heads", "torch:static",
+                "torch_int8:static:static"):
         with pytest.raises(ValueError, match="backend"):
             parse_backend(bad)
 
@@ -152,3 +158,11 @@ def test_stage_timer_times_segment_and_changes_nothing(tiny_checkpoint):
     segmenter.segment(rgb, prompts, SegmenterConfig(score_threshold=1.0),
                       pixel_values=segmenter.preprocess(rgb))
     assert set(timer.times) == {"backbone", "heads"}
+
+
+def test_a_static_int8_spec_needs_calibration_frames():
+    from sam3_ros.tools.stage_benchmark import main
+
+    with pytest.raises(SystemExit, match=re.escape("torch_int8:...:static backend needs "
+                                                   "--int8-calibration FOLDER")):
+        main(["--backends", "torch", "torch_int8:static"])

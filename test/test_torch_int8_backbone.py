@@ -62,6 +62,20 @@ def bf16(tiny_checkpoint):
     return _pair(tiny_checkpoint, "bfloat16")
 
 
+@pytest.fixture(scope="module")
+def static(tiny_checkpoint, calibration_frames_dir):
+    """fp32 eager reference and torch_int8 with static activations calibrated on 2 of the
+    folder's 3 frames (the frames compared on are others)."""
+    reference = load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32", with_tracker=True)
+    quantized = load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32", with_tracker=True)
+    eager = create_backbone("torch", reference, {"compile": "none"})
+    int8 = create_backbone("torch_int8", quantized, {
+        "int8_calibration": str(calibration_frames_dir), "int8_calibration_frames": 2})
+    release_torch_vit(quantized.detector, "torch_int8")
+    int8.prepare([1, 2], lambda line: None)
+    return SimpleNamespace(reference=reference, quantized=quantized, eager=eager, int8=int8)
+
+
 def _tensors(features) -> list[torch.Tensor]:
     return [features.last_hidden_state, *features.fpn_hidden_states,
             *features.fpn_position_encoding]
@@ -148,6 +162,63 @@ def test_tracker_session_runs_on_the_int8_features(fp32):
     for a, b in zip(ref, got, strict=True):
         assert len(a) == len(b)
         np.testing.assert_array_equal(a.object_ids, b.object_ids)
+
+
+def _camera_pixels(loaded, seeds) -> torch.Tensor:
+    from sam3_ros.tools.export_backbone import synthetic_frames
+
+    processor = loaded.processor.image_processor
+    frames = [synthetic_frames(1, seed=seed, height=120, width=160)[0] for seed in seeds]
+    return processor(images=frames, return_tensors="pt")["pixel_values"]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_static_features_match_eager_fp32_on_other_frames(static, batch):
+    pixels = _camera_pixels(static.reference, range(20, 20 + batch))
+    _assert_close(static.int8(pixels), static.eager(pixels), MIN_COSINE_FP32)
+
+
+def test_static_graph_has_fixed_activation_ranges_and_says_so(static, fp32):
+    """Dynamic quantisation computes each activation's range on every frame (choose_qparams
+    nodes); static has none: the ranges are constants from calibration."""
+    def range_passes(backbone) -> int:
+        return sum("choose_qparams" in str(node.target) for node in backbone._graph.graph.nodes)
+
+    assert range_passes(fp32.int8) > 0
+    assert range_passes(static.int8) == 0
+    assert static.int8.describe() == ("torch_int8 (cpu, int8 static linears calibrated on 2 "
+                                      "frames, fp32, neck eager)")
+
+
+def test_static_segmenter_detections_match_eager(static):
+    config = SegmenterConfig(score_threshold=0.25, max_detections=1000)
+    rgb = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    results = []
+    for loaded, backbone in ((static.reference, static.eager), (static.quantized, static.int8)):
+        session = SegmenterSession(
+            Sam3Segmenter(loaded, VisionFeatureCache(backbone, capacity=1)), config,
+            [PromptSpec("mug")])
+        results.append(session.process(rgb, track=False)[0])
+    assert len(results[0]) > 0
+    assert_matched_detections(*results, score_tol=0.02, box_tol_px=1.5, min_mask_iou=0.9)
+
+
+def test_calibration_reads_the_first_frames_by_name_through_the_processor(
+        tiny_checkpoint, calibration_frames_dir):
+    import cv2
+
+    from sam3_ros.core.torch_int8_backbone import calibration_pixels
+
+    loaded = load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32")
+    pixels = calibration_pixels(loaded, str(calibration_frames_dir), 5)
+    assert len(pixels) == 3  # fewer images than asked for: all of them; notes.txt ignored
+    size = int(loaded.processor.image_processor.size["height"])
+    assert all(p.shape == (1, 3, size, size) and p.dtype == torch.float32 for p in pixels)
+    first = cv2.imread(str(calibration_frames_dir / "frame_0.png"))[:, :, ::-1]
+    expected = loaded.processor.image_processor(images=first.copy(),
+                                                return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels[0], expected)
+    assert len(calibration_pixels(loaded, str(calibration_frames_dir), 1)) == 1
 
 
 def test_the_graph_keeps_int8_weights_not_the_fp32_originals(tiny_checkpoint):
@@ -287,13 +358,43 @@ def _fake_loaded(**overrides):
      "backend 'torch_int8' quantises the vision transformer itself; set quantization to "
      "'none' (got 'int8_dynamic')"),
     ({}, {"compile": "default"}, "x86_64",
-     "backend 'torch_int8': unknown options ['compile'] (it has none)"),
+     "backend 'torch_int8': unknown options ['compile'] (known: ['int8_calibration', "
+     "'int8_calibration_frames'])"),
+    ({}, {"int8_calibration": "{dir}", "int8_calibration_frames": 0}, "x86_64",
+     "backend 'torch_int8': int8_calibration_frames must be in [1, 64], got 0"),
+    ({}, {"int8_calibration": "{dir}", "int8_calibration_frames": 65}, "x86_64",
+     "backend 'torch_int8': int8_calibration_frames must be in [1, 64], got 65"),
+    ({}, {"int8_calibration": "{dir}/missing"}, "x86_64",
+     "backend 'torch_int8': calibration frames: '{dir}/missing' is not a folder"),
+    ({}, {"int8_calibration": "{dir}/empty"}, "x86_64",
+     "backend 'torch_int8': calibration frames: no png/jpeg files in '{dir}/empty'"),
+    ({}, {"int8_calibration": "{dir}/corrupt"}, "x86_64",
+     "backend 'torch_int8': calibration frames: {dir}/corrupt/a.png: png without an IHDR "
+     "header"),
+    ({}, {"int8_calibration": "{dir}/huge"}, "x86_64",
+     "backend 'torch_int8': calibration frames: {dir}/huge/a.png: image 100000x100000 "
+     "(10000000000 pixels) exceeds the limit of 16777216 pixels"),
 ])
-def test_refusals(monkeypatch, overrides, options, machine, reason):
+def test_refusals(monkeypatch, tmp_path, overrides, options, machine, reason):
+    import struct
+    import zlib
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "frame.txt").write_text("not an image")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    # A 100000 x 100000 png header: refused from the header, nothing that size allocated.
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(header)) + b"IHDR" + header + struct.pack(
+        ">I", zlib.crc32(b"IHDR" + header))
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    options = {k: v.replace("{dir}", str(tmp_path)) if isinstance(v, str) else v
+               for k, v in options.items()}
     monkeypatch.setattr(platform, "machine", lambda: machine)
     with pytest.raises(ModelLoadError) as err:
         create_backbone("torch_int8", _fake_loaded(**overrides), options)
-    assert str(err.value) == reason
+    assert str(err.value).startswith(reason.replace("{dir}", str(tmp_path)))
 
 
 def test_a_failed_export_is_a_load_error_with_the_reason():
@@ -321,14 +422,17 @@ def test_a_failed_export_is_a_load_error_with_the_reason():
 
 @pytest.mark.parametrize(("args", "backbone"), [
     (["--backend", "torch_int8"], "torch_int8 (cpu, int8 dynamic linears, fp32, neck eager)"),
+    (["--backend", "torch_int8", "--calibration", "{calibration}", "--calibration-frames", "2"],
+     "torch_int8 (cpu, int8 static linears calibrated on 2 frames, fp32, neck eager)"),
     (["--backend", "torch", "--quantization", "int8_weight_only"], "torch (cpu, float32)"),
 ])
-def test_quantization_report_for_the_torch_modes(tiny_checkpoint, tmp_path, capsys, args,
-                                                 backbone):
+def test_quantization_report_for_the_torch_modes(tiny_checkpoint, calibration_frames_dir,
+                                                 tmp_path, capsys, args, backbone):
     import json
 
     from sam3_ros.tools.quantization_report import main
 
+    args = [a.replace("{calibration}", str(calibration_frames_dir)) for a in args]
     out = tmp_path / "report.json"
     assert main(["--model", str(tiny_checkpoint), *args, "--check-frames", "2", "--prompts",
                  "mug", "--score-threshold", "0.25", "--json", str(out)]) == 0
@@ -366,6 +470,40 @@ def test_quantization_report_refusals_exit_2(tiny_checkpoint, capsys, args, mess
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--backend", "torch", "--quantization", "int8_dynamic", "--calibration", "{dir}"],
+     "--calibration is for --backend torch_int8"),
+    (["--calibration", "{dir}", "--frames", "{dir}/."],
+     "--frames and --calibration are the same folder"),
+])
+def test_quantization_report_refuses_calibration_misuse(tiny_checkpoint, calibration_frames_dir,
+                                                        capsys, args, message):
+    from sam3_ros.tools.quantization_report import main
+
+    args = [a.replace("{dir}", str(calibration_frames_dir)) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tiny_checkpoint), *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_a_calibration_folder_with_another_backend_is_refused(backend):
+    from sam3_ros.core.backbone import backend_options
+    from sam3_ros.core.errors import ConfigError
+
+    params = {"torch_compile": "none", "torch_int8_calibration": "/frames",
+              "torch_int8_calibration_frames": 4, "onnx_artifact_dir": "", "onnx_precision":
+              "fp32", "onnx_provider": "cpu", "onnx_threads": 0, "onnx_trt_cache_dir": "",
+              "onnx_trt_fp16": False, "onnx_trt_int8": False}
+    with pytest.raises(ConfigError, match="torch_int8_calibration '/frames' applies to backend "
+                                          f"'torch_int8' only; with backend '{backend}' set "
+                                          "torch_int8_calibration to ''"):
+        backend_options(backend, params.__getitem__)
+    assert dict(backend_options("torch_int8", params.__getitem__)) == {
+        "int8_calibration": "/frames", "int8_calibration_frames": 4}
+
+
 def test_a_failed_quantisation_clears_the_library_caches(tiny_checkpoint, monkeypatch):
     """The module caches are filled by prepare_pt2e: a convert that fails must not leave the
     exported module (and its fp32 weights) cached, one more per failed configure."""
@@ -375,8 +513,8 @@ def test_a_failed_quantisation_clears_the_library_caches(tiny_checkpoint, monkey
 
     real = torch_int8_backbone._quantizer
 
-    def failing_convert():
-        quantizer, prepare, _ = real()
+    def failing_convert(is_dynamic=True):
+        quantizer, prepare, _ = real(is_dynamic)
 
         def convert(model):
             raise RuntimeError("convert failed")

@@ -2,7 +2,8 @@
 compiles the INT8 ViT and then the detector heads during configure, publishes detections
 matching the eager `backend:=torch` node's on the same frame (two node processes), and
 refuses a torchao `quantization` on top with the reason (configure fails, the node stays
-unconfigured and alive).
+unconfigured and alive), then is reconfigured over `set_parameters` with static activation
+ranges from a folder of calibration frames (`torch_int8_calibration`).
 
 Tolerance as test_torch_int8_backbone.py: matched instances, scores within 0.02, boxes within
 1.5 px, mask IoU >= 0.9 (INT8 against fp32, tiny random model). Tier `compile`."""
@@ -84,6 +85,51 @@ def test_torchao_quantization_on_top_fails_configure_with_the_reason(nodes):
     assert state == "unconfigured"
     assert ("backend 'torch_int8' quantises the vision transformer itself; set quantization "
             "to 'none' (got 'int8_dynamic')") in node.output()
+    assert node.alive()
+
+
+def test_static_calibration_over_ros_parameters(nodes, calibration_frames_dir, tmp_path):
+    """torch_int8_calibration set with `set_parameters` on the unconfigured node (after the
+    refusal above): a folder without images fails configure with the reason; the frames
+    folder configures a static INT8 backbone whose detections match the torch node's."""
+    client, started = nodes
+    node, ns = started["torch_int8"], "/int8_test_torch_int8/segmenter"
+
+    def transition(transition_id: int) -> bool:
+        return client.call(ChangeState, f"{ns}/change_state", ChangeState.Request(
+            transition=Transition(id=transition_id)), timeout_s=300.0).success
+
+    def set_params(**values) -> None:
+        params = []
+        for name, value in values.items():
+            if isinstance(value, str):
+                param_value = ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                             string_value=value)
+            else:
+                param_value = ParameterValue(type=ParameterType.PARAMETER_INTEGER,
+                                             integer_value=value)
+            params.append(Parameter(name=name, value=param_value))
+        results = client.call(SetParameters, f"{ns}/set_parameters",
+                              SetParameters.Request(parameters=params)).results
+        assert all(r.successful for r in results), [r.reason for r in results]
+
+    state = client.call(GetState, f"{ns}/get_state", GetState.Request()).current_state.label
+    assert state == "unconfigured"
+    set_params(quantization="none", torch_int8_calibration=str(tmp_path))
+    assert not transition(Transition.TRANSITION_CONFIGURE)
+    assert (f"backend 'torch_int8': calibration frames: no png/jpeg files in "
+            f"'{tmp_path}'") in node.output()
+    set_params(torch_int8_calibration=str(calibration_frames_dir),
+               torch_int8_calibration_frames=2)
+    assert transition(Transition.TRANSITION_CONFIGURE)
+    assert transition(Transition.TRANSITION_ACTIVATE)
+    assert "int8 static linears calibrated on 2 frames" in node.output()
+    rgb = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    results = {b: msg_to_detections(_send_until_result(client, started[b], b, rgb, 200 + i))
+               for i, b in enumerate(BACKENDS)}
+    assert len(results["torch"]) > 0
+    assert_matched_detections(results["torch"], results["torch_int8"], score_tol=0.02,
+                              box_tol_px=1.5, min_mask_iou=0.9)
     assert node.alive()
 
 

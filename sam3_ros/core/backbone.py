@@ -370,12 +370,12 @@ BACKEND_OPTION_PARAMS: dict[str, tuple[str, ...]] = {
     "torch": ("torch_compile",),
     "onnxruntime": ("onnx_artifact_dir", "onnx_precision", "onnx_provider", "onnx_threads",
                     "onnx_trt_cache_dir", "onnx_trt_fp16", "onnx_trt_int8"),
-    "torch_int8": (),
+    "torch_int8": ("torch_int8_calibration", "torch_int8_calibration_frames"),
 }
 """Per backend, the ROS parameters that are its options (named without the `onnx_`/`torch_`
 prefix). They are part of the model key: nodes that differ in one load separate models."""
 
-EXCLUSIVE_OPTION_OFF: dict[str, Any] = {"torch_compile": "none"}
+EXCLUSIVE_OPTION_OFF: dict[str, Any] = {"torch_compile": "none", "torch_int8_calibration": ""}
 """Options that mean nothing to any other backend, with their "off" value: set to anything
 else while another backend is chosen, they are refused (not silently ignored)."""
 

@@ -31,6 +31,7 @@ __all__ = [
     "encode_raw",
     "host_is_bigendian",
     "parse_compressed_format",
+    "read_image_folder",
     "to_rgb8",
 ]
 
@@ -632,3 +633,51 @@ def compressed_format_string(encoding: str, fmt: str) -> str:
 def host_is_bigendian() -> int:
     """1 on a big-endian host, else 0: the `is_bigendian` of arrays from `encode_raw`."""
     return int(sys.byteorder == "big")
+
+
+IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_image_folder(folder: str, count: int, max_pixels: int,
+                      max_file_bytes: int) -> list[np.ndarray]:
+    """The first `count` png/jpeg files of `folder` (sorted by name) as RGB frames.
+
+    Each file's size and its header's width x height are checked before it is read or
+    decoded (a small png can declare a gigapixel image).
+
+    Args:
+        folder: Directory of image files (other files are ignored).
+        count: How many files to read; fewer are read when the folder has fewer.
+        max_pixels: Largest accepted width x height of one image.
+        max_file_bytes: Largest accepted file size.
+
+    Returns:
+        Up to `count` (H, W, 3) uint8 RGB arrays.
+
+    Raises:
+        InvalidImageError: not a folder, no png/jpeg in it, or a file that is too large,
+            unreadable or not a valid image (the file is named).
+    """
+    from pathlib import Path
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise InvalidImageError(f"{folder!r} is not a folder")
+    files = sorted(p for p in path.iterdir()
+                   if p.suffix.lower() in IMAGE_FILE_SUFFIXES and p.is_file())
+    if not files:
+        raise InvalidImageError(f"no png/jpeg files in {folder!r}")
+    frames = []
+    for file in files[:count]:
+        size = file.stat().st_size
+        if size > max_file_bytes:
+            raise InvalidImageError(f"{file}: {size} bytes exceeds the limit of "
+                                    f"{max_file_bytes} bytes")
+        try:
+            array, encoding = decode_compressed(file.read_bytes(), "", max_pixels)
+            frames.append(to_rgb8(array, encoding))
+        except InvalidImageError as err:
+            raise InvalidImageError(f"{file}: {err}") from None
+        except OSError as err:
+            raise InvalidImageError(f"{file}: cannot read it: {err}") from None
+    return frames

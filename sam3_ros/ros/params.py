@@ -108,6 +108,15 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
               "configure, for every batch size the runtime can use; a failed compile fails "
               "configure); the detector heads: compile_heads. Other backends: must be none",
               reload=True, choices=TORCH_COMPILE_MODES),
+    ParamSpec("torch_int8_calibration", "",
+              "backend torch_int8: folder of png/jpeg frames from your camera; set, the "
+              "activations are quantised statically with ranges calibrated on them (faster "
+              "than dynamic; one fp32 ViT pass per frame in configure); '' = dynamic. Other "
+              "backends: must be ''", reload=True),
+    ParamSpec("torch_int8_calibration_frames", 4,
+              "backend torch_int8 with torch_int8_calibration: how many of the folder's "
+              "images (sorted by name) to calibrate on", reload=True, min_value=1,
+              max_value=64),
     ParamSpec("compile_heads", False,
               "torch.compile (fullgraph) of the detector's DETR encoder and mask decoder, any "
               "backend: compiled during configure for text and box prompts (minutes at full "

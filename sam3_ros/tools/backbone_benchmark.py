@@ -132,11 +132,25 @@ def step_torch(args: argparse.Namespace) -> None:
         # compiled, the neck eager in `dtype`; the torch ViT freed as the model hub does.
         from sam3_ros.core.torch_int8_backbone import TorchInt8Backbone, quantize_vit
 
+        calibration = []
+        if args.int8_calibration:
+            from types import SimpleNamespace
+
+            from transformers import Sam3ImageProcessor
+
+            from sam3_ros.core.torch_int8_backbone import calibration_pixels
+
+            size = {"height": args.image_size, "width": args.image_size}
+            processor = SimpleNamespace(image_processor=Sam3ImageProcessor(size=size))
+            calibration = calibration_pixels(SimpleNamespace(processor=processor),
+                                             args.int8_calibration, args.int8_calibration_frames)
         start = time.monotonic()
-        graph = quantize_vit(model.backbone, args.image_size, in_place=True)
-        _log(f"torch_int8: exported and quantised in {time.monotonic() - start:.1f} s")
+        graph = quantize_vit(model.backbone, args.image_size, in_place=True,
+                             calibration=calibration)
+        _log(f"torch_int8: exported and quantised in {time.monotonic() - start:.1f} s "
+             f"({len(calibration)} calibration frames)")
         forward = TorchInt8Backbone(graph, model.neck, model.config.backbone_config.patch_size,
-                                    args.image_size, dtype)
+                                    args.image_size, dtype, calibration_frames=len(calibration))
         del model.backbone
         start = time.monotonic()
         forward.prepare([1], _log)
@@ -166,8 +180,9 @@ def step_torch(args: argparse.Namespace) -> None:
         from sam3_ros.tools.export_backbone import feature_metrics
 
         if args.int8:
-            row["backend"] = (f"torch_int8 (PT2E x86 dynamic int8 linears, compiled; the rest "
-                              f"{args.dtype})")
+            kind = (f"static int8 linears calibrated on {len(calibration)} frames"
+                    if calibration else "dynamic int8 linears")
+            row["backend"] = f"torch_int8 (PT2E x86 {kind}, compiled; the rest {args.dtype})"
             row["compile_s"] = round(compile_s, 1)
         elif mode != "none":
             row["backend"] = f"torch {args.dtype} (sdpa, torch.compile {mode})"
@@ -305,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true",
                         help="step torch: as backend torch_int8 (the ViT's linears INT8 via "
                              "torchao PT2E, compiled; --dtype is the rest's dtype)")
+    parser.add_argument("--int8-calibration", default="",
+                        help="step torch --int8: folder of png/jpeg frames; static activation "
+                             "ranges calibrated on them (default: dynamic)")
+    parser.add_argument("--int8-calibration-frames", type=int, default=4,
+                        help="how many of the folder's frames (sorted by name)")
     args = parser.parse_args(argv)
     if args.int8 and args.torch_compile != "none":
         parser.error("--int8 compiles the quantised ViT itself; leave --torch-compile none")

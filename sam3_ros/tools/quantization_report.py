@@ -5,7 +5,8 @@
 with `--backend torch_int8 --dtype bfloat16` to tell INT8's share from bf16's.
 
     python -m sam3_ros.tools.quantization_report --model CKPT \\
-        [--backend torch_int8 | --backend torch --quantization int8_dynamic] \\
+        [--backend torch_int8 [--calibration IMAGE_DIR [--calibration-frames N]] |
+         --backend torch --quantization int8_dynamic] \\
         [--dtype float32|bfloat16] [--check-frames N] [--frames IMAGE_DIR] \\
         [--prompts person cup] [--score-threshold 0.5] [--min-cosine 0.99] [--json OUT]
 
@@ -72,8 +73,9 @@ def _outputs(features: Any) -> list[Any]:
 
 def build_report(model: str, backend: str, quantization: str, dtype: str, frames: Sequence[Any],
                  prompts: Sequence[str], score_threshold: float,
-                 min_cosine: float) -> dict[str, Any]:
-    """The report as a dict (see the module docstring)."""
+                 min_cosine: float, options: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """The report as a dict (see the module docstring). `options`: the backend's options
+    as the node's parameters give them (torch_int8: `int8_calibration`, ...)."""
     import torch
 
     from sam3_ros.core.backbone import TorchBackbone
@@ -93,7 +95,7 @@ def build_report(model: str, backend: str, quantization: str, dtype: str, frames
     fp32_mb = _serialized_mb(reference_loaded.detector.vision_encoder.backbone.state_dict())
     started = time.monotonic()
     loaded = load_sam3(model, device="cpu", dtype=dtype, quantization=quantization)
-    options = (("compile", "none"),) if backend == "torch" else ()
+    options = (("compile", "none"),) if backend == "torch" else tuple(sorted(options))
     shared = SharedModel(ModelKey(model, "cpu", dtype, quantization, backend, options), loaded, 1)
     shared.prepare(_log)
     setup_s = time.monotonic() - started
@@ -163,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check-frames", type=int, default=2)
     parser.add_argument("--frames", default=None, help="folder of png/jpg frames "
                         "(default: synthetic frames)")
+    parser.add_argument("--calibration", default="",
+                        help="backend torch_int8: folder of png/jpeg frames for static "
+                             "activation ranges (parameter torch_int8_calibration; default: "
+                             "dynamic). Not the --frames folder: the report would flatter it")
+    parser.add_argument("--calibration-frames", type=int, default=4,
+                        help="how many of them (parameter torch_int8_calibration_frames)")
     parser.add_argument("--prompts", nargs="*", default=["person"])
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--min-cosine", type=float, default=0.99)
@@ -171,6 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.check_frames < 1:
         parser.error("--check-frames must be >= 1")
+    options: tuple[tuple[str, Any], ...] = ()
+    if args.calibration:
+        from pathlib import Path
+
+        if args.backend != "torch_int8":
+            parser.error("--calibration is for --backend torch_int8")
+        if args.frames and Path(args.frames).resolve() == Path(args.calibration).resolve():
+            parser.error("--frames and --calibration are the same folder: checked on the "
+                         "frames it was calibrated on, the report would flatter INT8")
+        options = (("int8_calibration", args.calibration),
+                   ("int8_calibration_frames", args.calibration_frames))
     if args.threads > 0:
         import torch
 
@@ -180,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = build_report(args.model, args.backend, args.quantization, args.dtype,
                               load_frames(args.frames, args.check_frames), args.prompts,
-                              args.score_threshold, args.min_cosine)
+                              args.score_threshold, args.min_cosine, options)
     except (Sam3RosError, ValueError) as err:
         print(f"quantization_report: {err}", file=sys.stderr)
         return 2

@@ -34,7 +34,8 @@ CUDA, the row's peak allocated CUDA memory.
 Backends: `torch[:DTYPE][:QUANTIZATION]` (DTYPE float32, float16, bfloat16; QUANTIZATION a
 torchao mode: int8_weight_only, int8_dynamic, nvfp4) and `onnxruntime[:PRECISION]
 [:PROVIDER][:DTYPE]` (PRECISION fp32, int8-dynamic, int8-static; PROVIDER cpu, cuda,
-tensorrt, default cuda on a CUDA device; DTYPE that of the torch heads), `torch_int8[:DTYPE]`;
+tensorrt, default cuda on a CUDA device; DTYPE that of the torch heads), `torch_int8[:DTYPE]
+[:static]` (static: activation ranges calibrated on `--int8-calibration`'s frames);
 any of them with `:compiled-heads` sets the model's `compile_heads`. `--dtype` and
 `--quantization` are the defaults for specs that do not name one. A backend that cannot run
 here (missing provider, no CUDA, a quantisation the hardware lacks) is reported as
@@ -98,6 +99,7 @@ class BackendSpec:
     precision: str = ""
     provider: str = ""
     compile_heads: bool = False
+    static: bool = False
 
     def label(self) -> str:
         if self.backend == "torch":
@@ -105,7 +107,7 @@ class BackendSpec:
             if self.quantization != "none":
                 parts.append(self.quantization)
         elif self.backend == "torch_int8":
-            parts = ["torch_int8", f"rest {self.dtype}"]
+            parts = ["torch_int8", *(["static"] if self.static else []), f"rest {self.dtype}"]
         else:
             parts = ["onnxruntime", self.precision, self.provider, f"heads {self.dtype}"]
         if self.compile_heads:
@@ -115,9 +117,10 @@ class BackendSpec:
 
 def parse_backend(text: str, dtype: str = "float32", quantization: str = "none",
                   device: str = "cpu") -> BackendSpec:
-    """Parse `torch[:DTYPE][:QUANT]`, `torch_int8[:DTYPE]` (the dtype of everything but the
-    ViT's linears) or `onnxruntime[:PRECISION][:PROVIDER][:DTYPE]`, each optionally with
-    `:compiled-heads` (the model's `compile_heads`).
+    """Parse `torch[:DTYPE][:QUANT]`, `torch_int8[:DTYPE][:static]` (the dtype of everything
+    but the ViT's linears; static: activation ranges from `--int8-calibration`) or
+    `onnxruntime[:PRECISION][:PROVIDER][:DTYPE]`, each optionally with `:compiled-heads` (the
+    model's `compile_heads`).
 
     Raises:
         ValueError: an unknown backend or part.
@@ -131,7 +134,7 @@ def parse_backend(text: str, dtype: str = "float32", quantization: str = "none",
         fields = {"dtype": dtype, "quantization": quantization}
         choices = {"dtype": DTYPES, "quantization": QUANTIZATIONS}
     elif backend == "torch_int8":
-        fields, choices = {"dtype": dtype}, {"dtype": DTYPES}
+        fields, choices = {"dtype": dtype}, {"dtype": DTYPES, "static": ("static",)}
     elif backend == "onnxruntime":
         fields = {"precision": "fp32", "dtype": dtype,
                   "provider": "cuda" if device.startswith("cuda") else "cpu"}
@@ -148,7 +151,7 @@ def parse_backend(text: str, dtype: str = "float32", quantization: str = "none",
             raise ValueError(f"backend '{text}': '{part}' is not one of {allowed} (or is given "
                              "twice)")
         seen.add(name)
-        fields[name] = True if name == "compile_heads" else part
+        fields[name] = True if name in ("compile_heads", "static") else part
     return BackendSpec(text=text, backend=backend, **fields)
 
 
@@ -281,6 +284,9 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
             options = {"artifact_dir": config["onnx_artifact_dir"],
                        "precision": spec.precision, "provider": spec.provider,
                        "threads": threads}
+        elif spec.backend == "torch_int8":
+            options = {"int8_calibration": config["int8_calibration"] if spec.static else "",
+                       "int8_calibration_frames": config["int8_calibration_frames"]}
         # As the nodes get it (the model hub's SharedModel): with another backend than torch
         # the unused torch ViT is freed, so the peak RSS is the node's.
         shared = SharedModel(ModelKey(config["model"], config["device"], spec.dtype,
@@ -514,6 +520,9 @@ def run(args: argparse.Namespace) -> str:
             specs.append(parse_backend(text, args.dtype, args.quantization, args.device))
         except ValueError as err:
             raise SystemExit(f"stage_benchmark: {err}") from None
+    if any(spec.static for spec in specs) and not args.int8_calibration:
+        raise SystemExit("stage_benchmark: a torch_int8:...:static backend needs "
+                         "--int8-calibration FOLDER (frames to calibrate on)")
     own_workdir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sam3_stage_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -548,7 +557,8 @@ def _run_in(args: argparse.Namespace, specs: list[Any], workdir: Path) -> str:
                   "threads": args.threads, "onnx_artifact_dir": artifact_dir,
                   "score_threshold": args.score_threshold,
                   "max_detections": args.max_detections, "width": args.width,
-                  "height": args.height}
+                  "height": args.height, "int8_calibration": args.int8_calibration,
+                  "int8_calibration_frames": args.int8_calibration_frames}
         results.append(_run_in_child(config, workdir, spec.label()))
     if all(r.get("not_run") for r in results):
         raise SystemExit("stage_benchmark: no backend ran (reasons above)")
@@ -584,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch and onnxruntime threads (0: library defaults)")
     parser.add_argument("--onnx-artifact-dir", default="",
                         help="use these exported backbones (default: export into the workdir)")
+    parser.add_argument("--int8-calibration", default="",
+                        help="folder of png/jpeg frames for torch_int8:...:static specs")
+    parser.add_argument("--int8-calibration-frames", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keeps the checkpoint and ONNX exports between runs (default: a "
                              "temporary folder, removed at the end)")
