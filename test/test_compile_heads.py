@@ -14,6 +14,7 @@ import platform
 import numpy as np
 import pytest
 import torch
+from model_params import model_param_defaults
 from parity import assert_matched_detections, assert_same_detections, tracker_run
 
 from sam3_ros.core.errors import ModelLoadError
@@ -250,9 +251,9 @@ def test_a_detector_without_the_modules_is_refused():
 
 
 def test_the_key_separates_compiled_and_eager_models(tiny_checkpoint):
-    params = {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32",
-              "quantization": "none", "backend": "torch", "torch_compile": "none",
-              "compile_heads": True}
+    params = {**model_param_defaults(), "model": str(tiny_checkpoint), "device": "cpu",
+              "dtype": "float32", "quantization": "none", "backend": "torch",
+              "torch_compile": "none", "compile_heads": True}
     key = ModelKey.from_params(params.__getitem__)
     assert key.compile_heads and key != _key(tiny_checkpoint, False)
     hub = ModelHub()

@@ -524,8 +524,9 @@ def test_read_image_folder_reads_the_first_files_by_name_as_rgb(tmp_path):
     ("missing", (1000, 1 << 20), "is not a folder"),
     ("file", (1000, 1 << 20), "is not a folder"),
     ("empty", (1000, 1 << 20), "no png/jpeg files in"),
-    ("big_file", (10**6, 20), "bytes exceeds the limit of 20 bytes"),
-    ("many_pixels", (100, 1 << 20), "image 16x12 (192 pixels) exceeds the limit of 100 pixels"),
+    ("big_file", (10**6, 20), "x.png: larger than the limit of 20 bytes"),
+    ("many_pixels", (100, 1 << 20),
+     "image 16x12 (192 pixels) exceeds the limit of 100 pixels (image files' limit)"),
     ("corrupt", (1000, 1 << 20), "x.jpg:"),
 ])
 def test_read_image_folder_errors_name_the_file_and_the_limit(tmp_path, setup, limits,
@@ -544,3 +545,12 @@ def test_read_image_folder_errors_name_the_file_and_the_limit(tmp_path, setup, l
         (folder / "x.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 64)
     with pytest.raises(InvalidImageError, match=re.escape(message)):
         read_image_folder(str(folder), 4, *limits)
+
+
+def test_read_image_folder_refuses_a_count_below_one(tmp_path):
+    from sam3_ros.core.image_codec import read_image_folder
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    for count in (0, -1):
+        with pytest.raises(InvalidImageError, match="count must be >= 1"):
+            read_image_folder(str(tmp_path), count, 1000, 1 << 20)

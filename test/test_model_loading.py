@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from model_params import model_param_defaults
 
 from sam3_ros.core.errors import ModelLoadError
 from sam3_ros.core.model_loading import load_sam3, resolve_device, resolve_dtype
@@ -254,8 +255,7 @@ def test_one_folder_spelled_two_ways_is_one_model_key(spelling):
     from sam3_ros.core.model_hub import ModelKey
 
     def params(model):
-        return {"model": model, "device": "cpu", "dtype": "float32", "quantization": "none",
-                "backend": "torch", "torch_compile": "none", "compile_heads": False}.__getitem__
+        return model_param_defaults(model=model, device="cpu").__getitem__
 
     assert ModelKey.from_params(params(spelling)) == ModelKey.from_params(params("/data/ckpt"))
     assert ModelKey.from_params(params("facebook/sam3")).source == "facebook/sam3"
@@ -265,7 +265,5 @@ def test_a_relative_folder_stays_a_folder_in_the_model_key():
     # normpath turned './missing_ckpt' into 'missing_ckpt', which reads as a hub id.
     from sam3_ros.core.model_hub import ModelKey
 
-    params = {"model": "./missing_ckpt", "device": "cpu", "dtype": "float32",
-              "quantization": "none", "backend": "torch", "torch_compile": "none",
-              "compile_heads": False}
+    params = model_param_defaults(model="./missing_ckpt", device="cpu")
     assert ModelKey.from_params(params.__getitem__).source == "./missing_ckpt"

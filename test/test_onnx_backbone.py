@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from model_params import model_param_defaults
 from parity import assert_same_detections, tracker_run
 
 from sam3_ros.core.backbone import BACKENDS, backend_options, create_backbone
@@ -420,8 +421,8 @@ def test_export_refuses_below_threshold(tiny_checkpoint, tmp_path):
 
 def test_model_key_and_hub_with_onnxruntime(tiny_checkpoint, artifacts):
     assert "onnxruntime" in BACKENDS
-    params = {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32",
-              "quantization": "none", "backend": "onnxruntime",
+    params = {**model_param_defaults(), "model": str(tiny_checkpoint), "device": "cpu",
+              "dtype": "float32", "quantization": "none", "backend": "onnxruntime",
               "onnx_artifact_dir": str(artifacts[0]), "onnx_precision": "fp32",
               "onnx_provider": "cpu", "onnx_threads": 0, "onnx_trt_cache_dir": "",
               "onnx_trt_fp16": False, "onnx_trt_int8": False, "torch_compile": "none",
@@ -450,8 +451,8 @@ def test_int8_without_an_fp32_artifact_keeps_only_the_checked_int8(tiny_checkpoi
 
 def test_hub_releases_the_unused_torch_vit(tiny_checkpoint, artifacts):
     """With backend onnxruntime the torch ViT is freed; the heads still get the features."""
-    params = {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32",
-              "quantization": "none", "backend": "onnxruntime",
+    params = {**model_param_defaults(), "model": str(tiny_checkpoint), "device": "cpu",
+              "dtype": "float32", "quantization": "none", "backend": "onnxruntime",
               "onnx_artifact_dir": str(artifacts[0]), "onnx_precision": "fp32",
               "onnx_provider": "cpu", "onnx_threads": 0, "onnx_trt_cache_dir": "",
               "onnx_trt_fp16": False, "onnx_trt_int8": False, "torch_compile": "none",

@@ -166,3 +166,9 @@ def test_a_static_int8_spec_needs_calibration_frames():
     with pytest.raises(SystemExit, match=re.escape("torch_int8:...:static backend needs "
                                                    "--int8-calibration FOLDER")):
         main(["--backends", "torch", "torch_int8:static"])
+
+
+def test_calibration_frames_without_a_static_spec_are_refused():
+    with pytest.raises(SystemExit, match=re.escape("--int8-calibration is for "
+                                                   "torch_int8:...:static backends")):
+        main(["--backends", "torch_int8", "--int8-calibration", "/frames"])

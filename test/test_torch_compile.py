@@ -6,6 +6,7 @@ are in test_torch_compile_inductor.py (a slow tier)."""
 from __future__ import annotations
 
 import pytest
+from model_params import model_param_defaults
 
 from sam3_ros.core.backbone import (
     BACKEND_OPTION_PARAMS,
@@ -28,9 +29,9 @@ def loaded(tiny_checkpoint):
 
 
 def _params(tiny_checkpoint, **overrides) -> dict:
-    params = {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32",
-              "quantization": "none", "backend": "torch", "torch_compile": "none",
-              "compile_heads": False,
+    params = {**model_param_defaults(), "model": str(tiny_checkpoint), "device": "cpu",
+              "dtype": "float32", "quantization": "none", "backend": "torch",
+              "torch_compile": "none", "compile_heads": False,
               "onnx_artifact_dir": "", "onnx_precision": "fp32", "onnx_provider": "cpu",
               "onnx_threads": 0, "onnx_trt_cache_dir": "", "onnx_trt_fp16": False,
               "onnx_trt_int8": False}

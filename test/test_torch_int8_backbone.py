@@ -184,10 +184,34 @@ def test_static_graph_has_fixed_activation_ranges_and_says_so(static, fp32):
     def range_passes(backbone) -> int:
         return sum("choose_qparams" in str(node.target) for node in backbone._graph.graph.nodes)
 
+    def fixed_quantisations(backbone) -> int:
+        return sum("quantize_per_tensor.default" in str(node.target)
+                   for node in backbone._graph.graph.nodes)
+
     assert range_passes(fp32.int8) > 0
     assert range_passes(static.int8) == 0
+    # ... and static still quantises: activations with constant scales (not none at all).
+    assert fixed_quantisations(static.int8) > 0
     assert static.int8.describe() == ("torch_int8 (cpu, int8 static linears calibrated on 2 "
                                       "frames, fp32, neck eager)")
+
+
+def test_static_under_bf16_autocast_matches_eager_bf16(tiny_checkpoint, calibration_frames_dir,
+                                                       bf16):
+    """The README's configuration: static ranges with dtype bfloat16 (int8 linears, the rest
+    under bf16 autocast)."""
+    loaded = load_sam3(str(tiny_checkpoint), device="cpu", dtype="bfloat16")
+    int8 = create_backbone("torch_int8", loaded, {
+        "int8_calibration": str(calibration_frames_dir), "int8_calibration_frames": 2})
+    release_torch_vit(loaded.detector, "torch_int8")
+    int8.prepare([1], lambda line: None)
+    assert int8.describe() == ("torch_int8 (cpu, int8 static linears calibrated on 2 frames, "
+                               "bf16 autocast, neck eager)")
+    pixels = _camera_pixels(bf16.reference, [30]).to(torch.bfloat16)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        got = int8(pixels)
+    assert got.last_hidden_state.dtype == torch.bfloat16
+    _assert_close(got, bf16.eager(pixels), MIN_COSINE_BF16)
 
 
 def test_static_segmenter_detections_match_eager(static):
@@ -370,10 +394,10 @@ def _fake_loaded(**overrides):
      "backend 'torch_int8': calibration frames: no png/jpeg files in '{dir}/empty'"),
     ({}, {"int8_calibration": "{dir}/corrupt"}, "x86_64",
      "backend 'torch_int8': calibration frames: {dir}/corrupt/a.png: png without an IHDR "
-     "header"),
+     "header: cannot read its size"),
     ({}, {"int8_calibration": "{dir}/huge"}, "x86_64",
      "backend 'torch_int8': calibration frames: {dir}/huge/a.png: image 100000x100000 "
-     "(10000000000 pixels) exceeds the limit of 16777216 pixels"),
+     "(10000000000 pixels) exceeds the limit of 16777216 pixels (image files' limit)"),
 ])
 def test_refusals(monkeypatch, tmp_path, overrides, options, machine, reason):
     import struct
@@ -394,7 +418,7 @@ def test_refusals(monkeypatch, tmp_path, overrides, options, machine, reason):
     monkeypatch.setattr(platform, "machine", lambda: machine)
     with pytest.raises(ModelLoadError) as err:
         create_backbone("torch_int8", _fake_loaded(**overrides), options)
-    assert str(err.value).startswith(reason.replace("{dir}", str(tmp_path)))
+    assert str(err.value) == reason.replace("{dir}", str(tmp_path))
 
 
 def test_a_failed_export_is_a_load_error_with_the_reason():
@@ -475,6 +499,7 @@ def test_quantization_report_refusals_exit_2(tiny_checkpoint, capsys, args, mess
      "--calibration is for --backend torch_int8"),
     (["--calibration", "{dir}", "--frames", "{dir}/."],
      "--frames and --calibration are the same folder"),
+    (["--calibration-frames", "2"], "--calibration-frames needs --calibration"),
 ])
 def test_quantization_report_refuses_calibration_misuse(tiny_checkpoint, calibration_frames_dir,
                                                         capsys, args, message):
@@ -502,6 +527,15 @@ def test_a_calibration_folder_with_another_backend_is_refused(backend):
         backend_options(backend, params.__getitem__)
     assert dict(backend_options("torch_int8", params.__getitem__)) == {
         "int8_calibration": "/frames", "int8_calibration_frames": 4}
+    # One model per distinct configuration: a folder spelled two ways is one key, and the
+    # frame count means nothing without a folder.
+    for spelling in ("/frames/", "/frames/.", "/x/../frames"):
+        assert backend_options("torch_int8", {**params, "torch_int8_calibration": spelling}
+                               .__getitem__) == backend_options("torch_int8", params.__getitem__)
+    dynamic = [backend_options("torch_int8", {**params, "torch_int8_calibration": "",
+                                              "torch_int8_calibration_frames": n}.__getitem__)
+               for n in (4, 8)]
+    assert dynamic[0] == dynamic[1] == (("int8_calibration", ""),)
 
 
 def test_a_failed_quantisation_clears_the_library_caches(tiny_checkpoint, monkeypatch):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -403,7 +404,20 @@ def backend_options(backend: str, param: Callable[[str], Any]) -> tuple[tuple[st
             if value != off:
                 raise ConfigError(f"{name} '{value}' applies to backend '{owner}' only; with "
                                   f"backend '{backend}' set {name} to '{off}'")
-    return tuple(sorted((name.split("_", 1)[1], param(name)) for name in names))
+    options = {name.split("_", 1)[1]: param(name) for name in names}
+    if backend == "torch_int8":
+        options = _torch_int8_key_options(options)
+    return tuple(sorted(options.items()))
+
+
+def _torch_int8_key_options(options: dict[str, Any]) -> dict[str, Any]:
+    """One key per distinct torch_int8 model: the frame count means nothing without a
+    calibration folder (two dynamic nodes differing only in it share one model), and a folder
+    spelled two ways is one folder."""
+    folder = str(options.get("int8_calibration") or "")
+    if not folder:
+        return {"int8_calibration": ""}
+    return {**options, "int8_calibration": os.path.normpath(os.path.expanduser(folder))}
 
 
 def _torch_factory(loaded: Any, options: Mapping[str, Any]) -> VisionBackbone:

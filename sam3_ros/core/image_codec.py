@@ -14,6 +14,7 @@ through.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "encode_compressed",
     "encode_raw",
     "host_is_bigendian",
+    "iter_image_folder",
     "parse_compressed_format",
     "read_image_folder",
     "to_rgb8",
@@ -345,13 +347,14 @@ def parse_compressed_format(format_str: str) -> tuple[str | None, str | None, bo
     return codec, original, compressed_depth
 
 
-def check_image_size(width: int, height: int, max_pixels: int | None) -> None:
+def check_image_size(width: int, height: int, max_pixels: int | None,
+                     limit_name: str = "parameter max_image_pixels") -> None:
     """Raise InvalidImageError when a declared width x height exceeds `max_pixels` (None: no
     limit). Called before anything that scales with the image is allocated."""
     if max_pixels is not None and int(width) * int(height) > max_pixels:
         raise InvalidImageError(
             f"image {int(width)}x{int(height)} ({int(width) * int(height)} pixels) exceeds the "
-            f"limit of {max_pixels} pixels (parameter max_image_pixels)")
+            f"limit of {max_pixels} pixels ({limit_name})")
 
 
 # JPEG start-of-frame markers (baseline, progressive, lossless, ...); C4, C8 and CC are not.
@@ -430,7 +433,8 @@ def compressed_image_size(buffer: np.ndarray, codec: str) -> tuple[int, int]:
 
 
 def decode_compressed(data: Any, format_str: str = "",
-                      max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+                      max_pixels: int | None = None,
+                      limit_name: str = "parameter max_image_pixels") -> tuple[np.ndarray, str]:
     """Decode a jpeg or png buffer (a `CompressedImage` payload) to an array and its encoding.
 
     Decodes with cv2.IMREAD_UNCHANGED, so grayscale stays one channel, 16-bit png stays
@@ -444,6 +448,7 @@ def decode_compressed(data: Any, format_str: str = "",
             "16UC1; png compressed", "16UC1; compressedDepth png", ...). Empty: detected.
         max_pixels: Largest accepted width x height, checked from the header before decoding
             (a small png can declare a gigapixel image); None: no limit.
+        limit_name: What sets `max_pixels`, named in the error.
 
     Returns:
         (array, encoding): (H, W) uint8 "mono8", (H, W) uint16 "mono16" ("16UC1" when the
@@ -484,7 +489,7 @@ def decode_compressed(data: Any, format_str: str = "",
             raise InvalidImageError(
                 f"could not decode compressed image (format {shown!r}, {buffer.size} bytes): "
                 "neither a png nor a jpeg signature")
-        check_image_size(*compressed_image_size(buffer, actual), max_pixels)
+        check_image_size(*compressed_image_size(buffer, actual), max_pixels, limit_name)
     decoded: np.ndarray | None
     try:
         decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
@@ -638,46 +643,59 @@ def host_is_bigendian() -> int:
 IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def read_image_folder(folder: str, count: int, max_pixels: int,
-                      max_file_bytes: int) -> list[np.ndarray]:
-    """The first `count` png/jpeg files of `folder` (sorted by name) as RGB frames.
+def iter_image_folder(folder: str, count: int, max_pixels: int,
+                      max_file_bytes: int) -> Iterator[tuple[str, np.ndarray]]:
+    """The first `count` png/jpeg files of `folder` (sorted by name), decoded one at a time.
 
     Each file's size and its header's width x height are checked before it is read or
-    decoded (a small png can declare a gigapixel image).
+    decoded (a small png can declare a gigapixel image); a file is read with at most
+    `max_file_bytes` + 1 bytes.
 
     Args:
         folder: Directory of image files (other files are ignored).
-        count: How many files to read; fewer are read when the folder has fewer.
+        count: How many files to read (>= 1); fewer when the folder has fewer.
         max_pixels: Largest accepted width x height of one image.
         max_file_bytes: Largest accepted file size.
 
-    Returns:
-        Up to `count` (H, W, 3) uint8 RGB arrays.
+    Yields:
+        (file path, (H, W, 3) uint8 RGB array), in name order.
 
     Raises:
-        InvalidImageError: not a folder, no png/jpeg in it, or a file that is too large,
-            unreadable or not a valid image (the file is named).
+        InvalidImageError: `count` < 1, not a readable folder, no png/jpeg in it, or a file
+            that is too large, unreadable or not a valid image (the file is named).
     """
     from pathlib import Path
 
+    if count < 1:
+        raise InvalidImageError(f"count must be >= 1, got {count}")
     path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise InvalidImageError(f"{folder!r} is not a folder")
-    files = sorted(p for p in path.iterdir()
-                   if p.suffix.lower() in IMAGE_FILE_SUFFIXES and p.is_file())
+    try:
+        if not path.is_dir():
+            raise InvalidImageError(f"{folder!r} is not a folder")
+        files = sorted(p for p in path.iterdir()
+                       if p.suffix.lower() in IMAGE_FILE_SUFFIXES and p.is_file())
+    except OSError as err:
+        raise InvalidImageError(f"cannot list {folder!r}: {err}") from None
     if not files:
         raise InvalidImageError(f"no png/jpeg files in {folder!r}")
-    frames = []
     for file in files[:count]:
-        size = file.stat().st_size
-        if size > max_file_bytes:
-            raise InvalidImageError(f"{file}: {size} bytes exceeds the limit of "
-                                    f"{max_file_bytes} bytes")
         try:
-            array, encoding = decode_compressed(file.read_bytes(), "", max_pixels)
-            frames.append(to_rgb8(array, encoding))
-        except InvalidImageError as err:
-            raise InvalidImageError(f"{file}: {err}") from None
+            with file.open("rb") as stream:
+                data = stream.read(max_file_bytes + 1)
         except OSError as err:
             raise InvalidImageError(f"{file}: cannot read it: {err}") from None
-    return frames
+        if len(data) > max_file_bytes:
+            raise InvalidImageError(f"{file}: larger than the limit of {max_file_bytes} bytes")
+        try:
+            array, encoding = decode_compressed(data, "", max_pixels, "image files' limit")
+            rgb = to_rgb8(array, encoding)
+        except InvalidImageError as err:
+            raise InvalidImageError(f"{file}: {err}") from None
+        del data, array
+        yield str(file), rgb
+
+
+def read_image_folder(folder: str, count: int, max_pixels: int,
+                      max_file_bytes: int) -> list[np.ndarray]:
+    """`iter_image_folder`'s frames as a list (see there: limits, order, errors)."""
+    return [rgb for _, rgb in iter_image_folder(folder, count, max_pixels, max_file_bytes)]

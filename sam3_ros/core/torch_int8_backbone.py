@@ -305,25 +305,39 @@ OPTIONS = ("int8_calibration", "int8_calibration_frames")
 
 
 def calibration_pixels(loaded: Any, folder: str, count: int) -> list[Any]:
-    """The first `count` images of `folder` as (1, 3, S, S) float32 pixel tensors, made by the
-    checkpoint's processor (as the frames the ranges are for).
+    """The first `count` images of `folder` (by name) as (1, 3, S, S) float32 pixel tensors,
+    made by the checkpoint's processor from the RGB frames.
+
+    Each image is decoded, preprocessed and dropped before the next is read, so at most one
+    decoded image is held (the tensors: 12 MB each at 1008 px).
 
     Raises:
         ModelLoadError: `count` out of range, or the folder or an image in it cannot be used.
     """
     from sam3_ros.core.errors import InvalidImageError
-    from sam3_ros.core.image_codec import read_image_folder
+    from sam3_ros.core.image_codec import iter_image_folder
 
     if not 1 <= count <= MAX_CALIBRATION_FRAMES:
         raise ModelLoadError(f"backend 'torch_int8': int8_calibration_frames must be in "
                              f"[1, {MAX_CALIBRATION_FRAMES}], got {count}")
+    pixels = []
     try:
-        frames = read_image_folder(folder, count, CALIBRATION_MAX_PIXELS,
-                                   CALIBRATION_MAX_FILE_BYTES)
+        for path, rgb in iter_image_folder(folder, count, CALIBRATION_MAX_PIXELS,
+                                           CALIBRATION_MAX_FILE_BYTES):
+            processor = loaded.processor.image_processor
+            try:
+                # channels_last: a frame 1 or 3 pixels tall would otherwise be read as CHW.
+                pixels.append(processor(images=rgb, input_data_format="channels_last",
+                                        return_tensors="pt")["pixel_values"])
+            except Exception as err:
+                raise ModelLoadError(f"backend 'torch_int8': calibration frames: {path}: the "
+                                     f"processor refused it: {_short_reason(err)}") from None
     except InvalidImageError as err:
         raise ModelLoadError(f"backend 'torch_int8': calibration frames: {err}") from None
-    processor = loaded.processor.image_processor
-    return [processor(images=frame, return_tensors="pt")["pixel_values"] for frame in frames]
+    if len(pixels) < count:
+        _log.warning("torch_int8: %s has %d image(s), fewer than int8_calibration_frames "
+                     "(%d): calibrating on %d", folder, len(pixels), count, len(pixels))
+    return pixels
 
 
 def _torch_int8_factory(loaded: Any, options: Mapping[str, Any]) -> TorchInt8Backbone:

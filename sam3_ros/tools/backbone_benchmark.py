@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8-calibration-frames", type=int, default=4,
                         help="how many of the folder's frames (sorted by name)")
     args = parser.parse_args(argv)
+    if args.int8_calibration and not args.int8:
+        parser.error("--int8-calibration is for --int8")
     if args.int8 and args.torch_compile != "none":
         parser.error("--int8 compiles the quantised ViT itself; leave --torch-compile none")
     if args.image_size is None:

@@ -169,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="backend torch_int8: folder of png/jpeg frames for static "
                              "activation ranges (parameter torch_int8_calibration; default: "
                              "dynamic). Not the --frames folder: the report would flatter it")
-    parser.add_argument("--calibration-frames", type=int, default=4,
-                        help="how many of them (parameter torch_int8_calibration_frames)")
+    parser.add_argument("--calibration-frames", type=int, default=None,
+                        help="how many of them (parameter torch_int8_calibration_frames; "
+                             "default 4)")
     parser.add_argument("--prompts", nargs="*", default=["person"])
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--min-cosine", type=float, default=0.99)
@@ -180,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_frames < 1:
         parser.error("--check-frames must be >= 1")
     options: tuple[tuple[str, Any], ...] = ()
+    if args.calibration_frames is not None and not args.calibration:
+        parser.error("--calibration-frames needs --calibration")
     if args.calibration:
         from pathlib import Path
 
@@ -189,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--frames and --calibration are the same folder: checked on the "
                          "frames it was calibrated on, the report would flatter INT8")
         options = (("int8_calibration", args.calibration),
-                   ("int8_calibration_frames", args.calibration_frames))
+                   ("int8_calibration_frames", args.calibration_frames or 4))
     if args.threads > 0:
         import torch
 

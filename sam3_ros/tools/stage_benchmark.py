@@ -523,6 +523,9 @@ def run(args: argparse.Namespace) -> str:
     if any(spec.static for spec in specs) and not args.int8_calibration:
         raise SystemExit("stage_benchmark: a torch_int8:...:static backend needs "
                          "--int8-calibration FOLDER (frames to calibrate on)")
+    if args.int8_calibration and not any(spec.static for spec in specs):
+        raise SystemExit("stage_benchmark: --int8-calibration is for torch_int8:...:static "
+                         "backends; none was given")
     own_workdir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sam3_stage_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
