@@ -6,6 +6,7 @@ import array
 import re
 import struct
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -503,8 +504,8 @@ def test_decode_compressed_depth_skips_config_header():
 # ------------------------------------------------------------------ image folders (calibration)
 
 
-def test_read_image_folder_reads_the_first_files_by_name_as_rgb(tmp_path):
-    from sam3_ros.core.image_codec import read_image_folder
+def test_iter_image_folder_yields_the_first_files_by_name_as_rgb(tmp_path):
+    from sam3_ros.core.image_codec import iter_image_folder
 
     rgb = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "b.png"), rgb[:, :, ::-1])
@@ -512,12 +513,28 @@ def test_read_image_folder_reads_the_first_files_by_name_as_rgb(tmp_path):
     cv2.imwrite(str(tmp_path / "c.jpg"), rgb[:, :, ::-1])
     (tmp_path / "0_readme.txt").write_text("ignored")
     (tmp_path / "d.png").mkdir()  # a folder with an image's name: ignored
-    frames = read_image_folder(str(tmp_path), 10, max_pixels=1000, max_file_bytes=1 << 20)
+    items = list(iter_image_folder(str(tmp_path), 10, max_pixels=1000, max_file_bytes=1 << 20))
+    assert [Path(path).name for path, _ in items] == ["a.PNG", "b.png", "c.jpg"]
+    frames = [frame for _, frame in items]
     assert [f.shape for f in frames] == [(5, 7, 3), (12, 16, 3), (12, 16, 3)]
     assert all(f.dtype == np.uint8 for f in frames)
     assert (frames[0] == 200).all()
     np.testing.assert_array_equal(frames[1], rgb)  # png: lossless, in RGB order
-    assert len(read_image_folder(str(tmp_path), 2, 1000, 1 << 20)) == 2
+    assert len(list(iter_image_folder(str(tmp_path), 2, 1000, 1 << 20))) == 2
+
+
+def test_iter_image_folder_decodes_one_file_at_a_time(tmp_path):
+    """A bad file is found when its turn comes, after the frames before it were handed out
+    (calibration preprocesses and drops each frame before the next is read)."""
+    from sam3_ros.core.image_codec import iter_image_folder
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 64)
+    frames = iter_image_folder(str(tmp_path), 4, 1000, 1 << 20)
+    path, first = next(frames)
+    assert Path(path).name == "a.png" and first.shape == (4, 4, 3)
+    with pytest.raises(InvalidImageError, match=re.escape("b.jpg:")):
+        next(frames)
 
 
 @pytest.mark.parametrize(("setup", "limits", "message"), [
@@ -529,9 +546,9 @@ def test_read_image_folder_reads_the_first_files_by_name_as_rgb(tmp_path):
      "image 16x12 (192 pixels) exceeds the limit of 100 pixels (image files' limit)"),
     ("corrupt", (1000, 1 << 20), "x.jpg:"),
 ])
-def test_read_image_folder_errors_name_the_file_and_the_limit(tmp_path, setup, limits,
+def test_iter_image_folder_errors_name_the_file_and_the_limit(tmp_path, setup, limits,
                                                                message):
-    from sam3_ros.core.image_codec import read_image_folder
+    from sam3_ros.core.image_codec import iter_image_folder
 
     folder = tmp_path / "frames"
     if setup == "file":
@@ -544,13 +561,13 @@ def test_read_image_folder_errors_name_the_file_and_the_limit(tmp_path, setup, l
     if setup == "corrupt":
         (folder / "x.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 64)
     with pytest.raises(InvalidImageError, match=re.escape(message)):
-        read_image_folder(str(folder), 4, *limits)
+        list(iter_image_folder(str(folder), 4, *limits))
 
 
-def test_read_image_folder_refuses_a_count_below_one(tmp_path):
-    from sam3_ros.core.image_codec import read_image_folder
+def test_iter_image_folder_refuses_a_count_below_one(tmp_path):
+    from sam3_ros.core.image_codec import iter_image_folder
 
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
     for count in (0, -1):
         with pytest.raises(InvalidImageError, match="count must be >= 1"):
-            read_image_folder(str(tmp_path), count, 1000, 1 << 20)
+            next(iter_image_folder(str(tmp_path), count, 1000, 1 << 20))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -527,3 +528,54 @@ def test_cpu_session_workers_do_not_spin_after_a_run(onnx_backbone):
     # workers took cores from them (README, ONNX Runtime).
     options = onnx_backbone.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_check_frames_from_a_folder_cycle_and_keep_the_size_limits(tmp_path):
+    """export's and quantization_report's --frames: files by name, cycled to the count; a
+    file over the size limits is refused naming it, before anything of its size is allocated
+    (read through image_codec.iter_image_folder)."""
+    import struct
+    import zlib
+
+    import cv2
+
+    from sam3_ros.tools.export_backbone import load_frames
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(good / f"f{i}.png"), np.full((6, 8, 3), 10 * i, np.uint8))
+    (good / "notes.txt").write_text("ignored")
+    frames = load_frames(str(good), 5)
+    assert [int(f[0, 0, 0]) for f in frames] == [0, 10, 0, 10, 0]
+    assert all(f.shape == (6, 8, 3) and f.dtype == np.uint8 for f in frames)
+    assert len(load_frames(None, 3)) == 3  # synthetic without a folder
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(header)) + b"IHDR" + header + struct.pack(
+        ">I", zlib.crc32(b"IHDR" + header))
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    with pytest.raises(ModelLoadError, match=re.escape(
+            "a.png: image 100000x100000 (10000000000 pixels) exceeds the limit")):
+        load_frames(str(tmp_path / "huge"), 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="--frames: no png/jpeg files in"):
+        load_frames(str(tmp_path / "empty"), 1)
+
+
+@pytest.mark.parametrize("spelling", ["/models/sam3/", "/models/./sam3", "/models//sam3"])
+def test_a_folder_spelled_two_ways_is_one_model_key(spelling):
+    """Two nodes whose onnx_artifact_dir / onnx_trt_cache_dir differ only in spelling load one
+    model, not two; '' stays '' (the default)."""
+    params = {**model_param_defaults(), "backend": "onnxruntime",
+              "onnx_artifact_dir": "/models/sam3", "onnx_trt_cache_dir": "/cache/trt"}
+    reference = backend_options("onnxruntime", params.__getitem__)
+    assert dict(reference)["artifact_dir"] == "/models/sam3"
+    spelled = {**params, "onnx_artifact_dir": spelling,
+               "onnx_trt_cache_dir": "/cache/trt/" if spelling.endswith("/") else "/cache/trt"}
+    assert backend_options("onnxruntime", spelled.__getitem__) == reference
+    home = backend_options("onnxruntime", {**params, "onnx_trt_cache_dir": "~/trt"}.__getitem__)
+    assert dict(home)["trt_cache_dir"] == str(Path("~/trt").expanduser())
+    empty = backend_options("onnxruntime", {**params, "onnx_trt_cache_dir": ""}.__getitem__)
+    assert dict(empty)["trt_cache_dir"] == ""

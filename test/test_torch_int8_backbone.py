@@ -234,7 +234,8 @@ def test_calibration_reads_the_first_frames_by_name_through_the_processor(
     from sam3_ros.core.torch_int8_backbone import calibration_pixels
 
     loaded = load_sam3(str(tiny_checkpoint), device="cpu", dtype="float32")
-    pixels = calibration_pixels(loaded, str(calibration_frames_dir), 5)
+    processor = loaded.processor.image_processor
+    pixels = calibration_pixels(processor, str(calibration_frames_dir), 5)
     assert len(pixels) == 3  # fewer images than asked for: all of them; notes.txt ignored
     size = int(loaded.processor.image_processor.size["height"])
     assert all(p.shape == (1, 3, size, size) and p.dtype == torch.float32 for p in pixels)
@@ -242,7 +243,7 @@ def test_calibration_reads_the_first_frames_by_name_through_the_processor(
     expected = loaded.processor.image_processor(images=first.copy(),
                                                 return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(pixels[0], expected)
-    assert len(calibration_pixels(loaded, str(calibration_frames_dir), 1)) == 1
+    assert len(calibration_pixels(processor, str(calibration_frames_dir), 1)) == 1
 
 
 def test_the_graph_keeps_int8_weights_not_the_fp32_originals(tiny_checkpoint):
@@ -366,7 +367,8 @@ def test_the_hub_frees_the_float_vit_when_the_backend_is_created(tiny_checkpoint
 
 def _fake_loaded(**overrides):
     loaded = SimpleNamespace(device=torch.device("cpu"), quantization="none",
-                             dtype=torch.float32)
+                             dtype=torch.float32,
+                             processor=SimpleNamespace(image_processor=None))
     for key, value in overrides.items():
         setattr(loaded, key, value)
     return loaded

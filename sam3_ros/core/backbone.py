@@ -380,6 +380,11 @@ EXCLUSIVE_OPTION_OFF: dict[str, Any] = {"torch_compile": "none", "torch_int8_cal
 """Options that mean nothing to any other backend, with their "off" value: set to anything
 else while another backend is chosen, they are refused (not silently ignored)."""
 
+PATH_OPTION_PARAMS = frozenset({"onnx_artifact_dir", "onnx_trt_cache_dir",
+                                "torch_int8_calibration"})
+"""Options that name a folder: normalised in the model key (`~` expanded, `a/./b/` = `a/b`),
+so nodes that spell one folder two ways share one model."""
+
 
 def backend_options(backend: str, param: Callable[[str], Any]) -> tuple[tuple[str, Any], ...]:
     """A backend's options from the node's parameters, as `ModelKey.backend_options` wants.
@@ -404,20 +409,31 @@ def backend_options(backend: str, param: Callable[[str], Any]) -> tuple[tuple[st
             if value != off:
                 raise ConfigError(f"{name} '{value}' applies to backend '{owner}' only; with "
                                   f"backend '{backend}' set {name} to '{off}'")
-    options = {name.split("_", 1)[1]: param(name) for name in names}
-    if backend == "torch_int8":
-        options = _torch_int8_key_options(options)
+    options = {}
+    for name in names:
+        value = param(name)
+        if name in PATH_OPTION_PARAMS and value:
+            value = os.path.normpath(os.path.expanduser(str(value)))
+        options[name.split("_", 1)[1]] = value
+    key_options = _KEY_OPTIONS.get(backend)
+    if key_options is not None:
+        options = key_options(options)
     return tuple(sorted(options.items()))
 
 
 def _torch_int8_key_options(options: dict[str, Any]) -> dict[str, Any]:
-    """One key per distinct torch_int8 model: the frame count means nothing without a
-    calibration folder (two dynamic nodes differing only in it share one model), and a folder
-    spelled two ways is one folder."""
-    folder = str(options.get("int8_calibration") or "")
-    if not folder:
+    """The frame count means nothing without a calibration folder: two dynamic nodes that
+    differ only in it share one model."""
+    if not options.get("int8_calibration"):
         return {"int8_calibration": ""}
-    return {**options, "int8_calibration": os.path.normpath(os.path.expanduser(folder))}
+    return options
+
+
+_KEY_OPTIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "torch_int8": _torch_int8_key_options,
+}
+"""Per backend, options that are equivalent for its model, mapped to one form (one model key
+per distinct model)."""
 
 
 def _torch_factory(loaded: Any, options: Mapping[str, Any]) -> VisionBackbone:

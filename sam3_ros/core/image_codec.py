@@ -33,7 +33,6 @@ __all__ = [
     "host_is_bigendian",
     "iter_image_folder",
     "parse_compressed_format",
-    "read_image_folder",
     "to_rgb8",
 ]
 
@@ -642,9 +641,17 @@ def host_is_bigendian() -> int:
 
 IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
+IMAGE_FILE_MAX_PIXELS = 16_777_216
+"""Default largest image file (width x height) read from a folder (calibration and check
+frames), checked from the file's header."""
 
-def iter_image_folder(folder: str, count: int, max_pixels: int,
-                      max_file_bytes: int) -> Iterator[tuple[str, np.ndarray]]:
+IMAGE_FILE_MAX_BYTES = 64 << 20
+"""Default largest image file read from a folder."""
+
+
+def iter_image_folder(folder: str, count: int, max_pixels: int = IMAGE_FILE_MAX_PIXELS,
+                      max_file_bytes: int = IMAGE_FILE_MAX_BYTES,
+                      ) -> Iterator[tuple[str, np.ndarray]]:
     """The first `count` png/jpeg files of `folder` (sorted by name), decoded one at a time.
 
     Each file's size and its header's width x height are checked before it is read or
@@ -694,8 +701,3 @@ def iter_image_folder(folder: str, count: int, max_pixels: int,
         del data, array
         yield str(file), rgb
 
-
-def read_image_folder(folder: str, count: int, max_pixels: int,
-                      max_file_bytes: int) -> list[np.ndarray]:
-    """`iter_image_folder`'s frames as a list (see there: limits, order, errors)."""
-    return [rgb for _, rgb in iter_image_folder(folder, count, max_pixels, max_file_bytes)]

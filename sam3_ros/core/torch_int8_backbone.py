@@ -51,15 +51,13 @@ MAX_EXPORT_BATCH = 64
 """Upper bound of the exported graph's dynamic batch dimension (the runtime's max_batch is
 far below it)."""
 
+DEFAULT_CALIBRATION_FRAMES = 4
+"""Default of `int8_calibration_frames` (parameter `torch_int8_calibration_frames`, the tools'
+flags)."""
+
 MAX_CALIBRATION_FRAMES = 64
 """Upper bound of `int8_calibration_frames` (each is a full fp32 pass of the ViT in configure:
 ~25 s at full size on a 2-core CPU)."""
-
-CALIBRATION_MAX_PIXELS = 16_777_216
-"""Largest calibration image (width x height), checked from the file's header."""
-
-CALIBRATION_MAX_FILE_BYTES = 64 << 20
-"""Largest calibration image file."""
 
 
 def _quantizer(is_dynamic: bool = True) -> Any:
@@ -304,12 +302,21 @@ OPTIONS = ("int8_calibration", "int8_calibration_frames")
 """The backend's options (parameters `torch_int8_calibration`, `torch_int8_calibration_frames`)."""
 
 
-def calibration_pixels(loaded: Any, folder: str, count: int) -> list[Any]:
+def calibration_pixels(image_processor: Any, folder: str, count: int) -> list[Any]:
     """The first `count` images of `folder` (by name) as (1, 3, S, S) float32 pixel tensors,
-    made by the checkpoint's processor from the RGB frames.
+    made by the checkpoint's image processor from the RGB frames.
 
     Each image is decoded, preprocessed and dropped before the next is read, so at most one
     decoded image is held (the tensors: 12 MB each at 1008 px).
+
+    Args:
+        image_processor: The checkpoint's `Sam3ImageProcessor` (S = its size).
+        folder: Folder of png/jpeg frames.
+        count: How many of them, in [1, MAX_CALIBRATION_FRAMES].
+
+    Returns:
+        One (1, 3, S, S) tensor per image read (fewer than `count` when the folder has fewer;
+        a warning says so).
 
     Raises:
         ModelLoadError: `count` out of range, or the folder or an image in it cannot be used.
@@ -322,12 +329,10 @@ def calibration_pixels(loaded: Any, folder: str, count: int) -> list[Any]:
                              f"[1, {MAX_CALIBRATION_FRAMES}], got {count}")
     pixels = []
     try:
-        for path, rgb in iter_image_folder(folder, count, CALIBRATION_MAX_PIXELS,
-                                           CALIBRATION_MAX_FILE_BYTES):
-            processor = loaded.processor.image_processor
+        for path, rgb in iter_image_folder(folder, count):
             try:
                 # channels_last: a frame 1 or 3 pixels tall would otherwise be read as CHW.
-                pixels.append(processor(images=rgb, input_data_format="channels_last",
+                pixels.append(image_processor(images=rgb, input_data_format="channels_last",
                                         return_tensors="pt")["pixel_values"])
             except Exception as err:
                 raise ModelLoadError(f"backend 'torch_int8': calibration frames: {path}: the "
@@ -359,8 +364,8 @@ def _torch_int8_factory(loaded: Any, options: Mapping[str, Any]) -> TorchInt8Bac
     folder = str(options.get("int8_calibration", "") or "")
     calibration = []
     if folder:
-        calibration = calibration_pixels(loaded, folder,
-                                         int(options.get("int8_calibration_frames", 4)))
+        count = int(options.get("int8_calibration_frames", DEFAULT_CALIBRATION_FRAMES))
+        calibration = calibration_pixels(loaded.processor.image_processor, folder, count)
         _log.info("torch_int8: static activation ranges from %d frame(s) of %s (one fp32 "
                   "pass each)", len(calibration), folder)
     encoder = loaded.detector.vision_encoder

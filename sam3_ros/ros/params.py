@@ -7,13 +7,14 @@ parameter file and `ros2 launch` with it behave the same.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sam3_ros.core.backbone import BACKENDS, TORCH_COMPILE_MODES
 from sam3_ros.core.onnx_backbone import PRECISIONS, PROVIDERS
 from sam3_ros.core.preprocess import PREPROCESS_MODES
+from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES, MAX_CALIBRATION_FRAMES
 
 MAX_STRING_CHARS = 4096
 """Longest string parameter (and string-array item) accepted."""
@@ -113,10 +114,10 @@ MODEL_PARAMS: tuple[ParamSpec, ...] = (
               "activations are quantised statically with ranges calibrated on them (faster "
               "than dynamic; one fp32 ViT pass per frame in configure); '' = dynamic. Other "
               "backends: must be ''", reload=True),
-    ParamSpec("torch_int8_calibration_frames", 4,
+    ParamSpec("torch_int8_calibration_frames", DEFAULT_CALIBRATION_FRAMES,
               "backend torch_int8 with torch_int8_calibration: how many of the folder's "
               "images (sorted by name) to calibrate on", reload=True, min_value=1,
-              max_value=64),
+              max_value=MAX_CALIBRATION_FRAMES),
     ParamSpec("compile_heads", False,
               "torch.compile (fullgraph) of the detector's DETR encoder and mask decoder, any "
               "backend: compiled during configure for text and box prompts (minutes at full "
@@ -221,3 +222,32 @@ def spec_table(*groups: Sequence[ParamSpec]) -> dict[str, ParamSpec]:
                 raise ValueError(f"parameter '{spec.name}' declared twice")
             table[spec.name] = spec
     return table
+
+
+ROS_OWN_PARAMS = frozenset({"use_sim_time", "start_type_description_service"})
+"""Parameters rclpy declares on every node (`qos_overrides.*` too, by prefix)."""
+
+
+def unknown_parameters(given: Iterable[str], known: Iterable[str]) -> list[str]:
+    """Parameter overrides (params file, `-p`) that no node of this package declares, each
+    with the closest known name when there is one: rclpy drops such overrides without a word,
+    so a typo (`score_treshold`) would leave the default in force unnoticed.
+
+    Args:
+        given: Names of the overrides a node received.
+        known: Every parameter name of the package's nodes (a file keyed `/**` also reaches
+            the other kind of node: its parameters are not unknown).
+
+    Returns:
+        One line per unknown name, sorted: "'name'" or "'name' (did you mean 'other'?)".
+    """
+    import difflib
+
+    known = sorted(set(known))
+    lines = []
+    for name in sorted(set(given) - set(known) - ROS_OWN_PARAMS):
+        if name.startswith("qos_overrides."):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        lines.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return lines

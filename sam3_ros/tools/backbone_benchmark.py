@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES
+
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
@@ -134,15 +136,12 @@ def step_torch(args: argparse.Namespace) -> None:
 
         calibration = []
         if args.int8_calibration:
-            from types import SimpleNamespace
-
             from transformers import Sam3ImageProcessor
 
             from sam3_ros.core.torch_int8_backbone import calibration_pixels
 
             size = {"height": args.image_size, "width": args.image_size}
-            processor = SimpleNamespace(image_processor=Sam3ImageProcessor(size=size))
-            calibration = calibration_pixels(SimpleNamespace(processor=processor),
+            calibration = calibration_pixels(Sam3ImageProcessor(size=size),
                                              args.int8_calibration, args.int8_calibration_frames)
         start = time.monotonic()
         graph = quantize_vit(model.backbone, args.image_size, in_place=True,
@@ -323,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8-calibration", default="",
                         help="step torch --int8: folder of png/jpeg frames; static activation "
                              "ranges calibrated on them (default: dynamic)")
-    parser.add_argument("--int8-calibration-frames", type=int, default=4,
+    parser.add_argument("--int8-calibration-frames", type=int,
+                        default=DEFAULT_CALIBRATION_FRAMES,
                         help="how many of the folder's frames (sorted by name)")
     args = parser.parse_args(argv)
     if args.int8_calibration and not args.int8:

@@ -110,22 +110,22 @@ def synthetic_frames(count: int, seed: int = 0, height: int = 480,
 
 
 def load_frames(folder: str | None, count: int, seed: int = 0) -> list[np.ndarray]:
-    """`count` RGB frames from `folder` (cycled if fewer), or synthetic ones without it."""
+    """`count` RGB frames: the first png/jpeg files of `folder` by name (cycled if fewer; the
+    size limits of `image_codec.iter_image_folder`), or synthetic ones without it.
+
+    Raises:
+        ModelLoadError: the folder, or an image in it, cannot be used (the file is named).
+    """
     if not folder:
         return synthetic_frames(count, seed)
-    import cv2
+    from sam3_ros.core.errors import InvalidImageError
+    from sam3_ros.core.image_codec import iter_image_folder
 
-    paths = sorted(p for p in Path(folder).iterdir()
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-    if not paths:
-        raise ModelLoadError(f"--frames {folder}: no png/jpg images in it")
-    frames = []
-    for i in range(count):
-        bgr = cv2.imread(str(paths[i % len(paths)]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ModelLoadError(f"cannot read {paths[i % len(paths)]}")
-        frames.append(np.ascontiguousarray(bgr[:, :, ::-1]))
-    return frames
+    try:
+        files = [rgb for _, rgb in iter_image_folder(folder, count)]
+    except InvalidImageError as err:
+        raise ModelLoadError(f"--frames: {err}") from None
+    return [files[i % len(files)] for i in range(count)]
 
 
 # --------------------------------------------------------------------------------- metrics

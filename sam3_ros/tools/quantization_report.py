@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES
 from sam3_ros.tools.export_backbone import (
     RANDOM_WEIGHTS_CAVEAT,
     detection_agreement,
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "dynamic). Not the --frames folder: the report would flatter it")
     parser.add_argument("--calibration-frames", type=int, default=None,
                         help="how many of them (parameter torch_int8_calibration_frames; "
-                             "default 4)")
+                             f"default {DEFAULT_CALIBRATION_FRAMES})")
     parser.add_argument("--prompts", nargs="*", default=["person"])
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--min-cosine", type=float, default=0.99)
@@ -192,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--frames and --calibration are the same folder: checked on the "
                          "frames it was calibrated on, the report would flatter INT8")
         options = (("int8_calibration", args.calibration),
-                   ("int8_calibration_frames", args.calibration_frames or 4))
+                   ("int8_calibration_frames", DEFAULT_CALIBRATION_FRAMES
+                    if args.calibration_frames is None else args.calibration_frames))
     if args.threads > 0:
         import torch
 

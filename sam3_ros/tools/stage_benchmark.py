@@ -69,6 +69,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES
+
 STAGES = ("preprocess", "backbone", "text_first", "text_cached", "heads", "masks", "messages")
 """Stage keys of a row, in table order."""
 
@@ -599,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="use these exported backbones (default: export into the workdir)")
     parser.add_argument("--int8-calibration", default="",
                         help="folder of png/jpeg frames for torch_int8:...:static specs")
-    parser.add_argument("--int8-calibration-frames", type=int, default=4)
+    parser.add_argument("--int8-calibration-frames", type=int,
+                        default=DEFAULT_CALIBRATION_FRAMES)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keeps the checkpoint and ONNX exports between runs (default: a "
                              "temporary folder, removed at the end)")
