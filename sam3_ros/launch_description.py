@@ -10,7 +10,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
@@ -24,9 +24,12 @@ def _default_profile() -> str:
 
 def _actions(context: LaunchContext) -> list:
     values = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
-    launch_plan = plan(values, _default_profile())
-    actions: list = [SetEnvironmentVariable(key, value)
-                     for key, value in launch_plan.environment.items()]
+    # The namespace of an enclosing PushRosNamespace, if any (launch_ros keeps it here).
+    outer = context.launch_configurations.get("ros_namespace", "") or ""
+    launch_plan = plan(values, _default_profile(), outer_namespace=outer)
+    actions: list = [LogInfo(msg=f"[sam3_ros] WARNING: {text}") for text in launch_plan.warnings]
+    actions += [SetEnvironmentVariable(key, value)
+                for key, value in launch_plan.environment.items()]
     common = {
         "package": "sam3_ros",
         "executable": launch_plan.executable,

@@ -21,6 +21,7 @@ launch files' own values go under keys that no earlier file uses (`KeyedParamete
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,24 @@ def params_file_keys(path: str) -> set[str]:
     return keys
 
 
+def key_matches(key: str, node_name: str) -> bool:
+    """Whether a parameter file's node key (`/**/segmenter`, `/robot/*/tracker`) applies to a
+    fully qualified node name, as rcl matches it: `**` is any number of namespace tokens,
+    `*` exactly one token."""
+    pattern = re.escape(key).replace(r"/\*\*", r"(/\w+)*").replace(r"/\*", r"(/\w+)")
+    return re.fullmatch(pattern, node_name) is not None
+
+
+def params_file_warning(path: str, keys: set[str], node_names: list[str]) -> str | None:
+    """A warning when none of a params file's keys applies to a node of the launch (the file
+    would change nothing, silently), else None."""
+    if not keys or any(key_matches(k, n) for k in keys for n in node_names):
+        return None
+    return (f"params_file:={path!r}: none of its node keys ({', '.join(sorted(keys))}) "
+            f"matches a node of this launch ({', '.join(node_names)}), so it changes nothing; "
+            "key it '/**/segmenter:' (any namespace) or by a node's full name")
+
+
 def unused_keys(taken: set[str], count: int) -> list[str]:
     """`count` node-name keys that match every node and are none of `taken`.
 
@@ -186,6 +205,7 @@ class LaunchPlan:
         remappings: (from, to) topic remappings.
         ros_arguments: Extra `--ros-args` (log level).
         environment: Variables to set for the process (the Fast DDS profile).
+        warnings: Things the launch should tell the user (it starts the process anyway).
     """
 
     executable: str
@@ -197,6 +217,33 @@ class LaunchPlan:
     ros_arguments: list[str] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=dict)
     arguments: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def node_names(self, outer_namespace: str = "") -> list[str]:
+        """Fully qualified names of the nodes the process will have.
+
+        Args:
+            outer_namespace: A namespace pushed around the launch (`PushRosNamespace`).
+        """
+        outer = "/".join(p for p in outer_namespace.split("/") if p)
+        if self.executable != "pipeline":
+            parts = [outer, *self.namespace.split("/"), self.name or self.executable]
+            return ["/" + "/".join(p for p in parts if p)]
+        args = self.arguments
+        kinds = ["segmenter", "tracker"]
+        if "--nodes" in args:
+            kinds = args[args.index("--nodes") + 1].split(",")
+        cameras = []
+        if "--cameras" in args:
+            start = args.index("--cameras") + 1
+            cameras = args[start:args.index("--nodes")] if "--nodes" in args else args[start:]
+        names = []
+        for item in cameras or [self.namespace]:
+            camera, _, own = item.partition(":")
+            for kind in own.split("+") if own else kinds:
+                parts = [outer, *camera.split("/"), kind]
+                names.append("/" + "/".join(p for p in parts if p))
+        return names
 
     @property
     def action_namespace(self) -> str | None:
@@ -320,12 +367,14 @@ def parse_cameras(text: str, namespace: str) -> list[str]:
     return arguments
 
 
-def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
+def plan(values: dict[str, str], default_profile: str, outer_namespace: str = "") -> LaunchPlan:
     """The process to start for these launch argument values.
 
     Args:
         values: Every argument of LAUNCH_ARGUMENTS by name, as text (after substitution).
         default_profile: Path of the package's Fast DDS profile.
+        outer_namespace: A namespace pushed around the launch file (`PushRosNamespace`), for
+            matching the params file's keys against the nodes' names.
 
     Raises:
         LaunchArgumentError: an unknown node kind or executor, a bad boolean, prompts or log
@@ -349,8 +398,8 @@ def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
     # the module's docstring): the launch files' own default under the user's file
     # (autostart only when neither the file nor the argument says otherwise), the arguments
     # the user set over it.
-    default_key, arguments_key = unused_keys(
-        params_file_keys(params_file) if params_file else set(), 2)
+    file_keys = params_file_keys(params_file) if params_file else set()
+    default_key, arguments_key = unused_keys(file_keys, 2)
     parameters: list[Any] = [KeyedParameters(default_key, {"autostart": True})]
     if params_file:
         parameters.append(params_file)
@@ -378,11 +427,13 @@ def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
             raise LaunchArgumentError("max_batch applies to node:=pipeline or cameras:=[...]")
         arguments += ["--max-batch", max_batch_text]
     if cameras_text:
-        if image.startswith("/"):
-            raise LaunchArgumentError(
-                f"image:={image!r} with cameras: give a relative topic (e.g. color/image_raw), "
-                "read in each camera's namespace; an absolute one would feed every camera the "
-                "same images")
+        for argument, topic in (("image", image), ("depth", remappings[2][1]),
+                                ("camera_info", remappings[3][1])):
+            if topic.startswith("/"):
+                raise LaunchArgumentError(
+                    f"{argument}:={topic!r} with cameras: give a relative topic (e.g. "
+                    "color/image_raw), read in each camera's namespace; an absolute one would "
+                    f"feed every camera the same {argument.replace('_', ' ')}")
         if values.get("name", "").strip():
             raise LaunchArgumentError("name cannot be set with cameras (the nodes are named "
                                       "segmenter/tracker in each camera's namespace)")
@@ -391,12 +442,13 @@ def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
         # camera's nodes in one namespace.
         arguments = ["--cameras", *parse_cameras(cameras_text, namespace), "--nodes", kinds,
                      *arguments]
-        return LaunchPlan(executable="pipeline", name=None, namespace="", lifecycle=False,
-                          parameters=parameters, remappings=remappings,
-                          ros_arguments=["--log-level", log_level], environment=environment,
-                          arguments=arguments)
+        result = LaunchPlan(executable="pipeline", name=None, namespace="", lifecycle=False,
+                            parameters=parameters, remappings=remappings,
+                            ros_arguments=["--log-level", log_level], environment=environment,
+                            arguments=arguments)
+        return _with_warnings(result, params_file, file_keys, outer_namespace)
     single = kind != "pipeline"
-    return LaunchPlan(
+    result = LaunchPlan(
         executable=kind,
         name=(values.get("name", "").strip() or kind) if single else None,
         namespace=namespace,
@@ -407,3 +459,13 @@ def plan(values: dict[str, str], default_profile: str) -> LaunchPlan:
         environment=environment,
         arguments=arguments,
     )
+    return _with_warnings(result, params_file, file_keys, outer_namespace)
+
+
+def _with_warnings(result: LaunchPlan, params_file: str, file_keys: set[str],
+                   outer_namespace: str) -> LaunchPlan:
+    if params_file:
+        warning = params_file_warning(params_file, file_keys, result.node_names(outer_namespace))
+        if warning:
+            result.warnings.append(warning)
+    return result

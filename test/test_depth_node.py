@@ -375,3 +375,49 @@ def _check_slow_depth(node, ns: str) -> None:
         if timer is not None:
             client.node.destroy_timer(timer)
         client.close()
+
+
+def test_3d_parameters_that_disagree_are_refused_not_silently_idle(tiny_checkpoint):
+    """Each value within its own range, together unusable (min_depth >= max_depth,
+    max_object_points < 4 x min_points): every frame would publish no 3D with only a
+    throttled warning. Configure fails with the reason; a live change is refused, the old
+    value kept; with 3D off nothing is judged."""
+    from in_process import in_process_node
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    from rclpy.parameter import Parameter
+
+    from sam3_ros.ros.segmenter_node import SegmenterNode
+
+    with in_process_node(SegmenterNode, "segmenter", "/depth_params", {
+            "model": str(tiny_checkpoint), "device": "cpu", "depth_enabled": True,
+            "min_depth": 0.5, "max_depth": 0.2}, spin=False) as node:
+        assert node.trigger_configure() == R.FAILURE
+        result = node.set_parameters([Parameter("max_depth", value=4.0)])[0]
+        assert result.successful, result.reason
+        assert node.trigger_configure() == R.SUCCESS
+        result = node.set_parameters([Parameter("min_points", value=1000)])[0]
+        assert not result.successful
+        assert result.reason == ("3D parameters: max_object_points (2000) must be at least 4 x "
+                                 "min_points (1000)")
+        assert node.param("min_points") == 20
+        result = node.set_parameters([Parameter("max_depth", value=0.3)])[0]
+        assert not result.successful and "need 0 < min_depth (0.5) < max_depth (0.3)" in \
+            result.reason
+        # Both at once, agreeing: accepted.
+        results = node.set_parameters_atomically([Parameter("min_points", value=1000),
+                                                  Parameter("max_object_points", value=4000)])
+        assert results.successful, results.reason
+
+
+def test_3d_parameters_are_not_judged_with_3d_off(tiny_checkpoint):
+    from in_process import in_process_node
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    from rclpy.parameter import Parameter
+
+    from sam3_ros.ros.segmenter_node import SegmenterNode
+
+    with in_process_node(SegmenterNode, "segmenter", "/depth_params_off", {
+            "model": str(tiny_checkpoint), "device": "cpu", "min_depth": 0.5,
+            "max_depth": 0.2}, spin=False) as node:
+        assert node.set_parameters([Parameter("min_points", value=1000)])[0].successful
+        assert node.trigger_configure() == R.SUCCESS

@@ -191,3 +191,16 @@ def test_cameras_get_the_arguments_and_their_own_keys(tmp_path):
                                    "autostart": False},
         "/robot/wrist/segmenter": {"prompts": ["mug"], "score_threshold": 0.3,
                                    "autostart": False}}
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (["score_treshold"], ["'score_treshold' (did you mean 'score_threshold'?)"]),
+    (["prompts", "max_objects", "use_sim_time", "qos_overrides./image.subscription.depth"], []),
+    (["frobnicate", "mdoel"], ["'frobnicate'", "'mdoel' (did you mean 'model'?)"]),
+])
+def test_unknown_parameters_are_named_with_the_closest_known(given, expected):
+    from sam3_ros.ros.params import unknown_parameters
+    from sam3_ros.ros.segmenter_node import PARAMS as SEGMENTER
+    from sam3_ros.ros.tracker_node import PARAMS as TRACKER
+
+    assert unknown_parameters(given, [*SEGMENTER, *TRACKER]) == expected

@@ -9,6 +9,7 @@ from sam3_ros.launch_plan import (
     NODE_KINDS,
     KeyedParameters,
     LaunchArgumentError,
+    key_matches,
     params_file_keys,
     parse_prompts,
     plan,
@@ -144,6 +145,11 @@ def test_prompts_refuse_what_is_not_phrases(text):
     ({"cameras": "{front: []}"}, "a mapping gives each camera"),
     ({"cameras": "{front: [segmenter, detector]}"}, "node kinds after ':'"),
     ({"cameras": "[front, wrist]", "image": "/front/image"}, "relative topic"),
+    # Every camera would read the one depth image / intrinsics: wrong 3D for all but one.
+    ({"cameras": "[front, wrist]", "depth": "/cam/aligned_depth/image_raw"},
+     "depth:='/cam/aligned_depth/image_raw' with cameras: give a relative topic"),
+    ({"cameras": "[front, wrist]", "camera_info": "/cam/color/camera_info"},
+     "camera_info:='/cam/color/camera_info' with cameras: give a relative topic"),
     ({"cameras": "[front, wrist]", "name": "seg"}, "name cannot be set"),
     ({"node": "pipeline", "max_batch": "0"}, "max_batch"),
     ({"node": "pipeline", "max_batch": "many"}, "max_batch"),
@@ -243,3 +249,54 @@ def test_the_executor_argument_reaches_every_executable():
                                        "--executor", "events", "--max-batch", "2"]
     # The default leaves the command line as it was.
     assert plan(_values(executor="single_threaded"), PROFILE).arguments == []
+
+
+@pytest.mark.parametrize(("args", "outer", "names"), [
+    ({}, "", ["/segmenter"]),
+    ({"node": "tracker", "namespace": "robot/wrist", "name": "trk"}, "", ["/robot/wrist/trk"]),
+    ({"node": "pipeline", "namespace": "robot"}, "", ["/robot/segmenter", "/robot/tracker"]),
+    ({"node": "pipeline"}, "/arm", ["/arm/segmenter", "/arm/tracker"]),
+    ({"cameras": "[front, wrist:tracker, base:segmenter+tracker]", "namespace": "r"}, "",
+     ["/r/front/segmenter", "/r/wrist/tracker", "/r/base/segmenter", "/r/base/tracker"]),
+])
+def test_the_plan_knows_its_node_names(args, outer, names):
+    assert plan(_values(**args), PROFILE).node_names(outer) == names
+
+
+@pytest.mark.parametrize(("key", "name", "matches"), [
+    ("/**", "/segmenter", True),
+    ("/**/segmenter", "/robot/front/segmenter", True),
+    ("/**/segmenter", "/segmenter", True),
+    ("/*/segmenter", "/front/segmenter", True),
+    ("/*/segmenter", "/robot/front/segmenter", False),
+    ("/segmenter", "/robot/segmenter", False),
+    ("/robot/front/segmenter", "/robot/front/segmenter", True),
+    ("/**/tracker", "/robot/segmenter", False),
+])
+def test_params_file_keys_match_node_names_as_rcl_does(key, name, matches):
+    assert key_matches(key, name) is matches
+
+
+@pytest.mark.parametrize(("text", "args", "outer", "warned"), [
+    ("/**/segmenter:\n  ros__parameters: {}\n", {}, "", False),
+    ("/segmenter:\n  ros__parameters: {}\n", {"namespace": "robot"}, "", True),
+    ("/**/segmenter:\n  ros__parameters: {}\n", {"name": "front_seg"}, "", True),
+    ("/**/tracker:\n  ros__parameters: {}\n", {"node": "segmenter"}, "", True),
+    ("/**/tracker:\n  ros__parameters: {}\n", {"node": "pipeline"}, "", False),
+    # The key names the pushed namespace: it applies.
+    ("/arm/segmenter:\n  ros__parameters: {}\n", {}, "/arm", False),
+    ("/robot/front/segmenter:\n  ros__parameters: {}\n",
+     {"cameras": "[front, wrist]", "namespace": "robot"}, "", False),
+    ("/front/segmenter:\n  ros__parameters: {}\n",
+     {"cameras": "[front, wrist]", "namespace": "robot"}, "", True),
+    ("{}\n", {}, "", False),  # no keys: nothing to match
+])
+def test_a_params_file_that_applies_to_no_node_is_warned_about(tmp_path, text, args, outer,
+                                                               warned):
+    params = tmp_path / "mine.yaml"
+    params.write_text(text)
+    result = plan(_values(params_file=str(params), **args), PROFILE, outer_namespace=outer)
+    assert bool(result.warnings) is warned, result.warnings
+    if warned:
+        assert "matches a node of this launch" in result.warnings[0]
+        assert "it changes nothing" in result.warnings[0]

@@ -59,6 +59,7 @@ def _image_msg(rgb: np.ndarray, sec: int, frame_id: str) -> Image:
     (["--frobnicate"], "unknown arguments"),
     (["--cameras", "front:detector"], "node kinds after ':'"),
     (["--cameras", "front:tracker", "front"], "listed twice"),
+    (["--cameras", "front", "/front"], "listed twice"),  # one namespace
     (["--cameras", ":tracker"], "no camera name"),
     (["--executor", "multi"], "--executor 'multi': expected single_threaded or events"),
     (["--cam", "front"], "unknown arguments: --cam front"),  # no abbreviations
@@ -66,6 +67,21 @@ def _image_msg(rgb: np.ndarray, sec: int, frame_id: str) -> Image:
 def test_pipeline_arguments_refused_with_reason(argv, reason):
     with pytest.raises(PipelineArgumentError, match=reason):
         parse_arguments(argv)
+
+
+def test_a_process_wide_namespace_with_cameras_is_refused(tmp_path):
+    """`-r __ns:=` (what a launch PushRosNamespace passes) replaces every camera's namespace:
+    the cameras' nodes would share one name, topics and services. Refused with the reason,
+    exit status 2, before any model work."""
+    import subprocess
+
+    command = node_command("pipeline", {}, args=["--cameras", "front", "wrist", "--nodes",
+                                                 "segmenter"], remaps={"__ns": "/robot"})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert ("pipeline: the nodes of 2 cameras got the same names (/robot/segmenter, "
+            "/robot/segmenter)") in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_pipeline_arguments_accept_comma_and_space_lists():

@@ -14,6 +14,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("sam3_ros.msg")
 
+from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
@@ -174,12 +175,21 @@ def test_ids_at_int32_limits_never_end_the_node(side_by_side):
     ("tracker/add_objects", lambda: AddObjects.Request(objects=[_obj(-1, label="x" * 10_000)]),
      "label"),
     ("tracker/add_objects", lambda: AddObjects.Request(objects=[]), "no objects"),
+    ("tracker/add_objects", lambda: AddObjects.Request(objects=[_obj(-1)], stamp=Time(
+        sec=1, nanosec=1_000_000_000)), "not a valid time"),
+    ("tracker/add_objects", lambda: AddObjects.Request(objects=[_obj(-1)], stamp=Time(
+        sec=-1, nanosec=999_999_999)), "not a valid time"),
     ("tracker/remove_objects", lambda: RemoveObjects.Request(object_ids=list(range(200_000))),
      "ids"),
     ("tracker/remove_objects", lambda: RemoveObjects.Request(object_ids=[123456]), "unknown"),
     ("tracker/set_prompts", lambda: SetPrompts.Request(texts=["a"] * 5000), "at most"),
     ("segmenter/set_prompts", lambda: SetPrompts.Request(texts=["a"] * 5000), "at most"),
     ("segmenter/set_prompts", lambda: SetPrompts.Request(texts=["y" * 20_000]), "characters"),
+    # Megabytes of "a a a ...": refused on its length, before its words are split.
+    ("segmenter/set_prompts", lambda: SetPrompts.Request(texts=["a " * 2_000_000]),
+     "4000000 characters"),
+    ("tracker/set_prompts", lambda: SetPrompts.Request(texts=["a " * 2_000_000]),
+     "4000000 characters"),
     ("segmenter/set_prompts", lambda: SetPrompts.Request(texts=[""]), "empty"),
     ("segmenter/set_prompts", lambda: SetPrompts.Request(prompts=[Prompt(
         text="cup", exemplar_boxes=[BoxPrompt(x_min=1.0, y_min=1.0, x_max=5.0, y_max=5.0,
@@ -780,6 +790,70 @@ def test_tracker_diagnostics_count_resets_and_the_requests_they_drop(tiny_checkp
         assert node.trigger_activate() == R.SUCCESS
         stats = node.stats()
         assert (stats["automatic_resets"], stats["requests_dropped_by_reset"]) == (0, 0)
+
+
+def test_a_parameter_no_node_has_is_warned_about(tiny_checkpoint, capfd):
+    """rclpy drops overrides a node does not declare: a typo in a params file left the
+    default in force without a word. A tracker-only parameter given to a segmenter (a file
+    keyed /** reaches both) is not warned about."""
+    from in_process import in_process_node
+
+    from sam3_ros.ros.segmenter_node import SegmenterNode
+
+    with in_process_node(SegmenterNode, "segmenter", "/unknown_params", {
+            "model": str(tiny_checkpoint), "score_treshold": 0.2, "max_objects": 3},
+            spin=False) as node:
+        assert node.param("score_threshold") == 0.5
+    err = capfd.readouterr().err
+    assert ("ignored: no node of sam3_ros has the parameter(s) 'score_treshold' (did you mean "
+            "'score_threshold'?) (from a params file or -p)") in err
+    assert "max_objects" not in err
+
+
+def test_deactivate_activate_pauses_the_tracker_without_a_reset(tiny_checkpoint):
+    """The node did not listen while inactive: the stamp gap across the pause is its own, so
+    the tracker keeps its objects and applies what was queued meanwhile. Before, the first
+    frame after activate reset the stream (objects and queued requests gone) unless some
+    unrelated callback had happened to stall the executor."""
+    from in_process import in_process_node
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from sam3_ros.ros.tracker_node import TrackerNode
+
+    def frame(stamp_s: float) -> Image:
+        msg = numpy_to_image_msg(np.zeros((90, 120, 3), np.uint8), "rgb8")
+        msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp_s), int(stamp_s % 1 * 1e9)
+        return msg
+
+    def process(node, stamp_s: float) -> None:
+        done = node.stats()["processed"] + 1
+        node._on_image(frame(stamp_s))
+        wait_for(lambda: node.stats()["processed"] >= done, 60, "the frame processed")
+
+    with in_process_node(TrackerNode, "trk_pause", "/trk_pause", {
+            "model": str(tiny_checkpoint), "device": "cpu", "max_time_gap_s": 1.0,
+            "max_lost_frames": 1000}, spin=False) as node:
+        assert node.trigger_configure() == R.SUCCESS
+        assert node.trigger_activate() == R.SUCCESS
+        added = node._on_add_objects(AddObjects.Request(objects=[_obj(-1, 30, 30)]),
+                                     AddObjects.Response())
+        assert added.success, added.message
+        process(node, 1.0)
+        process(node, 1.1)
+        assert node._session.object_ids == list(added.object_ids)
+        assert node.trigger_deactivate() == R.SUCCESS
+        refined = node._on_add_objects(
+            AddObjects.Request(objects=[_obj(added.object_ids[0], 40, 40)], refine=True),
+            AddObjects.Response())
+        assert refined.success, refined.message
+        assert node.trigger_activate() == R.SUCCESS
+        process(node, 30.0)  # the camera ran on for 29 s meanwhile
+        stats = node.stats()
+        assert (stats["automatic_resets"], stats["requests_dropped_by_reset"]) == (0, 0)
+        assert node._session.object_ids == list(added.object_ids)
+        process(node, 30.1)
+        process(node, 2.0)  # a camera that jumps backwards still resets the stream
+        assert node.stats()["automatic_resets"] == 1
 
 
 @pytest.mark.parametrize("kind", ["segmenter", "tracker"])

@@ -220,6 +220,9 @@ def test_parameters_validated_live(harness):
     assert not results[0].successful and "score_threshold" in results[0].reason
     results = harness.set_params(model="/somewhere/else")
     assert not results[0].successful and "reload" in results[0].reason
+    # The same value is no change: `ros2 param load` of a `ros2 param dump` re-sets them all.
+    results = harness.set_params(device="cpu", dtype="float32")
+    assert all(r.successful for r in results), [r.reason for r in results]
     results = harness.set_params(prompts=[])
     assert not results[0].successful and "at least one prompt" in results[0].reason
     results = harness.set_params(score_threshold=0.99)

@@ -226,6 +226,19 @@ def test_tracker_prompts_go_through_the_same_cache(tiny_checkpoint, loaded, tmp_
     assert calls.count == 1
 
 
+def test_a_prompt_set_lists_the_folder_once_not_once_per_prompt(loaded, tmp_path,
+                                                               monkeypatch):
+    """Each eviction lists and stats the whole folder (up to max_entries files): storing
+    1024 new prompts made 1024 scans on the compute thread."""
+    cache = TextEmbeddingCache(tmp_path, max_entries=2)
+    evictions = []
+    original = cache.evict
+    monkeypatch.setattr(cache, "evict", lambda: evictions.append(1) or original())
+    _session(loaded, ["mug", "cup", "fork", "plate"], cache)
+    assert len(evictions) == 1
+    assert len(cache.entries()) == 2  # and the bound still holds
+
+
 def test_unwritable_folder_only_warns(loaded, tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

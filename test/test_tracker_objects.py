@@ -291,6 +291,32 @@ def test_refinement_on_a_held_frame_counts_the_points_held_there():
     assert table.pending[0].frame_idx == 0
 
 
+def test_prompts_waiting_on_held_frames_are_bounded_by_max_objects():
+    """Each entry on a held frame runs the model on that frame at the next processed frame:
+    64 requests of 16 refinements each would have made one frame run it 1024 times."""
+    table = ObjectTable()
+    for oid in (1, 2):
+        table.objects[oid] = TrackedObject(oid, "", -1, 0)
+    table.hold_frame(0, 5 * SECOND_NS)
+    table.hold_frame(1, 6 * SECOND_NS)
+
+    def held_points(object_id: int, frame_idx: int) -> int:
+        return 0
+
+    for stamp in (5 * SECOND_NS, 6 * SECOND_NS):  # 2 + 2 entries: max_objects 4
+        _add(table, [_point(1), _point(2)], stamp=stamp, refine=True, held_points=held_points)
+    with pytest.raises(InvalidPromptError, match=re.escape(
+            "4 prompt(s) on held frames already wait for the next processed frame; 1 more "
+            "would exceed max_objects 4")):
+        _add(table, [_point(1)], stamp=5 * SECOND_NS, refine=True, held_points=held_points)
+    assert len(table.pending) == 2
+    assert _add(table, [_point(1)], refine=True) == [1]  # the next frame's: not bounded so
+    while table.pop_request() is not None:  # applied at the next frame: room again
+        pass
+    assert _add(table, [_point(2)], stamp=6 * SECOND_NS, refine=True,
+                held_points=held_points) == [2]
+
+
 def test_an_object_starting_next_frame_cannot_be_refined_on_a_held_frame():
     table = ObjectTable()
     table.hold_frame(0, 0)

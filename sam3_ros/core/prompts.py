@@ -13,6 +13,9 @@ from sam3_ros.core.errors import InvalidPromptError
 
 MAX_PROMPT_CHARS = 200
 """Longest accepted prompt text; SAM3's text encoder reads at most 32 tokens anyway."""
+MAX_PROMPT_INPUT_CHARS = 4096
+"""Longest prompt text accepted before its whitespace is collapsed (a request of megabytes of
+"a a a ..." would otherwise be split into millions of strings first)."""
 MAX_EXEMPLARS_PER_PROMPT = 32
 """Most box exemplars of one prompt (SAM3's geometry encoder attends over all of them per
 frame; thousands made every frame take seconds)."""
@@ -113,6 +116,9 @@ def validate_prompts(
     seen: dict[tuple, int] = {}
     result = []
     for i, prompt in enumerate(prompts):
+        if len(prompt.text) > MAX_PROMPT_INPUT_CHARS:
+            raise InvalidPromptError(f"prompt {i} has {len(prompt.text)} characters, at most "
+                                     f"{MAX_PROMPT_CHARS} allowed")
         text = " ".join(prompt.text.split())
         if not text and not prompt.exemplars:
             raise InvalidPromptError(f"prompt {i} is empty (give a text or exemplar boxes)")

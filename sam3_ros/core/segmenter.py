@@ -332,7 +332,8 @@ class Sam3Segmenter:
             features, mask = self._encode_texts(missing)
             for i, text in enumerate(missing):
                 found[text] = (features[i], mask[i])
-                cache.store(key, text, features[i], mask[i])
+                cache.store(key, text, features[i], mask[i], evict=False)
+            cache.evict()
         with torch.inference_mode():
             # An inference tensor, as freshly encoded features are: compiled heads
             # (`compile_heads`) guard on that, and would compile again for cached prompts.

@@ -232,8 +232,11 @@ class TextEmbeddingCache:
             self.hits += 1
         return features, mask
 
-    def store(self, model_key: dict[str, Any], text: str, features: Any, mask: Any) -> None:
-        """Write one entry atomically, then enforce the bounds. Failures only warn."""
+    def store(self, model_key: dict[str, Any], text: str, features: Any, mask: Any,
+              evict: bool = True) -> None:
+        """Write one entry atomically, then enforce the bounds (`evict`; a caller storing
+        many entries at once evicts once after them: each eviction lists the whole folder).
+        Failures only warn."""
         from safetensors.torch import save_file
 
         path = self.entry_path(model_key, text)
@@ -252,7 +255,8 @@ class TextEmbeddingCache:
         except Exception as err:  # OSError, and safetensors' own error for a full disk
             _log.warning("text cache: cannot write %s: %s", path, err)
             return
-        self.evict()
+        if evict:
+            self.evict()
 
     def entries(self) -> list[Path]:
         try:

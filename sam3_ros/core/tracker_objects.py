@@ -357,6 +357,16 @@ class ObjectTable:
         """
         self._check_queue_room()
         frame_idx = self.frame_for_stamp(frame_stamp_ns)
+        if frame_idx is not None:
+            # Each entry on a held frame runs the model on that frame when the next frame
+            # is processed: bounded per frame, or requests could make one frame take minutes.
+            held = sum(len(r.objects) for r in self.pending
+                       if r.kind != "remove" and r.frame_idx is not None)
+            if held + len(objects) > max_objects:
+                raise InvalidPromptError(
+                    f"{held} prompt(s) on held frames already wait for the next processed "
+                    f"frame; {len(objects)} more would exceed max_objects {max_objects} (each "
+                    "runs the model on its frame)")
         known = self.projected_ids()
         # Objects leaving with their phrase are still in the model until the next frame: a
         # new object must not take such an id (unless a queued remove frees it first).

@@ -73,7 +73,7 @@ from sam3_ros.core.text_cache import TextEmbeddingCache
 from sam3_ros.core.vision_features import FrameKey, frame_key
 from sam3_ros.launch_plan import EXECUTORS
 from sam3_ros.msg import DetectionArray, LabelInfo
-from sam3_ros.ros.depth_outputs import DepthOutputs
+from sam3_ros.ros.depth_outputs import DEPTH_3D_PARAMS, DepthOutputs, depth_config
 from sam3_ros.ros.detection_conversions import (
     detections_to_msg,
     detections_to_vision_msgs,
@@ -86,8 +86,12 @@ from sam3_ros.ros.image_conversions import (
     image_msg_to_numpy,
     numpy_to_image_msg,
 )
-from sam3_ros.ros.params import ParamSpec
-from sam3_ros.ros.rclpy_compat import normalise_parameter_overrides, parameter_override
+from sam3_ros.ros.params import ParamSpec, unknown_parameters
+from sam3_ros.ros.rclpy_compat import (
+    normalise_parameter_overrides,
+    parameter_override,
+    parameter_override_names,
+)
 
 # Latest-frame semantics start in DDS: keep only the newest image in the reader's history.
 IMAGE_QOS = QoSProfile(
@@ -155,6 +159,7 @@ class Sam3LifecycleNode(LifecycleNode):
         """Start-up overrides that were refused: configure fails while any remain."""
         for spec in param_specs.values():
             self._declare(spec)
+        self._warn_unknown_parameters()
         if hasattr(self, "add_pre_set_parameters_callback"):  # rclpy Iron and later
             self.add_pre_set_parameters_callback(self._coerce_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -196,6 +201,11 @@ class Sam3LifecycleNode(LifecycleNode):
             # Configure + activate from the executor, so that a node loaded into a component
             # container starts the same way as one started by `ros2 run`.
             self._autostart_timer = self.create_timer(0.0, self._autostart)
+        else:
+            # A params file copied from config/*.yaml carries `autostart: false`, which ranks
+            # over the launch files' own `true`: say why the node sits idle.
+            self.get_logger().info("unconfigured: autostart is false, waiting for the "
+                                   "configure transition (ros2 lifecycle set <node> configure)")
 
     # ----------------------------------------------------------------------------- parameters
     def _declare(self, spec: ParamSpec) -> None:
@@ -215,6 +225,19 @@ class Sam3LifecycleNode(LifecycleNode):
                     f"parameter {reason}; keeping the default {spec.default!r}. Configure "
                     f"fails until it is set to a valid value (ros2 param set).")
         self.declare_parameter(spec.name, value, self._descriptor(spec), ignore_override=True)
+
+    def _warn_unknown_parameters(self) -> None:
+        # Both kinds' tables: a file keyed /** reaches segmenters and trackers alike. Imported
+        # here, not at the top: those modules import this one.
+        from sam3_ros.ros.segmenter_node import PARAMS as SEGMENTER
+        from sam3_ros.ros.tracker_node import PARAMS as TRACKER
+
+        unknown = unknown_parameters(parameter_override_names(self),
+                                     [*SEGMENTER, *TRACKER, *self._specs])
+        if unknown:
+            self.get_logger().warning(
+                f"ignored: no node of sam3_ros has the parameter(s) {', '.join(unknown)} (from a "
+                "params file or -p)")
 
     def _descriptor(self, spec: ParamSpec) -> ParameterDescriptor:
         desc = spec.description
@@ -278,12 +301,18 @@ class Sam3LifecycleNode(LifecycleNode):
             value, reason = spec.coerce(p.value)
             if reason is None:
                 reason = spec.check(value)
-            if reason is None and spec.reload and self._configured:
+            # The same value again is not a change (`ros2 param load` of a dump re-sets all).
+            if reason is None and spec.reload and self._configured and value != self.param(
+                    p.name):
                 reason = (f"parameter '{p.name}' needs the model reloaded: deactivate, cleanup, "
                           f"set it, then configure again")
             if reason is not None:
                 return self._refuse(reason)
             changes[p.name] = value
+        reason = self._depth_parameters_error(
+            lambda name: changes[name] if name in changes else self.param(name), changes)
+        if reason is not None:
+            return self._refuse(reason)
         if changes and self._configured and not self._syncing_parameters:
             reason = self._runtime.call(self._apply_live_parameters, changes)
             if reason is not None:
@@ -307,6 +336,24 @@ class Sam3LifecycleNode(LifecycleNode):
     def _refuse(self, reason: str) -> SetParametersResult:
         self.get_logger().warning(f"rejected parameter change: {reason}")
         return SetParametersResult(successful=False, reason=reason)
+
+    @staticmethod
+    def _depth_parameters_error(param: Callable[[str], Any],
+                                changes: dict[str, Any] | None = None) -> str | None:
+        """Why the 3D parameters disagree with each other (each is within its own range),
+        or None. Judged only with depth_enabled, and for a change only when it touches them,
+        so that `ros2 param load` (one parameter at a time) can pass through states that
+        would not work while 3D is off."""
+        if not param("depth_enabled"):
+            return None
+        if changes is not None and not any(n in changes
+                                           for n in (*DEPTH_3D_PARAMS, "depth_enabled")):
+            return None
+        try:
+            depth_config(param)
+        except ValueError as err:
+            return f"3D parameters: {err}"
+        return None
 
     def _apply_live_parameters(self, changes: dict[str, Any]) -> str | None:
         """Apply validated live parameters (all of one set call) to the running session.
@@ -339,6 +386,10 @@ class Sam3LifecycleNode(LifecycleNode):
         if self._parameter_errors:
             self.get_logger().error("configure failed: invalid parameter(s): " + "; ".join(
                 self._parameter_errors.values()))
+            return TransitionCallbackReturn.FAILURE
+        reason = self._depth_parameters_error(self.param)
+        if reason is not None:  # every frame would publish no 3D, with a throttled warning
+            self.get_logger().error(f"configure failed: {reason}")
             return TransitionCallbackReturn.FAILURE
         try:
             self._runtime.call(self._load_and_warm_up)
@@ -399,6 +450,9 @@ class Sam3LifecycleNode(LifecycleNode):
     def _activate(self, state: State) -> TransitionCallbackReturn:
         self._outputs.reopen()
         self._reset_counters()
+        # The node did not listen while inactive: the gap before its first frame is its own,
+        # not the camera's (deactivate/activate pauses a tracker; it does not reset it).
+        self._last_image_at_s = -float("inf")
         # Subscribe first: if that fails (e.g. a bad qos_overrides value) no thread is left
         # running and no stream registered. Frames arriving before the stream exists are
         # dropped (the node is not active yet).

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from builtin_interfaces.msg import Time
@@ -75,6 +75,25 @@ DEPTH_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
                        durability=qos_profile_sensor_data.durability)
 # Best effort matches reliable and best-effort publishers alike (drivers use either).
 CAMERA_INFO_QOS = DEPTH_QOS
+
+
+DEPTH_3D_PARAMS = ("min_depth", "max_depth", "depth_erode_px", "min_points", "depth_outlier_k",
+                   "box_percentile", "max_object_points")
+"""The parameters of `Depth3DConfig`: each has its own range, and together they must agree
+(min_depth < max_depth, max_object_points >= 4 x min_points)."""
+
+
+def depth_config(param: Callable[[str], Any]) -> Depth3DConfig:
+    """The 3D configuration from parameter values read by `param(name)`.
+
+    Raises:
+        ValueError: the values do not agree with each other (the reason).
+    """
+    return Depth3DConfig(
+        min_depth_m=param("min_depth"), max_depth_m=param("max_depth"),
+        erode_px=param("depth_erode_px"), min_points=param("min_points"),
+        outlier_mad_k=param("depth_outlier_k"), box_percentile=param("box_percentile"),
+        max_object_points=param("max_object_points"))
 
 
 def _stamp_ns(stamp: Any) -> int:
@@ -252,12 +271,7 @@ class DepthOutputs:
         if pairing.item is None:
             return pairing.reason, pairing.dt_ns
         try:
-            cfg = Depth3DConfig(
-                min_depth_m=param("min_depth"), max_depth_m=param("max_depth"),
-                erode_px=param("depth_erode_px"), min_points=param("min_points"),
-                outlier_mad_k=param("depth_outlier_k"),
-                box_percentile=param("box_percentile"),
-                max_object_points=param("max_object_points"))
+            cfg = depth_config(param)
         except ValueError as err:
             return f"depth parameters: {err}", pairing.dt_ns
         camera = self._camera_model(info, bool(param("depth_rectified")))

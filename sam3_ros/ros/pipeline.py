@@ -87,7 +87,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         if not _NAMESPACE.match(camera):
             raise PipelineArgumentError(
                 f"camera '{camera}' is not a valid namespace (letters, digits, _ and /)")
-    if len(set(cameras)) != len(cameras):
+    if len({c.strip("/") for c in cameras}) != len(cameras):  # "front" is "/front"
         raise PipelineArgumentError(f"a camera is listed twice: {cameras}")
     if len(cameras) > MAX_CAMERAS:
         raise PipelineArgumentError(f"{len(cameras)} cameras, at most {MAX_CAMERAS}")
@@ -112,13 +112,28 @@ def make_nodes(cameras: list[str], kinds: list[str], hub: ModelHub,
                runtime: Runtime | None = None,
                camera_kinds: dict[str, list[str]] | None = None) -> list[Sam3LifecycleNode]:
     """One node per camera and kind, sharing `hub` (and `runtime`); a camera in
-    `camera_kinds` gets its own kinds instead of `kinds`."""
+    `camera_kinds` gets its own kinds instead of `kinds`.
+
+    Raises:
+        PipelineArgumentError: two nodes got one name (a process-wide namespace, `-r
+            __ns:=` or a launch `PushRosNamespace`, replaces every camera's namespace); the
+            nodes built are destroyed.
+    """
     classes = {"segmenter": SegmenterNode, "tracker": TrackerNode}
     nodes: list[Sam3LifecycleNode] = []
     for camera in cameras or [None]:
         for kind in (camera_kinds or {}).get(camera, kinds):
             extra = {"namespace": "/" + camera.lstrip("/")} if camera else {}
             nodes.append(classes[kind](kind, model_hub=hub, runtime=runtime, **extra))
+    names = [node.get_fully_qualified_name() for node in nodes]
+    if len(set(names)) != len(names):
+        for node in nodes:
+            node.destroy_node()
+        raise PipelineArgumentError(
+            f"the nodes of {len(cameras)} cameras got the same names ({', '.join(names)}): a "
+            "process-wide namespace (-r __ns:=..., or a launch file included in a "
+            "PushRosNamespace group) replaces each camera's namespace; give the namespace with "
+            "namespace:= or in the camera names instead")
     return nodes
 
 
@@ -144,6 +159,10 @@ def main(args: list[str] | None = None) -> int:
     hub = ModelHub(with_tracker=any("tracker" in kinds for _, kinds in options.streams),
                    feature_capacity=max(4, options.max_batch, frames),
                    max_batch=min(options.max_batch, frames))
-    return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub,
-                                        camera_kinds=options.camera_kinds), args,
-                     executor=options.executor)
+    try:
+        return run_nodes(lambda: make_nodes(options.cameras, options.kinds, hub,
+                                            camera_kinds=options.camera_kinds), args,
+                         executor=options.executor)
+    except PipelineArgumentError as err:
+        print(f"pipeline: {err}", file=sys.stderr)
+        return 2

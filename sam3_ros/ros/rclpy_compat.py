@@ -21,6 +21,12 @@ def parameter_override(node: Any, name: str) -> tuple[bool, Any]:
     return True, overrides[name].value
 
 
+def parameter_override_names(node: Any) -> list[str]:
+    """Names of every parameter override `node` received (empty if rclpy hides them)."""
+    overrides = getattr(node, "_parameter_overrides", None)
+    return list(overrides) if isinstance(overrides, dict) else []
+
+
 def normalise_parameter_overrides(overrides: Any) -> Any:
     """rclpy Parameters from what a component container passes (rcl_interfaces/Parameter
     messages in `LoadNode.Request.parameters`) or from rclpy Parameters (unchanged)."""

@@ -23,6 +23,7 @@ from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import ConfigError, InvalidPromptError
 from sam3_ros.core.model_hub import ModelHub, SharedModel
 from sam3_ros.core.tracker import ObjectPromptSpec, TrackerConfig, TrackerSession
+from sam3_ros.core.tracker_objects import BOX_POINTS
 from sam3_ros.core.vision_features import VisionFeatureCache
 from sam3_ros.ros.base_node import Sam3LifecycleNode, node_main
 from sam3_ros.ros.params import DEPTH_PARAMS, IO_PARAMS, MODEL_PARAMS, ParamSpec, spec_table
@@ -75,15 +76,24 @@ def _texts(values: list[str]) -> list[str]:
     return [v for v in values if v.strip()] if values != [""] else []
 
 
-def object_specs_from_msgs(objects: list[Any], max_objects: int) -> list[ObjectPromptSpec]:
+def object_specs_from_msgs(objects: list[Any], max_objects: int,
+                           max_points_per_object: int) -> list[ObjectPromptSpec]:
     """AddObjects request objects -> core object prompts (validated by the session).
 
     Raises:
-        InvalidPromptError: more objects than max_objects (checked before anything is built).
+        InvalidPromptError: more objects than max_objects, or an object with more points than
+            max_points_per_object (checked before anything is built).
     """
     if len(objects) > max_objects:
         raise InvalidPromptError(f"{len(objects)} objects given, at most {max_objects} are "
                                  "tracked at once (parameter max_objects)")
+    for obj in objects:
+        # Counted before a tuple per point is built (a request may carry millions).
+        count = len(obj.points) + BOX_POINTS * min(len(obj.box), 1)
+        if count > max_points_per_object:
+            raise InvalidPromptError(
+                f"object {obj.object_id}: {count} points, at most {max_points_per_object} per "
+                "object allowed (max_points_per_object; a box counts as 2)")
     specs = []
     for obj in objects:
         box = None
@@ -235,15 +245,22 @@ class TrackerNode(Sam3LifecycleNode):
         self._sync_parameters({"prompts": list(self._session.text_prompts) or [""]})
         self._publish_label_info()
         response.success, response.class_ids = True, class_ids
-        response.message = f"tracking every instance of: {', '.join(texts)}"
+        # The validated phrases (whitespace collapsed), not the request's raw strings.
+        response.message = ("tracking every instance of: "
+                            f"{', '.join(self._session.text_prompts)}")
         return response
 
     def _on_add_objects(self, request: AddObjects.Request,
                         response: AddObjects.Response) -> AddObjects.Response:
         stamp_ns = request.stamp.sec * 1_000_000_000 + request.stamp.nanosec
         try:
-            ids = self._session.add_objects(object_specs_from_msgs(list(request.objects),
-                                                                   self.param("max_objects")),
+            if request.stamp.sec < 0 or request.stamp.nanosec >= 1_000_000_000:
+                raise InvalidPromptError(
+                    f"stamp {request.stamp.sec} s {request.stamp.nanosec} ns is not a valid "
+                    "time (sec >= 0, nanosec < 1000000000; zero = the next frame)")
+            specs = object_specs_from_msgs(list(request.objects), self.param("max_objects"),
+                                           self.param("max_points_per_object"))
+            ids = self._session.add_objects(specs,
                                             frame_stamp_ns=stamp_ns or None,
                                             refine=request.refine)
         except InvalidPromptError as err:
