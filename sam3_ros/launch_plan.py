@@ -227,7 +227,9 @@ class LaunchPlan:
         """
         outer = "/".join(p for p in outer_namespace.split("/") if p)
         if self.executable != "pipeline":
-            parts = [outer, *self.namespace.split("/"), self.name or self.executable]
+            # launch_ros pushes the outer namespace in front of a relative one only.
+            prefix = "" if self.namespace.startswith("/") else outer
+            parts = [prefix, *self.namespace.split("/"), self.name or self.executable]
             return ["/" + "/".join(p for p in parts if p)]
         args = self.arguments
         kinds = ["segmenter", "tracker"]
@@ -240,8 +242,10 @@ class LaunchPlan:
         names = []
         for item in cameras or [self.namespace]:
             camera, _, own = item.partition(":")
+            # The cameras' names are absolute (an outer namespace makes the pipeline refuse).
+            prefix = "" if camera.startswith("/") or cameras else outer
             for kind in own.split("+") if own else kinds:
-                parts = [outer, *camera.split("/"), kind]
+                parts = [prefix, *camera.split("/"), kind]
                 names.append("/" + "/".join(p for p in parts if p))
         return names
 

@@ -392,8 +392,11 @@ def test_3d_parameters_that_disagree_are_refused_not_silently_idle(tiny_checkpoi
             "model": str(tiny_checkpoint), "device": "cpu", "depth_enabled": True,
             "min_depth": 0.5, "max_depth": 0.2}, spin=False) as node:
         assert node.trigger_configure() == R.FAILURE
-        result = node.set_parameters([Parameter("max_depth", value=4.0)])[0]
-        assert result.successful, result.reason
+        # Unconfigured, each set is accepted (configure judges): two rules broken at once
+        # can be fixed one parameter at a time.
+        for name, value in (("min_points", 1000), ("max_depth", 4.0), ("min_points", 20)):
+            result = node.set_parameters([Parameter(name, value=value)])[0]
+            assert result.successful, result.reason
         assert node.trigger_configure() == R.SUCCESS
         result = node.set_parameters([Parameter("min_points", value=1000)])[0]
         assert not result.successful

@@ -256,6 +256,9 @@ def test_the_executor_argument_reaches_every_executable():
     ({"node": "tracker", "namespace": "robot/wrist", "name": "trk"}, "", ["/robot/wrist/trk"]),
     ({"node": "pipeline", "namespace": "robot"}, "", ["/robot/segmenter", "/robot/tracker"]),
     ({"node": "pipeline"}, "/arm", ["/arm/segmenter", "/arm/tracker"]),
+    # launch_ros puts a pushed namespace in front of a relative namespace only.
+    ({"node": "segmenter", "namespace": "wrist"}, "/arm", ["/arm/wrist/segmenter"]),
+    ({"node": "segmenter", "namespace": "/robot"}, "/arm", ["/robot/segmenter"]),
     ({"cameras": "[front, wrist:tracker, base:segmenter+tracker]", "namespace": "r"}, "",
      ["/r/front/segmenter", "/r/wrist/tracker", "/r/base/segmenter", "/r/base/tracker"]),
 ])

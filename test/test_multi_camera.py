@@ -75,13 +75,20 @@ def test_a_process_wide_namespace_with_cameras_is_refused(tmp_path):
     exit status 2, before any model work."""
     import subprocess
 
-    command = node_command("pipeline", {}, args=["--cameras", "front", "wrist", "--nodes",
-                                                 "segmenter"], remaps={"__ns": "/robot"})
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert ("pipeline: the nodes of 2 cameras got the same names (/robot/segmenter, "
-            "/robot/segmenter)") in done.stderr
-    assert "Traceback" not in done.stderr
+    for cameras, named in (
+            (["front", "wrist"], "/robot/segmenter (camera front), /robot/segmenter (camera "
+                                 "wrist)"),
+            # Names that do not collide: one camera, or cameras of different kinds.
+            (["front"], "/robot/segmenter (camera front)"),
+            (["front:tracker", "wrist"], "/robot/tracker (camera front), /robot/segmenter "
+                                         "(camera wrist)")):
+        command = node_command("pipeline", {}, args=["--cameras", *cameras, "--nodes",
+                                                     "segmenter"], remaps={"__ns": "/robot"})
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert f"pipeline: the cameras' namespaces were replaced: {named};" in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_pipeline_arguments_accept_comma_and_space_lists():

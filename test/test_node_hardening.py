@@ -805,9 +805,15 @@ def test_a_parameter_no_node_has_is_warned_about(tiny_checkpoint, capfd):
             spin=False) as node:
         assert node.param("score_threshold") == 0.5
     err = capfd.readouterr().err
-    assert ("ignored: no node of sam3_ros has the parameter(s) 'score_treshold' (did you mean "
-            "'score_threshold'?) (from a params file or -p)") in err
+    assert ("ignored: no sam3_ros node has the parameter(s) 'score_treshold' (did you mean "
+            "'score_threshold'?) (from a params file, a launch SetParameter or -p): a typo?"
+            ) in err
     assert "max_objects" not in err
+    # Once per process: the pipeline's nodes all get the same overrides.
+    with in_process_node(SegmenterNode, "segmenter", "/unknown_params_2", {
+            "model": str(tiny_checkpoint), "score_treshold": 0.2}, spin=False):
+        pass
+    assert "score_treshold" not in capfd.readouterr().err
 
 
 def test_deactivate_activate_pauses_the_tracker_without_a_reset(tiny_checkpoint):

@@ -579,3 +579,19 @@ def test_a_folder_spelled_two_ways_is_one_model_key(spelling):
     assert dict(home)["trt_cache_dir"] == str(Path("~/trt").expanduser())
     empty = backend_options("onnxruntime", {**params, "onnx_trt_cache_dir": ""}.__getitem__)
     assert dict(empty)["trt_cache_dir"] == ""
+
+
+def test_a_folder_reached_through_a_link_is_one_model_key(tmp_path):
+    """Resolved, not only normalised as text: `link/..` is the link target's parent, not `.`."""
+    (tmp_path / "models" / "sam3").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "link").symlink_to(tmp_path / "models" / "sam3")
+    params = {**model_param_defaults(), "backend": "onnxruntime",
+              "onnx_artifact_dir": str(tmp_path / "models" / "sam3")}
+
+    def key(folder):
+        return dict(backend_options("onnxruntime", {**params, "onnx_artifact_dir": folder}
+                                    .__getitem__))["artifact_dir"]
+
+    assert key(str(tmp_path / "other" / "link")) == str(tmp_path / "models" / "sam3")
+    assert key(str(tmp_path / "other" / "link" / "..")) == str(tmp_path / "models")

@@ -172,3 +172,18 @@ def test_calibration_frames_without_a_static_spec_are_refused():
     with pytest.raises(SystemExit, match=re.escape("--int8-calibration is for "
                                                    "torch_int8:...:static backends")):
         main(["--backends", "torch_int8", "--int8-calibration", "/frames"])
+
+
+@pytest.mark.parametrize("count", ["0", "65"])
+def test_calibration_frame_counts_out_of_range_are_refused_at_once(count, capsys):
+    from sam3_ros.tools import backbone_benchmark, stage_benchmark
+
+    with pytest.raises(SystemExit):
+        stage_benchmark.main(["--backends", "torch_int8:static", "--int8-calibration", "/f",
+                              "--int8-calibration-frames", count])
+    assert "--int8-calibration-frames must be in 1..64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        backbone_benchmark.main(["torch", "--workdir", "/tmp/unused", "--int8",
+                                 "--int8-calibration", "/f",
+                                 "--int8-calibration-frames", count])
+    assert "--int8-calibration-frames must be in 1..64" in capsys.readouterr().err

@@ -502,6 +502,11 @@ def test_quantization_report_refusals_exit_2(tiny_checkpoint, capsys, args, mess
     (["--calibration", "{dir}", "--frames", "{dir}/."],
      "--frames and --calibration are the same folder"),
     (["--calibration-frames", "2"], "--calibration-frames needs --calibration"),
+    # Refused before the checkpoints load, not minutes later by the calibration.
+    (["--calibration", "{dir}", "--calibration-frames", "0"],
+     "--calibration-frames must be in 1..64"),
+    (["--calibration", "{dir}", "--calibration-frames", "65"],
+     "--calibration-frames must be in 1..64"),
 ])
 def test_quantization_report_refuses_calibration_misuse(tiny_checkpoint, calibration_frames_dir,
                                                         capsys, args, message):

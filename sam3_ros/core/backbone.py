@@ -382,8 +382,9 @@ else while another backend is chosen, they are refused (not silently ignored).""
 
 PATH_OPTION_PARAMS = frozenset({"onnx_artifact_dir", "onnx_trt_cache_dir",
                                 "torch_int8_calibration"})
-"""Options that name a folder: normalised in the model key (`~` expanded, `a/./b/` = `a/b`),
-so nodes that spell one folder two ways share one model."""
+"""Options that name a folder: resolved in the model key (`~` expanded, symbolic links
+followed, `a/./b/` = `a/b`), so nodes that spell one folder two ways share one model; the
+backend gets the resolved path, which names the same folder."""
 
 
 def backend_options(backend: str, param: Callable[[str], Any]) -> tuple[tuple[str, Any], ...]:
@@ -413,7 +414,7 @@ def backend_options(backend: str, param: Callable[[str], Any]) -> tuple[tuple[st
     for name in names:
         value = param(name)
         if name in PATH_OPTION_PARAMS and value:
-            value = os.path.normpath(os.path.expanduser(str(value)))
+            value = os.path.realpath(os.path.expanduser(str(value)))
         options[name.split("_", 1)[1]] = value
     key_options = _KEY_OPTIONS.get(backend)
     if key_options is not None:

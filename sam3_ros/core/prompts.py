@@ -118,7 +118,8 @@ def validate_prompts(
     for i, prompt in enumerate(prompts):
         if len(prompt.text) > MAX_PROMPT_INPUT_CHARS:
             raise InvalidPromptError(f"prompt {i} has {len(prompt.text)} characters, at most "
-                                     f"{MAX_PROMPT_CHARS} allowed")
+                                     f"{MAX_PROMPT_INPUT_CHARS} allowed (and {MAX_PROMPT_CHARS} "
+                                     "once whitespace runs are collapsed)")
         text = " ".join(prompt.text.split())
         if not text and not prompt.exemplars:
             raise InvalidPromptError(f"prompt {i} is empty (give a text or exemplar boxes)")

@@ -126,6 +126,8 @@ class _ExecutorStalls:
 
 
 EXECUTOR_STALLS = _ExecutorStalls()
+_UNKNOWN_PARAMETERS_WARNED: set[str] = set()
+"""Unknown parameter overrides already warned about in this process."""
 DIAGNOSTICS_WARN_S = 5.0
 """`/diagnostics` reports WARN while a frame or request failed within this many seconds."""
 
@@ -232,12 +234,16 @@ class Sam3LifecycleNode(LifecycleNode):
         from sam3_ros.ros.segmenter_node import PARAMS as SEGMENTER
         from sam3_ros.ros.tracker_node import PARAMS as TRACKER
 
-        unknown = unknown_parameters(parameter_override_names(self),
-                                     [*SEGMENTER, *TRACKER, *self._specs])
+        unknown = [line for line in unknown_parameters(parameter_override_names(self),
+                                                       [*SEGMENTER, *TRACKER, *self._specs])
+                   if line not in _UNKNOWN_PARAMETERS_WARNED]
         if unknown:
+            # Once per process: the pipeline's nodes all receive the same overrides.
+            _UNKNOWN_PARAMETERS_WARNED.update(unknown)
             self.get_logger().warning(
-                f"ignored: no node of sam3_ros has the parameter(s) {', '.join(unknown)} (from a "
-                "params file or -p)")
+                f"ignored: no sam3_ros node has the parameter(s) {', '.join(unknown)} (from a "
+                "params file, a launch SetParameter or -p): a typo? Parameters meant for "
+                "other nodes may be ignored")
 
     def _descriptor(self, spec: ParamSpec) -> ParameterDescriptor:
         desc = spec.description
@@ -309,10 +315,14 @@ class Sam3LifecycleNode(LifecycleNode):
             if reason is not None:
                 return self._refuse(reason)
             changes[p.name] = value
-        reason = self._depth_parameters_error(
-            lambda name: changes[name] if name in changes else self.param(name), changes)
-        if reason is not None:
-            return self._refuse(reason)
+        # Configured, the 3D parameters agree (configure checked them): a change that would
+        # break that is refused. Unconfigured, configure judges them, so that fixing two of
+        # them one `ros2 param set` at a time is possible.
+        if self._configured:
+            reason = self._depth_parameters_error(
+                lambda name: changes[name] if name in changes else self.param(name), changes)
+            if reason is not None:
+                return self._refuse(reason)
         if changes and self._configured and not self._syncing_parameters:
             reason = self._runtime.call(self._apply_live_parameters, changes)
             if reason is not None:
@@ -341,9 +351,7 @@ class Sam3LifecycleNode(LifecycleNode):
     def _depth_parameters_error(param: Callable[[str], Any],
                                 changes: dict[str, Any] | None = None) -> str | None:
         """Why the 3D parameters disagree with each other (each is within its own range),
-        or None. Judged only with depth_enabled, and for a change only when it touches them,
-        so that `ros2 param load` (one parameter at a time) can pass through states that
-        would not work while 3D is off."""
+        or None. Judged only with depth_enabled, and for a change only when it touches them."""
         if not param("depth_enabled"):
             return None
         if changes is not None and not any(n in changes

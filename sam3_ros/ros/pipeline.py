@@ -115,25 +115,27 @@ def make_nodes(cameras: list[str], kinds: list[str], hub: ModelHub,
     `camera_kinds` gets its own kinds instead of `kinds`.
 
     Raises:
-        PipelineArgumentError: two nodes got one name (a process-wide namespace, `-r
-            __ns:=` or a launch `PushRosNamespace`, replaces every camera's namespace); the
-            nodes built are destroyed.
+        PipelineArgumentError: a camera's node did not get the camera's namespace (a
+            process-wide namespace, `-r __ns:=` or a launch `PushRosNamespace`, replaces every
+            camera's: their nodes would read one image topic); the nodes built are destroyed.
     """
     classes = {"segmenter": SegmenterNode, "tracker": TrackerNode}
     nodes: list[Sam3LifecycleNode] = []
+    wrong = []
     for camera in cameras or [None]:
         for kind in (camera_kinds or {}).get(camera, kinds):
-            extra = {"namespace": "/" + camera.lstrip("/")} if camera else {}
+            extra = {"namespace": "/" + camera.strip("/")} if camera else {}
             nodes.append(classes[kind](kind, model_hub=hub, runtime=runtime, **extra))
-    names = [node.get_fully_qualified_name() for node in nodes]
-    if len(set(names)) != len(names):
+            if camera and nodes[-1].get_namespace() != extra["namespace"]:
+                wrong.append(f"{nodes[-1].get_fully_qualified_name()} (camera {camera})")
+    if wrong:
         for node in nodes:
             node.destroy_node()
         raise PipelineArgumentError(
-            f"the nodes of {len(cameras)} cameras got the same names ({', '.join(names)}): a "
-            "process-wide namespace (-r __ns:=..., or a launch file included in a "
-            "PushRosNamespace group) replaces each camera's namespace; give the namespace with "
-            "namespace:= or in the camera names instead")
+            f"the cameras' namespaces were replaced: {', '.join(wrong)}; a process-wide "
+            "namespace (-r __ns:=..., or a launch file included in a PushRosNamespace group) "
+            "replaces each camera's; give the namespace with namespace:= or in the camera "
+            "names instead")
     return nodes
 
 

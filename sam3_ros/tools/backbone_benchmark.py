@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES
+from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES, MAX_CALIBRATION_FRAMES
 
 
 def _peak_rss_gb() -> float:
@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.int8_calibration and not args.int8:
         parser.error("--int8-calibration is for --int8")
+    if not 1 <= args.int8_calibration_frames <= MAX_CALIBRATION_FRAMES:
+        parser.error(f"--int8-calibration-frames must be in 1..{MAX_CALIBRATION_FRAMES}")
     if args.int8 and args.torch_compile != "none":
         parser.error("--int8 compiles the quantised ViT itself; leave --torch-compile none")
     if args.image_size is None:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES
+from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES, MAX_CALIBRATION_FRAMES
 from sam3_ros.tools.export_backbone import (
     RANDOM_WEIGHTS_CAVEAT,
     detection_agreement,
@@ -184,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options: tuple[tuple[str, Any], ...] = ()
     if args.calibration_frames is not None and not args.calibration:
         parser.error("--calibration-frames needs --calibration")
+    if args.calibration_frames is not None and not (
+            1 <= args.calibration_frames <= MAX_CALIBRATION_FRAMES):
+        # Before the two checkpoints load (minutes at full size), not after.
+        parser.error(f"--calibration-frames must be in 1..{MAX_CALIBRATION_FRAMES}")
     if args.calibration:
         from pathlib import Path
 

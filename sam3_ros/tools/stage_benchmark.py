@@ -69,7 +69,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES
+from sam3_ros.core.torch_int8_backbone import DEFAULT_CALIBRATION_FRAMES, MAX_CALIBRATION_FRAMES
 
 STAGES = ("preprocess", "backbone", "text_first", "text_cached", "heads", "masks", "messages")
 """Stage keys of a row, in table order."""
@@ -623,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--full-size needs --workdir (where the ~3.4 GB checkpoint is kept)")
     if args.width < 1 or args.height < 1 or args.threads < 0:
         parser.error("--width and --height must be >= 1, --threads >= 0 (0: library default)")
+    if not 1 <= args.int8_calibration_frames <= MAX_CALIBRATION_FRAMES:
+        parser.error(f"--int8-calibration-frames must be in 1..{MAX_CALIBRATION_FRAMES}")
     table = run(args)
     print(table, flush=True)
     if args.output:
