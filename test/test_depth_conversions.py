@@ -71,6 +71,9 @@ def test_camera_info_k_or_p_and_errors():
         camera_model_from_info(_info(d=[0.1, 0.2]), rectified=False)
     assert camera_info_key(_info()) != camera_info_key(_info(d=[0.1, 0, 0, 0, 0]))
     assert camera_info_key(_info()) == camera_info_key(_info())
+    # A hostile D: refused on its length (the message's own array, not a copy of it).
+    with pytest.raises(InvalidCameraError, match="D has 2000000 values, at most 14"):
+        camera_model_from_info(_info(d=[0.0] * 2_000_000), rectified=False)
 
 
 def test_depth_msg_to_numpy_and_limits():

@@ -424,3 +424,25 @@ def test_3d_parameters_are_not_judged_with_3d_off(tiny_checkpoint):
             "max_depth": 0.2}, spin=False) as node:
         assert node.set_parameters([Parameter("min_points", value=1000)])[0].successful
         assert node.trigger_configure() == R.SUCCESS
+
+
+def test_two_alternating_camera_infos_do_not_rebuild_the_rays_every_frame(monkeypatch):
+    """Two publishers on one camera_info topic (or a driver alternating two calibrations):
+    a distorted grid takes a fraction of a second at 720p on the output thread, and the one
+    cached grid was rebuilt on every frame. Kept per camera now (least recently used out)."""
+    from sam3_ros.core.camera_model import CameraModel
+    from sam3_ros.ros import depth_outputs
+
+    built = []
+    monkeypatch.setattr(depth_outputs, "ray_grid", lambda camera: built.append(camera) or camera)
+    outputs = depth_outputs.DepthOutputs(node=None)
+    cameras = [CameraModel(640, 480, 500.0 + i, 500.0, 320.0, 240.0, "plumb_bob",
+                           (0.1, 0.0, 0.0, 0.0, 0.0)) for i in range(3)]
+    for _ in range(5):
+        for camera in cameras[:2]:
+            assert outputs._rays_for(camera, (480, 640)) == camera
+    assert built == cameras[:2]
+    outputs._rays_for(cameras[2], (480, 640))  # a third: the least recently used leaves
+    outputs._rays_for(cameras[1], (480, 640))
+    outputs._rays_for(cameras[0], (480, 640))
+    assert built == [*cameras[:3], cameras[0]]

@@ -219,6 +219,26 @@ def test_depth_must_be_registered():
     check_registration((480, 640), (240, 320), (960, 1280))
 
 
+@pytest.mark.parametrize(("colour_hw", "depth_hw", "registered"), [
+    ((720, 1280), (720, 1280), True),
+    ((720, 1280), (360, 640), True),
+    ((721, 1281), (360, 640), True),  # odd sizes halved, rounded down
+    ((723, 1281), (361, 640), True),
+    ((1080, 1920), (360, 640), True),
+    # A D435's unregistered depth stream: 0.6 % off in aspect, within the old 1 % tolerance.
+    ((720, 1280), (480, 848), False),
+    ((720, 1280), (480, 640), False),
+    ((480, 640), (480, 639), True),
+    ((480, 640), (480, 637), False),
+])
+def test_registration_allows_rounding_of_a_scaled_size_only(colour_hw, depth_hw, registered):
+    if registered:
+        check_registration(colour_hw, depth_hw)
+    else:
+        with pytest.raises(InvalidImageError, match="not registered"):
+            check_registration(colour_hw, depth_hw)
+
+
 def test_large_objects_are_sampled_on_a_fixed_grid():
     depth = np.full((H, W), 1.0, np.float32)
     mask = _rect(0, 0, 400, 300)

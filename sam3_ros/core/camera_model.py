@@ -278,9 +278,12 @@ def decode_depth(data: object, width: int, height: int, encoding: str, step: int
     if buffer.size != step * height:
         raise InvalidImageError(f"depth image data has {buffer.size} bytes, step * height = "
                                 f"{step * height}")
-    rows = buffer.reshape(height, step)[:, :row_bytes]
     order = ">" if is_bigendian else "<"
-    array = rows.view(dtype.newbyteorder(order)).reshape(height, width)
+    # Explicit strides, not `.view` of the padded rows' slice: numpy < 1.23 (Humble's 1.21)
+    # refuses to view a non-contiguous array as another dtype, which lost the 3D of every
+    # depth image with padded rows.
+    array = np.ndarray((height, width), dtype.newbyteorder(order), buffer, 0,
+                       (step, dtype.itemsize))
     if (order == ">") != (sys.byteorder == "big"):
         array = array.astype(dtype.newbyteorder("="))
     else:

@@ -54,7 +54,8 @@ def camera_model_from_info(msg: CameraInfo, rectified: bool) -> CameraModel:
         InvalidCameraError: with the reason.
     """
     return camera_model_from_fields(
-        int(msg.width), int(msg.height), list(msg.k), list(msg.d), msg.distortion_model,
+        # D as it is (not list()): its length is checked before anything is converted.
+        int(msg.width), int(msg.height), list(msg.k), msg.d, msg.distortion_model,
         list(msg.p), rectified=rectified, binning_x=int(msg.binning_x),
         binning_y=int(msg.binning_y), roi_size=(int(msg.roi.width), int(msg.roi.height)))
 

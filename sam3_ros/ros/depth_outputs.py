@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,6 +71,10 @@ from sam3_ros.ros.image_conversions import image_fields
 # the stamps of colour frames still waiting or in inference (held however long inference
 # takes); raw messages are kept, only the paired one is decoded.
 DEPTH_BUFFER_FRAMES = 8
+CAMERA_CACHE_ENTRIES = 2
+"""Camera models and ray grids kept (least recently used out): two camera infos alternating
+on one topic (two publishers) must not rebuild a distorted grid, a fraction of a second at
+720p on the output thread, on every frame."""
 DEPTH_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
                        reliability=qos_profile_sensor_data.reliability,
                        durability=qos_profile_sensor_data.durability)
@@ -96,6 +101,19 @@ def depth_config(param: Callable[[str], Any]) -> Depth3DConfig:
         max_object_points=param("max_object_points"))
 
 
+def _cached(cache: OrderedDict, key: Any) -> Any:
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+def _remember(cache: OrderedDict, key: Any, value: Any) -> None:
+    cache[key] = value
+    while len(cache) > CAMERA_CACHE_ENTRIES:
+        cache.popitem(last=False)
+
+
 def _stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
@@ -115,9 +133,10 @@ class DepthOutputs:
         self._depth: StampBuffer[Image] = StampBuffer(DEPTH_BUFFER_FRAMES)
         self._info: CameraInfo | None = None
         self._info_count = 0
-        self._camera: tuple[tuple, CameraModel | str] | None = None  # str: why refused
+        # camera info key -> model, or why it was refused (str)
+        self._cameras: OrderedDict[tuple, CameraModel | str] = OrderedDict()
         self._frames_warned: set[tuple[str, str]] = set()  # (depth, colour) frame ids
-        self._rays: RayGrid | None = None
+        self._rays: OrderedDict[CameraModel, RayGrid] = OrderedDict()
         self._marker_ids: frozenset[int] = frozenset()
         # Markers shown by an earlier run of the topic (a crashed or restarted process, or
         # before a cleanup) whose ids this object does not know: the first markers message
@@ -306,13 +325,14 @@ class DepthOutputs:
 
     def _camera_model(self, info: CameraInfo, rectified: bool) -> CameraModel:
         key = (camera_info_key(info), rectified)
-        if self._camera is None or self._camera[0] != key:
+        result = _cached(self._cameras, key)
+        if result is None:
             # A refused camera info is remembered too: not validated again on every frame.
             try:
-                self._camera = (key, camera_model_from_info(info, rectified))
+                result = camera_model_from_info(info, rectified)
             except InvalidCameraError as err:
-                self._camera = (key, str(err))
-        result = self._camera[1]
+                result = str(err)
+            _remember(self._cameras, key, result)
         if isinstance(result, str):
             raise InvalidCameraError(result)
         return result
@@ -320,9 +340,11 @@ class DepthOutputs:
     def _rays_for(self, camera: CameraModel, depth_hw: tuple[int, int]) -> RayGrid:
         # A distorted 1280x720 grid takes a fraction of a second: computed once per camera.
         scaled = camera.scaled_to(depth_hw[1], depth_hw[0])
-        if self._rays is None or self._rays.camera != scaled:
-            self._rays = ray_grid(scaled)
-        return self._rays
+        rays = _cached(self._rays, scaled)
+        if rays is None:
+            rays = ray_grid(scaled)
+            _remember(self._rays, scaled, rays)
+        return rays
 
     def _listened(self, name: str) -> bool:
         """Whether the output has subscribers: an output nobody subscribes to is not built
