@@ -889,3 +889,64 @@ def test_cleanup_of_the_last_user_frees_the_model(tiny_checkpoint, kind):
         assert detector() is None, [type(r).__name__ for r in gc.get_referrers(detector())]
         assert node.trigger_configure() == R.SUCCESS  # and it configures again
         assert hub.loads == 2
+
+
+def test_destroy_node_stops_the_threads_and_gives_the_model_back(tiny_checkpoint):
+    """destroy_node() on an active node (no deactivate, no cleanup first): its stream left
+    the runtime, its output thread stopped, the model freed; before, the thread blocked for
+    ever and the stream kept node and model alive."""
+    import gc
+    import weakref
+
+    import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from sam3_ros.core.model_hub import ModelHub
+    from sam3_ros.ros.segmenter_node import SegmenterNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        hub = ModelHub()
+        node = SegmenterNode("segmenter", context=context, namespace="/destroyed",
+                             model_hub=hub, parameter_overrides=[
+                                 rclpy.parameter.Parameter("model", value=str(tiny_checkpoint)),
+                                 rclpy.parameter.Parameter("device", value="cpu")])
+        assert node.trigger_configure() == R.SUCCESS
+        assert node.trigger_activate() == R.SUCCESS
+        detector = weakref.ref(node._model.loaded.detector)
+        thread = node._output_thread
+        runtime = node._runtime
+        node.destroy_node()
+        node.destroy_node()  # twice: harmless
+        assert not thread.is_alive()
+        assert all(s.name != "/destroyed/segmenter" for s in runtime.streams())
+        gc.collect()
+        assert detector() is None
+    finally:
+        rclpy.shutdown(context=context)
+
+
+def test_a_failed_configure_frees_the_model_at_once(tiny_checkpoint):
+    """The exception of a failed warm-up held the loaded model through its traceback (a
+    reference cycle through the runtime's call, and the release ran inside the `except`), so
+    the model, GPU memory included, lived until some later garbage collection."""
+    import weakref
+
+    from in_process import in_process_node
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from sam3_ros.ros.segmenter_node import SegmenterNode
+
+    refs = []
+
+    class FailingWarmUp(SegmenterNode):
+        def _warm_up(self) -> None:
+            detector = self._model.loaded.detector  # a frame local the traceback keeps
+            refs.append(weakref.ref(detector))
+            raise RuntimeError("warm-up failed")
+
+    with in_process_node(FailingWarmUp, "segmenter", "/failed_configure", {
+            "model": str(tiny_checkpoint), "device": "cpu"}, spin=False) as node:
+        assert node.trigger_configure() == R.FAILURE
+        assert refs and refs[0]() is None  # no gc.collect here: freed by the node's release

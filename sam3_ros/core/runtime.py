@@ -247,8 +247,15 @@ class Runtime:
             self._calls.append(request)
             self._cond.notify_all()
         request.done.wait()
-        if request.error is not None:
-            raise request.error
+        error, request.error = request.error, None
+        if error is not None:
+            # No reference cycle through the traceback (this frame's `error`, the compute
+            # thread's `request`): a failed model load must be freed when the caller drops
+            # the exception, not at some later garbage collection (GPU memory).
+            try:
+                raise error
+            finally:
+                error = None
         return request.result
 
     # ------------------------------------------------------------------------------ streams

@@ -174,7 +174,10 @@ class Sam3LifecycleNode(LifecycleNode):
         self._stopped_stream_stats = StreamStats()
         # Results are published (and drawn) on the node's output thread, so the compute thread
         # goes on with the next cycle at once.
-        self._outputs: OutputBuffer[tuple] = OutputBuffer(capacity=4)
+        # Two: one result waits while one is published; a publisher slower than the model
+        # then sends every other result, each at most one inference old (4 made every result
+        # 4 inferences stale once publishing fell behind). Discards: `outputs_discarded`.
+        self._outputs: OutputBuffer[tuple] = OutputBuffer(capacity=2)
         self._output_thread: threading.Thread | None = None
         self._render_skipped = 0
         self._published = 0
@@ -196,6 +199,7 @@ class Sam3LifecycleNode(LifecycleNode):
         self._last_error_log_s = 0.0
         self._depth = DepthOutputs(self)  # 3D outputs (depth + camera_info), off by default
         self._shutting_down = False
+        self._node_destroyed = False
         self._last_image_at_s = -float("inf")
         self._syncing_parameters = False
         self._autostart_timer = None
@@ -378,10 +382,16 @@ class Sam3LifecycleNode(LifecycleNode):
         self._autostart_timer = None
         # Loading runs on the compute thread and cannot be interrupted: Ctrl-C during it takes
         # effect when the load returns.
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
-        else:
-            self.get_logger().error("autostart: configure failed, staying unconfigured")
+        try:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+            else:
+                self.get_logger().error("autostart: configure failed, staying unconfigured")
+        except Exception as err:
+            # A lifecycle manager moved the node first (its change_state ran before this
+            # timer): rclpy refuses the transition with an exception, which would otherwise
+            # leave the executor and end the process.
+            self.get_logger().warning(f"autostart skipped: {type(err).__name__}: {err}")
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         started = time.monotonic()
@@ -399,10 +409,14 @@ class Sam3LifecycleNode(LifecycleNode):
         if reason is not None:  # every frame would publish no 3D, with a throttled warning
             self.get_logger().error(f"configure failed: {reason}")
             return TransitionCallbackReturn.FAILURE
+        reason = None
         try:
             self._runtime.call(self._load_and_warm_up)
         except Exception as err:  # configure must fail with a reason, never crash the node
             reason = str(err) if isinstance(err, Sam3RosError) else f"{type(err).__name__}: {err}"
+        if reason is not None:
+            # Released outside the `except`: the exception's traceback holds the frames of
+            # the failed load until then (the model, GPU memory included).
             self.get_logger().error(f"configure failed: {reason}")
             self._release_model()
             return TransitionCallbackReturn.FAILURE
@@ -522,6 +536,22 @@ class Sam3LifecycleNode(LifecycleNode):
         if self._configured:
             self.on_cleanup(state)
         return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        """Stop the threads and give the model back before rclpy destroys the node: callers
+        of destroy_node() (the pipeline's error path, tests, containers that destroy what they
+        unload) need not run deactivate and cleanup first."""
+        if not getattr(self, "_node_destroyed", True):  # True: __init__ did not finish
+            self._node_destroyed = True
+            try:
+                self.stop_streaming()
+                if self._configured:
+                    self._destroy_outputs()
+                    self._release_model()
+                    self._configured = False
+            except Exception as err:  # destroying must go on
+                self.get_logger().error(f"destroy: {type(err).__name__}: {err}")
+        super().destroy_node()
 
     def stop_streaming(self) -> None:
         """Stop taking and publishing frames (process shutdown): after this returns no thread
