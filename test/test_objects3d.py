@@ -230,6 +230,11 @@ def test_depth_must_be_registered():
     ((720, 1280), (480, 640), False),
     ((480, 640), (480, 639), True),
     ((480, 640), (480, 637), False),
+    # Camera info at the full sensor resolution, the colour image decimated (the smaller one
+    # rounded, the larger one exact).
+    ((682, 816), (2048, 2448), True),
+    ((341, 427), (1024, 1280), True),
+    ((92, 306), (370, 1226), True),
 ])
 def test_registration_allows_rounding_of_a_scaled_size_only(colour_hw, depth_hw, registered):
     if registered:

@@ -177,7 +177,7 @@ class Objects3D:
 def check_registration(colour_hw: tuple[int, int], depth_hw: tuple[int, int],
                        camera_hw: tuple[int, int] | None = None) -> None:
     """Raise InvalidImageError unless colour, depth (and camera info) show the same field of
-    view: resolutions may differ by one scale, each side rounded down to a whole pixel.
+    view: resolutions may differ by one scale, each side rounded to a whole pixel.
 
     A fixed 1 % tolerance of the aspect ratios accepted a RealSense D435's unregistered
     848x480 depth stream (0.6 % off) against 1280x720 colour: back-projected with the colour
@@ -192,9 +192,9 @@ def check_registration(colour_hw: tuple[int, int], depth_hw: tuple[int, int],
             raise InvalidImageError(f"{what} size must be positive, got {w}x{h}")
     for what, h, w in sizes[1:]:
         sx, sy = w / wc, h / hc
-        # w = wc*s - ex, h = hc*s - ey with 0 <= ex, ey < 1 (a scaled size rounded down):
-        # w*hc - h*wc = ey*wc - ex*hc, so |w*hc - h*wc| < wc + hc.
-        if abs(w * hc - h * wc) >= wc + hc:
+        # The smaller of the two is the larger scaled and rounded (by less than a pixel per
+        # side): w*hc - h*wc is then bounded by the larger one's width + height.
+        if abs(w * hc - h * wc) >= max(w, wc) + max(h, hc):
             raise InvalidImageError(
                 f"{what} image {w}x{h} is not registered to the {wc}x{hc} colour image "
                 f"(aspect ratios differ: scale {sx:.3f} in x, {sy:.3f} in y)")

@@ -174,10 +174,10 @@ class Sam3LifecycleNode(LifecycleNode):
         self._stopped_stream_stats = StreamStats()
         # Results are published (and drawn) on the node's output thread, so the compute thread
         # goes on with the next cycle at once.
-        # Two: one result waits while one is published; a publisher slower than the model
-        # then sends every other result, each at most one inference old (4 made every result
-        # 4 inferences stale once publishing fell behind). Discards: `outputs_discarded`.
-        self._outputs: OutputBuffer[tuple] = OutputBuffer(capacity=2)
+        # One result waits while one is published; a publisher slower than the model gets the
+        # newest (4 waiting made every result 4 inferences stale once publishing fell
+        # behind). Discards: `outputs_discarded`.
+        self._outputs: OutputBuffer[tuple] = OutputBuffer(capacity=1)
         self._output_thread: threading.Thread | None = None
         self._render_skipped = 0
         self._published = 0
@@ -543,14 +543,15 @@ class Sam3LifecycleNode(LifecycleNode):
         unload) need not run deactivate and cleanup first."""
         if not getattr(self, "_node_destroyed", True):  # True: __init__ did not finish
             self._node_destroyed = True
-            try:
-                self.stop_streaming()
-                if self._configured:
-                    self._destroy_outputs()
-                    self._release_model()
-                    self._configured = False
-            except Exception as err:  # destroying must go on
-                self.get_logger().error(f"destroy: {type(err).__name__}: {err}")
+            steps = [self.stop_streaming]
+            if self._configured:
+                steps += [self._destroy_outputs, self._release_model]
+            for step in steps:
+                try:  # each on its own: the model is given back even if a publisher is not
+                    step()
+                except Exception as err:  # destroying must go on
+                    self.get_logger().error(f"destroy: {type(err).__name__}: {err}")
+            self._configured = False
         super().destroy_node()
 
     def stop_streaming(self) -> None:
