@@ -156,6 +156,11 @@ def params_file_keys(path: str) -> set[str]:
     return keys
 
 
+def _node_name(*parts: str) -> str:
+    """A fully qualified node name from namespaces and a name ('' and '/' parts ignored)."""
+    return "/" + "/".join(t for part in parts for t in part.split("/") if t)
+
+
 def key_matches(key: str, node_name: str) -> bool:
     """Whether a parameter file's node key (`/**/segmenter`, `/robot/*/tracker`) applies to a
     fully qualified node name, as rcl matches it: `**` is any number of namespace tokens,
@@ -225,29 +230,19 @@ class LaunchPlan:
         Args:
             outer_namespace: A namespace pushed around the launch (`PushRosNamespace`).
         """
-        outer = "/".join(p for p in outer_namespace.split("/") if p)
+        # launch_ros pushes an outer namespace in front of a relative namespace only.
+        outer = "" if self.namespace.startswith("/") else outer_namespace
         if self.executable != "pipeline":
-            # launch_ros pushes the outer namespace in front of a relative one only.
-            prefix = "" if self.namespace.startswith("/") else outer
-            parts = [prefix, *self.namespace.split("/"), self.name or self.executable]
-            return ["/" + "/".join(p for p in parts if p)]
+            return [_node_name(outer, self.namespace, self.name or self.executable)]
         args = self.arguments
-        kinds = ["segmenter", "tracker"]
-        if "--nodes" in args:
-            kinds = args[args.index("--nodes") + 1].split(",")
-        cameras = []
-        if "--cameras" in args:
-            start = args.index("--cameras") + 1
-            cameras = args[start:args.index("--nodes")] if "--nodes" in args else args[start:]
-        names = []
-        for item in cameras or [self.namespace]:
-            camera, _, own = item.partition(":")
-            # The cameras' names are absolute (an outer namespace makes the pipeline refuse).
-            prefix = "" if camera.startswith("/") or cameras else outer
-            for kind in own.split("+") if own else kinds:
-                parts = [prefix, *camera.split("/"), kind]
-                names.append("/" + "/".join(p for p in parts if p))
-        return names
+        kinds = args[args.index("--nodes") + 1].split(",") if "--nodes" in args else list(
+            STREAM_KINDS)
+        if "--cameras" not in args:
+            return [_node_name(outer, self.namespace, kind) for kind in kinds]
+        # The cameras' namespaces are absolute (an outer namespace makes the pipeline refuse).
+        cameras = args[args.index("--cameras") + 1:args.index("--nodes")]
+        return [_node_name(camera, kind) for camera, own in map(split_camera, cameras)
+                for kind in own or kinds]
 
     @property
     def action_namespace(self) -> str | None:
