@@ -10,6 +10,15 @@ BOX_TOL_PX = 0.01
 MIN_MASK_IOU = 0.99
 
 
+def clipped_xyxy(boxes, height: int, width: int) -> np.ndarray:
+    """transformers' post-processed (N, 4) xyxy boxes clipped to the image as the package
+    publishes them (transformers keeps corners outside the image)."""
+    out = np.array(boxes, np.float32, copy=True)
+    np.clip(out[:, 0::2], 0, width, out=out[:, 0::2])
+    np.clip(out[:, 1::2], 0, height, out=out[:, 1::2])
+    return out
+
+
 def assert_same_detections(ref, got) -> None:
     """Same instances (count, classes, labels, object ids if any), scores within SCORE_TOL,
     boxes within BOX_TOL_PX pixels, every mask pair at IoU >= MIN_MASK_IOU."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from parity import clipped_xyxy
 
 from sam3_ros.core.errors import ConfigError, InvalidImageError, InvalidPromptError
 from sam3_ros.core.model_loading import load_sam3
@@ -48,7 +49,7 @@ def test_single_prompt_bit_exact_with_direct_call(loaded, image, exemplar):
     scores, boxes, masks = _sorted(ref["scores"], ref["boxes"], ref["masks"].bool())
     assert len(detections) == len(scores) > 0
     np.testing.assert_array_equal(detections.scores, scores)
-    np.testing.assert_array_equal(detections.xyxy, boxes)
+    np.testing.assert_array_equal(detections.xyxy, clipped_xyxy(boxes, *image.shape[:2]))
     np.testing.assert_array_equal(detections.masks, masks)
 
 
@@ -74,7 +75,7 @@ def test_multi_prompt_bit_exact_with_embedding_reuse_call(loaded, image):
                                    torch.cat([r["boxes"] for r in results]),
                                    torch.cat([r["masks"].bool() for r in results]))
     np.testing.assert_array_equal(detections.scores, scores)
-    np.testing.assert_array_equal(detections.xyxy, boxes)
+    np.testing.assert_array_equal(detections.xyxy, clipped_xyxy(boxes, *image.shape[:2]))
     np.testing.assert_array_equal(detections.masks, masks)
     class_ids = np.concatenate([np.full(len(r["scores"]), i) for i, r in enumerate(results)])
     order = torch.argsort(torch.cat([r["scores"] for r in results]), descending=True,
@@ -284,3 +285,33 @@ def test_masks_stay_within_the_memory_budget(loaded):
     assert len(unlimited) > 3  # the cap took effect: these are its highest scores
     np.testing.assert_array_equal(detections.scores, unlimited.scores[:3])
     np.testing.assert_array_equal(detections.masks, unlimited.masks[:3])
+
+
+
+def test_boxes_are_clipped_to_the_image(loaded, image, monkeypatch):
+    # SAM3's boxes are a centre and a size in (0, 1): an instance at the frame's edge has a
+    # corner outside it in transformers' output; the package publishes it clipped. The tiny
+    # model's boxes sit mid-frame: their left and bottom edges are moved out.
+    real = loaded.detector.forward
+
+    def at_the_edge(*args, **kwargs):
+        outputs = real(*args, **kwargs)
+        boxes = outputs.pred_boxes.clone()
+        boxes[..., 0] -= 0.3
+        boxes[..., 3] += 0.3
+        outputs.pred_boxes = boxes
+        return outputs
+
+    monkeypatch.setattr(loaded.detector, "forward", at_the_edge)
+    detections, _ = _session(loaded, [PromptSpec("mug")], score_threshold=0.0).process(image)
+    inputs = loaded.processor(images=image, text="mug", return_tensors="pt")
+    with torch.inference_mode():
+        outputs = loaded.detector(**inputs)
+    ref = loaded.processor.post_process_instance_segmentation(
+        outputs, threshold=0.0, mask_threshold=0.5, target_sizes=[image.shape[:2]])[0]
+    height, width = image.shape[:2]
+    scores, raw, _ = _sorted(ref["scores"], ref["boxes"], ref["masks"])
+    assert (raw[:, 0] < 0).all() and (raw[:, 3] > height).all()
+    np.testing.assert_array_equal(detections.scores, scores)
+    np.testing.assert_array_equal(detections.xyxy, clipped_xyxy(raw, height, width))
+    assert (detections.xyxy[:, 0] == 0).all() and (detections.xyxy[:, 3] == height).all()

@@ -13,6 +13,7 @@ pytest.importorskip("sam3_ros.msg")
 
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from parity import clipped_xyxy  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomically  # noqa: E402
 from rclpy.node import Node as RclpyNode  # noqa: E402
@@ -156,7 +157,7 @@ def test_outputs_match_direct_model_call_over_dds(harness, tiny_checkpoint):
     ref_scores, ref_boxes, ref_masks = _direct_reference(tiny_checkpoint, rgb, ["mug"])
     order = np.argsort(-ref_scores, kind="stable")
     np.testing.assert_array_equal(single.scores, ref_scores[order])
-    np.testing.assert_array_equal(single.xyxy, ref_boxes[order])
+    np.testing.assert_array_equal(single.xyxy, clipped_xyxy(ref_boxes[order], *rgb.shape[:2]))
     np.testing.assert_array_equal(single.masks, ref_masks[order])
     assert set(single.class_ids.tolist()) == {0}
     assert single.labels[0] == "mug"

@@ -47,7 +47,8 @@ class Detections:
 
     Attributes:
         xyxy: (N, 4) float32 boxes in pixel coordinates of the input image (x_min, y_min,
-            x_max, y_max), x right, y down, max edges exclusive.
+            x_max, y_max), x right, y down, max edges exclusive (the segmenter's and the
+            tracker's are within the image).
         scores: (N,) float32 confidences in [0, 1].
         class_ids: (N,) int32 prompt index of each instance; -1 for objects prompted by points
             or boxes (tracker).

@@ -468,15 +468,22 @@ class Sam3Segmenter:
             else:
                 order = torch.argsort(all_scores, descending=True, stable=True)
             order = order[: config.detection_limit(height, width)]
-            scale = torch.tensor([width, height, width, height], device=all_scores.device)
-            xyxy = torch.cat(boxes)[order] * scale
+            # In float32 whatever the model's dtype: bfloat16 steps by 8 between 1024 and 2048
+            # px. Clipped to the image: SAM3's boxes are a centre and a size each in (0, 1),
+            # so an object cut by the frame's edge gets corners outside it (transformers'
+            # post-processing keeps them; a consumer's crop with a negative index wraps).
+            scale = torch.tensor([width, height, width, height], dtype=torch.float32,
+                                 device=all_scores.device)
+            xyxy = torch.cat(boxes)[order].float() * scale
+            xyxy[:, 0::2].clamp_(0, width)
+            xyxy[:, 1::2].clamp_(0, height)
         with torch.inference_mode(), self._stage("masks"):
             masks = upsample_masks(torch.cat(low_res_masks)[order], height, width,
                                    config.mask_threshold)
             ids = all_ids[order].cpu().numpy()
             labels = prompts.labels
             return Detections(
-                xyxy=xyxy.float().cpu().numpy(),
+                xyxy=xyxy.cpu().numpy(),
                 scores=all_scores[order].float().cpu().numpy(),
                 class_ids=ids,
                 image_height_px=height,
