@@ -785,7 +785,7 @@ def test_tracker_diagnostics_count_resets_and_the_requests_they_drop(tiny_checkp
         frame = np.zeros((90, 120, 3), np.uint8)
         (oid,) = session.add_objects([ObjectPromptSpec(-1, "", ((30.0, 30.0, True),))])
         node._process(frame, 10**9, None)
-        session.remove_objects([oid])
+        session.add_objects([ObjectPromptSpec(oid, "", ((40.0, 40.0, True),))], refine=True)
         node._process(frame, 20 * 10**9, None)  # a 19 s gap: the stream resets
         stats = node.stats()
         assert (stats["automatic_resets"], stats["requests_dropped_by_reset"]) == (1, 1)

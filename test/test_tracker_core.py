@@ -324,11 +324,12 @@ def test_objects_queued_for_the_next_frame_survive_a_time_jump_reset(loaded):
     frames = _frames(3)
     session.process_frame(frames[0], 0)
     session.add_objects([_point(2, 80, 60)])
-    session.remove_objects([1])  # refers to the old stream: dropped by the reset
+    session.add_objects([_point(1, 30, 30)], refine=True)  # refers to the old stream
+    session.remove_objects([1])  # honoured: the reset ends object 1 too
     det = session.process_frame(frames[1], 10 * 10**9)
     assert "exceeds" in session.last_reset_reason and session.reset_count == 1
-    # The removal's service call had succeeded: the reason tells what was dropped.
-    assert "1 queued request(s) dropped (remove [1])" in session.last_reset_reason
+    # The refinement's service call had succeeded: the reason tells what was dropped.
+    assert "1 queued request(s) dropped (refine [1])" in session.last_reset_reason
     assert session.requests_dropped_by_reset == 1
     assert det.object_ids.tolist() == [2]
     assert session.add_objects([_point(-1, 20, 20)]) == [3]
@@ -564,3 +565,15 @@ def test_bfloat16_on_cpu_tracks_points_and_text(tiny_checkpoint):
         det = session.process_frame(frame, i * FRAME_NS)
         assert 3 in det.object_ids.tolist() and len(det) <= 4
         assert det.scores.dtype == np.float32 and det.masks.shape[1:] == (H, W)
+
+
+@pytest.mark.parametrize("prompt", [_point(-1, 1e6, 10),
+                                    ObjectPromptSpec(-1, box=(-500, -500, -400, -400))])
+def test_prompts_after_a_reset_are_still_checked_against_the_image_size(loaded, prompt):
+    # Before the fix a reset forgot the size: the prompt was accepted, clipped to a corner
+    # (or to an empty box) and tracked a phantom object for ever.
+    session = _session(loaded)
+    session.process_frame(_frames(1)[0], 0)
+    session.reset()
+    with pytest.raises(InvalidPromptError, match="outside"):
+        session.add_objects([prompt])

@@ -554,11 +554,47 @@ def test_noted_stamps_and_reasons_stay_bounded():
 
 def test_reset_returns_the_requests_it_drops():
     table = ObjectTable()
+    table.hold_frame(0, 0)
     assert _add(table, [_point(), _point()]) == [0, 1]
-    table.queue_remove([0])
+    _add(table, [_point(7)], stamp=0)
+    table.queue_remove([0])  # honoured by the reset: object 0 is not started
     dropped = table.reset(keep_next_frame_adds=True, restart_ids=False)
-    assert describe_requests(dropped) == "remove [0]"
-    assert [r.kind for r in table.pending] == ["add"]
+    assert describe_requests(dropped) == "add [7]"
+    assert [[o.object_id for o in r.objects] for r in table.pending] == [[1]]
     dropped = table.reset()
-    assert describe_requests(dropped) == "add [0, 1]" and not table.pending
+    assert describe_requests(dropped) == "add [1]" and not table.pending
     assert table.reset() == []
+
+
+def test_a_time_jump_reset_keeps_only_what_the_queue_would_start():
+    # Adds of 4 objects, each removed again, 5 times over: the queue was checked as applied
+    # in order (never more than 4 objects); keeping the adds and dropping the removals
+    # started 20 objects with max_objects 4 (and removed ids came back).
+    table = ObjectTable()
+    for _ in range(5):
+        ids = _add(table, [_point() for _ in range(4)])
+        table.queue_remove(ids)
+    last = _add(table, [_point(), _point()])
+    _add(table, [_point(60)])
+    table.queue_remove([60])
+    _add(table, [_point(60, 20, 20)])  # the same id added again: the last add counts
+    assert table.reset(keep_next_frame_adds=True, restart_ids=False) == []
+    kept = [[(o.object_id, o.points[0][0]) for o in r.objects] for r in table.pending]
+    assert kept == [[(last[0], 10.0), (last[1], 10.0)], [(60, 20.0)]]
+    assert len(table.projected_ids()) == 3
+
+
+def test_after_a_wrap_past_int32_max_assigned_ids_count_on():
+    table = ObjectTable()
+    assert _add(table, [_point(), _point(), _point(INT32_MAX)]) == [0, 1, INT32_MAX]
+    _apply(table, 0)
+    table.queue_remove([1])
+    _apply(table, 1)
+    assert _add(table, [_point()]) == [1]  # past INT32_MAX: the lowest free id
+    _apply(table, 2)
+    table.queue_remove([1])
+    _apply(table, 3)
+    # Counting on from the wrap: id 1 is not handed out again at once (it was, for every
+    # later object, while INT32_MAX was tracked).
+    assert _add(table, [_point()]) == [2]
+    assert _add(table, [_point()]) == [3]

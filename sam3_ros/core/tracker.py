@@ -236,7 +236,11 @@ class TrackerSession:
         The next frame is not judged for a time jump against frames before the reset.
         """
         with self._lock:
+            size_hw = self._table.image_size_hw
             self._reset_locked()
+            # The camera is the same: prompts given before its next frame are still checked
+            # against its image size (a frame of another size resets again, dropping them).
+            self._table.image_size_hw = size_hw
             self._camera_stamps.forget_processed()
 
     def _reset_locked(self, keep_next_frame_adds: bool = False,
@@ -456,6 +460,7 @@ class TrackerSession:
                 # model's session may be half updated: every later frame would fail (missing
                 # memory features). Start the stream afresh; the caller reports the error.
                 dropped = self._reset_locked(automatic=True)
+                self._table.image_size_hw = (height, width)  # as after a manual reset
                 self.last_reset_reason = (f"a frame failed ({type(err).__name__}: {err})"
                                           f"{dropped}")
                 self.reset_count += 1

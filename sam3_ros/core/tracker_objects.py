@@ -243,20 +243,39 @@ class ObjectTable:
         Args:
             keep_next_frame_adds: Keep the queued adds for the next frame (an automatic reset
                 on a time jump): their ids were already handed out and they refer to no old
-                frame. Requests on held frames and refine/remove requests refer to state
-                that is gone.
+                frame. Only objects the queue would still start are kept (one add per id:
+                an add removed, or removed and added again, later in the queue is not),
+                so the kept adds never exceed what the queue was checked for.
             restart_ids: Assign ids from 0 again (a reset the caller asked for); False keeps
                 counting up (an automatic reset: no old id is reused for a new object).
 
         Returns:
-            The queued requests dropped (a caller's service call succeeded for them).
+            The queued requests dropped (a caller's service call succeeded for them):
+            refinements, prompts on held frames and, unless kept, adds for the next frame.
+            Removals are not: the objects they name are gone after a reset either way.
         """
         previous_next_id = 0 if restart_ids else getattr(self, "next_id", 0)
+        pending = getattr(self, "pending", deque())
+        starting = self.starting_next_frame() if pending else set()
         kept: list[Request] = []
         dropped: list[Request] = []
-        for request in getattr(self, "pending", ()):
-            keep = keep_next_frame_adds and request.kind == "add" and request.frame_idx is None
-            (kept if keep else dropped).append(request)
+        seen: set[int] = set()
+        for request in reversed(pending):  # the last add of an id is the one that counts
+            if request.kind == "remove":
+                continue
+            if request.kind == "add" and request.frame_idx is None:
+                objects = [o for o in request.objects
+                           if o.object_id in starting and o.object_id not in seen]
+                seen.update(o.object_id for o in objects)
+                if not objects:
+                    continue  # removed (or added again) by the caller later in the queue
+                if len(objects) < len(request.objects):
+                    request = Request("add", objects)
+                (kept if keep_next_frame_adds else dropped).append(request)
+            else:
+                dropped.append(request)
+        kept.reverse()
+        dropped.reverse()
         self.objects: dict[int, TrackedObject] = {}
         self.pending = deque(kept)
         self.frames: deque[tuple[int, int]] = deque(maxlen=FRAMES_HELD_FOR_PROMPTS)
@@ -373,7 +392,11 @@ class ObjectTable:
         removed = {i for r in self.pending if r.kind == "remove" for i in r.ids}
         taken = known | (set(self.unprompted()) - removed)
         ids: list[int] = []
-        next_id = max([self.next_id, *[i + 1 for i in taken]])
+        # Not raised to the ids in use here (the ids a caller chose raised it when queued):
+        # once it had wrapped past INT32_MAX, a tracked id near INT32_MAX raised it past
+        # again at every request, and every later id was the lowest free one (a removed
+        # object's id, at once).
+        next_id = self.next_id
         for i, spec in enumerate(objects):
             what = f"object {i} (id {spec.object_id})"
             object_id = check_id(spec.object_id, what)
@@ -420,7 +443,8 @@ class ObjectTable:
                     for oid, s in zip(ids, objects, strict=True)]
         self.pending.append(Request("refine" if refine else "add", resolved,
                                     frame_idx=frame_idx))
-        self.next_id = max(self.next_id, next_id)
+        # Lower than before only after a wrap past INT32_MAX (counting on from there).
+        self.next_id = next_id
         return ids
 
     def queue_remove(self, object_ids: list[int]) -> None:
