@@ -267,3 +267,30 @@ def test_a_relative_folder_stays_a_folder_in_the_model_key():
 
     params = model_param_defaults(model="./missing_ckpt", device="cpu")
     assert ModelKey.from_params(params.__getitem__).source == "./missing_ckpt"
+
+
+def test_one_checkpoint_and_device_spelled_two_ways_is_one_model_key(tiny_checkpoint, tmp_path,
+                                                                     monkeypatch):
+    # '~/ck' and '/root/ck/', a link, 'auto' and 'cpu' (no CUDA here) were different keys:
+    # two nodes of one pipeline loaded the weights twice.
+    from sam3_ros.core.model_hub import ModelKey
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ck").symlink_to(tiny_checkpoint)
+    monkeypatch.setenv("HOME", str(home))
+
+    def key(model, device="cpu"):
+        return ModelKey.from_params(model_param_defaults(model=model, device=device).__getitem__)
+
+    reference = key(str(tiny_checkpoint))
+    assert reference.source == os.path.realpath(tiny_checkpoint)
+    assert key("~/ck") == key(str(home / "ck") + "/") == reference
+    import torch
+
+    if not torch.cuda.is_available():
+        assert key(str(tiny_checkpoint), "auto") == reference
+    else:
+        assert key(str(tiny_checkpoint), "cuda") == key(str(tiny_checkpoint), "cuda:0")
+    assert key(str(tiny_checkpoint), "cuda:7").device == "cuda:7"  # fails when loading
+    assert key("facebook/sam3").source == "facebook/sam3"

@@ -9,7 +9,9 @@ mask threshold may flip).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -24,7 +26,12 @@ from sam3_ros.core.backbone import BACKENDS, backend_options, create_backbone
 from sam3_ros.core.errors import ModelLoadError
 from sam3_ros.core.model_hub import ModelHub, ModelKey
 from sam3_ros.core.model_loading import load_sam3
-from sam3_ros.core.onnx_backbone import current_key, read_artifact
+from sam3_ros.core.onnx_backbone import (
+    ARTIFACT_FORMAT,
+    current_key,
+    read_artifact,
+    trt_engine_dir,
+)
 from sam3_ros.core.prompts import PromptSpec
 from sam3_ros.core.segmenter import Sam3Segmenter, SegmenterConfig
 from sam3_ros.core.tracker import TrackerConfig, TrackerSession
@@ -213,7 +220,8 @@ def test_artifacts_of_the_previous_format_are_refused(loaded, artifacts, tmp_pat
     del data["key"]["attention"]  # what format 1 wrote (the ONNX Attention op inside)
     data["key"]["format"] = 1
     sidecar.write_text(json.dumps(data))
-    with pytest.raises(ModelLoadError, match="artifact format 1, this package reads 2"):
+    with pytest.raises(ModelLoadError, match=f"artifact format 1, this package reads "
+                                             f"{ARTIFACT_FORMAT}"):
         create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
 
 
@@ -595,3 +603,58 @@ def test_a_folder_reached_through_a_link_is_one_model_key(tmp_path):
 
     assert key(str(tmp_path / "other" / "link")) == str(tmp_path / "models" / "sam3")
     assert key(str(tmp_path / "other" / "link" / "..")) == str(tmp_path / "models")
+
+
+def test_an_artifact_with_other_contents_of_the_same_size_is_refused(loaded, artifacts,
+                                                                     tmp_path):
+    # Another checkpoint's export of the same architecture has the same file sizes; so does
+    # corruption in place. Sizes alone let it load.
+    sidecar = _copy_fp32(artifacts, tmp_path)
+    assert oct(sidecar.stat().st_mode & 0o777) == oct(0o666 & ~_umask_now())
+    create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
+    data = tmp_path / "sam3_backbone_112px_fp32_mha.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ModelLoadError, match="sha256 differs"):
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
+    text = json.loads(sidecar.read_text())
+    del text["sha256"]
+    sidecar.write_text(json.dumps(text))
+    with pytest.raises(ModelLoadError, match="no sha256"):
+        create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
+
+
+def _umask_now() -> int:
+    previous = os.umask(0)
+    os.umask(previous)
+    return previous
+
+
+def test_checkpoint_files_replaced_after_loading_are_refused(tiny_checkpoint, artifacts,
+                                                            tmp_path):
+    # The key is hashed after the weights were loaded: new files would key the old weights.
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    model = load_sam3(str(folder))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # same contents, a new file version
+    with pytest.raises(ModelLoadError, match="changed after it was loaded"):
+        create_backbone("onnxruntime", model, {"artifact_dir": str(artifacts[0])})
+
+
+def test_tensorrt_engines_get_a_folder_per_artifact_precision_and_gpu(loaded):
+    # ONNX Runtime names an engine after the graph's names and library versions, not its
+    # weights: one folder for every checkpoint gave one checkpoint's engine to another.
+    key = current_key(loaded.source, 112, "fp32", "explicit")
+    other = dataclasses.replace(key, checkpoint_sha256="0" * 64)
+    flags = {"trt_fp16": True, "trt_int8": False}
+    base = trt_engine_dir("/cache", key, flags, "NVIDIA H200")
+    assert base.startswith("/cache/sam3_backbone_112px_fp32_explicit_")
+    assert trt_engine_dir("/cache", key, dict(flags), "NVIDIA H200") == base
+    assert len({base, trt_engine_dir("/cache", other, flags, "NVIDIA H200"),
+                trt_engine_dir("/cache", key, {**flags, "trt_fp16": False}, "NVIDIA H200"),
+                trt_engine_dir("/cache", key, {**flags, "trt_int8": True}, "NVIDIA H200"),
+                trt_engine_dir("/cache", key, flags, "Orin")}) == 5
+    assert trt_engine_dir("", key, flags, "Orin") == ""
+    assert trt_engine_dir("~/trt", key, flags, "Orin").startswith(os.path.expanduser("~/trt/"))

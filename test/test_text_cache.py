@@ -362,3 +362,39 @@ def test_checkpoint_files_replaced_after_loading_turn_the_cache_off(tiny_checkpo
     assert "changed after it was loaded" in caplog.text
     assert session.segmenter.text_cache is None
     assert not list((tmp_path / "cache").glob("*.safetensors"))
+
+
+def test_a_cache_in_the_checkpoint_folder_leaves_its_fingerprint_alone(tiny_checkpoint,
+                                                                       tmp_path):
+    # Each stored entry (and the digest memo) counted as a checkpoint file: no hit after a
+    # restart, and the ONNX backend's artifact turned into "another checkpoint's".
+    import shutil
+
+    from sam3_ros.core.onnx_backbone import checkpoint_hash
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    fingerprint, onnx_hash = checkpoint_fingerprint(folder), checkpoint_hash(str(folder))
+    cache = TextEmbeddingCache(folder)
+    assert cache.fingerprint(folder) == fingerprint
+    cache.store({"checkpoint_sha256": fingerprint}, "mug", torch.ones(32, 8),
+                torch.ones(32, dtype=torch.int64))
+    assert len(cache.entries()) == 1 and (folder / "file_digests.json").is_file()
+    assert checkpoint_fingerprint(folder) == fingerprint
+    assert checkpoint_hash(str(folder)) == onnx_hash
+
+
+def test_cache_files_get_the_mode_of_a_plain_open(tiny_checkpoint, tmp_path):
+    # mkstemp's 0600: a folder shared by a service user and a developer was unreadable to
+    # the other one, who then overwrote every entry with an owner-only file of its own.
+    previous = os.umask(0o022)
+    try:
+        cache = TextEmbeddingCache(tmp_path)
+        cache.store({"checkpoint_sha256": "x"}, "mug", torch.ones(32, 8),
+                    torch.ones(32, dtype=torch.int64))
+        (entry,) = cache.entries()
+        assert entry.stat().st_mode & 0o777 == 0o644
+        cache.fingerprint(tiny_checkpoint)  # writes the digest memo
+        assert (tmp_path / "file_digests.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(previous)

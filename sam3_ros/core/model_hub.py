@@ -45,12 +45,39 @@ class ModelKey:
         """The key a node's parameters name (model, device, dtype, quantization, backend and
         the backend's own parameters, e.g. onnx_* for onnxruntime)."""
         backend = param("backend")
-        model = str(param("model"))
-        # '/data/ckpt/' and '/data/ckpt' are one checkpoint: one load, not two. Only paths
-        # (normpath would turn './ckpt' into 'ckpt', which reads as a hub id).
-        source = os.path.normpath(model) if model.startswith(("/", "~")) else model
-        return cls(source, param("device"), param("dtype"), param("quantization"),
-                   backend, backend_options(backend, param), bool(param("compile_heads")))
+        return cls(model_source(str(param("model"))), device_key(str(param("device"))),
+                   param("dtype"), param("quantization"), backend,
+                   backend_options(backend, param), bool(param("compile_heads")))
+
+
+def model_source(model: str) -> str:
+    """A `model` parameter as the model key holds it: one checkpoint, one spelling.
+
+    An existing folder by its real path ('~/ckpt', '/home/me/ckpt/', a link to it: one load,
+    not two); another path normalised ('/data/ckpt/' is '/data/ckpt'); a hub id as given
+    (normpath would turn './ckpt' into 'ckpt', which reads as a hub id).
+    """
+    expanded = os.path.expanduser(model)
+    if os.path.isdir(expanded):
+        return os.path.realpath(expanded)
+    return os.path.normpath(expanded) if model.startswith(("/", "~")) else model
+
+
+def device_key(device: str) -> str:
+    """A `device` parameter as the model key holds it: the device it resolves to ('auto' and
+    'cpu' on a machine without CUDA, 'cuda' and 'cuda:0' are one device: one load). A device
+    that cannot resolve stays as given: loading it fails with the reason."""
+    from sam3_ros.core.model_loading import resolve_device
+
+    try:
+        resolved = resolve_device(device)
+    except ModelLoadError:
+        return device
+    if resolved.type == "cuda" and resolved.index is None:
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(resolved)
 
 
 class SharedModel:

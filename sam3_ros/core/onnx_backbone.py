@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ PROVIDER_ATTENTION = {"cpu": "mha", "cuda": "mha", "tensorrt": "explicit"}
 (flash kernels, no score matrix in memory) on the CPU and CUDA, explicit MatMul/Softmax for
 TensorRT (fused attention in FP16 TensorRT broke SAM3's features in DART's measurements)."""
 
-ARTIFACT_FORMAT = 2
+ARTIFACT_FORMAT = 3
+"""3: the sidecar holds each file's sha256 (2 held sizes only: another checkpoint's export
+of the same architecture has the same sizes)."""
 """Version of the artifact layout (sidecar fields, graph inputs/outputs). 2: attention form in
 the key (format-1 artifacts held the ONNX Attention op, which ORT's CPU kernel runs with the
 full score matrix in memory: export again)."""
@@ -122,9 +125,12 @@ def checkpoint_hash(source: str) -> str:
     Raises:
         ModelLoadError: no folder, or no weights file in it.
     """
+    from sam3_ros.core.text_cache import is_cache_file
+
     folder = checkpoint_folder(source)
     weights = sorted(p for p in folder.iterdir() if p.is_file()
-                     and p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+                     and p.suffix in (".safetensors", ".bin", ".pt", ".pth")
+                     and not is_cache_file(p))
     if not weights:
         raise ModelLoadError(f"cannot hash checkpoint '{source}': no weights file in {folder}")
     digest = hashlib.sha256()
@@ -182,6 +188,31 @@ def current_key(source: str, image_size: int, precision: str,
                        onnxruntime_version(), attention)
 
 
+def loaded_key(loaded: Any, image_size: int, precision: str, attention: str = "mha") -> ArtifactKey:
+    """`current_key` of a loaded checkpoint, refused if its files changed since loading.
+
+    The hash reads the files after the weights were loaded: files replaced meanwhile (a
+    deploy script) would key the old weights' graph under the new files' hash.
+
+    Raises:
+        ModelLoadError: as `current_key`, or the files changed after loading.
+    """
+    key = current_key(loaded.source, image_size, precision, attention)
+    stamps = getattr(loaded, "checkpoint_stamps", None)
+    folder = getattr(loaded, "checkpoint_dir", None)
+    if stamps is not None and folder is not None:
+        from sam3_ros.core.text_cache import checkpoint_stamps
+
+        try:
+            changed = checkpoint_stamps(folder) != stamps
+        except OSError:
+            changed = True
+        if changed:
+            raise ModelLoadError(f"the files of checkpoint '{loaded.source}' changed after it "
+                                 f"was loaded: load it again")
+    return key
+
+
 @dataclass
 class Artifact:
     """An exported backbone: graph file, sidecar and what the sidecar says."""
@@ -203,21 +234,34 @@ def write_sidecar(onnx_path: Path, key: ArtifactKey, output_names: list[str],
                   output_shapes: list[list[int]], meta: Mapping[str, Any]) -> Path:
     """Write `<stem>.json` next to `onnx_path` (atomically: a temp file renamed)."""
     data_path = onnx_path.with_name(onnx_path.name + ".data")
-    files = {p.name: p.stat().st_size for p in (onnx_path, data_path) if p.is_file()}
+    written = [p for p in (onnx_path, data_path) if p.is_file()]
+    files = {p.name: p.stat().st_size for p in written}
+    digests = {p.name: _file_sha256(p) for p in written}
     sidecar = {
         "kind": SIDECAR_KIND,
         "key": asdict(key),
         "onnx_file": onnx_path.name,
         "files": files,
+        "sha256": digests,
         "input": INPUT_NAME,
         "outputs": list(output_names),
         "output_shapes_batch1": [list(s) for s in output_shapes],
         **dict(meta),
     }
+    from sam3_ros.core.text_cache import process_umask
+
     path = onnx_path.with_suffix(".json")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-    os.replace(tmp, path)
+    # A name of its own: two exports of one stem into a folder both wrote `<stem>.json.tmp`
+    # and the second rename failed (or one sidecar held the other's text).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~process_umask())  # as a plain open: nodes of other users
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(sidecar, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -256,6 +300,31 @@ def read_artifact(sidecar_path: Path) -> Artifact:
     return Artifact(onnx_path, sidecar_path, key, names, shapes, data)
 
 
+def verify_contents(artifact: Artifact) -> None:
+    """The artifact's files are the ones its export wrote (sha256, as the sidecar says).
+
+    Sizes are checked on reading; contents only for the artifact about to load (hashed once
+    per process and file version): another checkpoint's export copied over this one has the
+    same sizes, and same-sized corruption passes a size check.
+
+    Raises:
+        ModelLoadError: a digest is missing or differs.
+    """
+    files = dict(artifact.meta.get("files") or {})
+    try:
+        digests = {str(k): str(v) for k, v in dict(artifact.meta.get("sha256") or {}).items()}
+    except (TypeError, ValueError):
+        digests = {}
+    for name in files:
+        if name not in digests:
+            raise ModelLoadError(f"{artifact.sidecar_path}: no sha256 for {name} (an edited "
+                                 f"sidecar): export again")
+        if _file_sha256(artifact.sidecar_path.with_name(name)) != digests[name]:
+            raise ModelLoadError(f"{artifact.sidecar_path}: {name} is not the file the export "
+                                 f"wrote (its sha256 differs: replaced or corrupted); export "
+                                 f"again")
+
+
 def find_artifact(artifact_dir: str, wanted: ArtifactKey, source: str) -> Artifact:
     """The artifact in `artifact_dir` whose key is `wanted`.
 
@@ -281,6 +350,7 @@ def find_artifact(artifact_dir: str, wanted: ArtifactKey, source: str) -> Artifa
             continue
         reasons = artifact.key.mismatches(wanted)
         if not reasons:
+            verify_contents(artifact)
             return artifact
         rejected.append(f"{sidecar.name}: " + "; ".join(reasons))
     found = (" Found: " + " | ".join(rejected) + ".") if rejected else " It holds no artifact."
@@ -325,6 +395,24 @@ def provider_config(provider: str, options: Mapping[str, Any],
         trt.update(trt_engine_cache_enable=True,
                    trt_engine_cache_path=str(Path(cache_dir).expanduser()))
     return name, trt
+
+
+def trt_engine_dir(cache_dir: str, key: ArtifactKey, options: Mapping[str, Any],
+                   gpu_name: str) -> str:
+    """The folder under `cache_dir` for the TensorRT engines of one artifact ("" for none).
+
+    ONNX Runtime names a cached engine after the graph's file name, its node and tensor
+    names and the library versions, not its weights: every checkpoint exports to the same
+    names, so a shared cache folder handed one checkpoint's engine (its weights built in) to
+    another. One folder per artifact key, precision flags and GPU keeps them apart.
+    """
+    if not cache_dir:
+        return ""
+    identity = {**asdict(key), "trt_fp16": bool(options.get("trt_fp16")),
+                "trt_int8": bool(options.get("trt_int8")), "gpu": gpu_name}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    stem = artifact_stem(key.precision, key.image_size, key.attention)
+    return str(Path(cache_dir).expanduser() / f"{stem}_{digest}")
 
 
 def make_session(onnx_path: Path, provider: str = "cpu", options: Mapping[str, Any] | None = None,
@@ -470,10 +558,15 @@ def _onnxruntime_factory(loaded: Any, options: Mapping[str, Any]) -> OnnxRuntime
         raise ModelLoadError(f"onnx_provider '{provider}' needs the model on a CUDA device "
                              f"(device is {loaded.device})")
     image_size = int(loaded.processor.image_processor.size["height"])
-    wanted = current_key(loaded.source, image_size, str(opts["precision"]),
-                         PROVIDER_ATTENTION[provider])
+    wanted = loaded_key(loaded, image_size, str(opts["precision"]), PROVIDER_ATTENTION[provider])
     artifact = find_artifact(str(opts["artifact_dir"]), wanted, loaded.source)
-    session = make_session(artifact.onnx_path, provider, opts, loaded.device.index or 0)
+    device_index = loaded.device.index or 0
+    if provider == "tensorrt":
+        import torch
+
+        opts["trt_cache_dir"] = trt_engine_dir(str(opts["trt_cache_dir"]), artifact.key, opts,
+                                               torch.cuda.get_device_name(device_index))
+    session = make_session(artifact.onnx_path, provider, opts, device_index)
     neck = loaded.detector.vision_encoder.neck
     check_graph(session, artifact, len(neck.fpn_layers))
     return OnnxRuntimeBackbone(session, artifact, neck, loaded.device, loaded.dtype, provider)

@@ -99,10 +99,30 @@ class _FileDigests:
         return sha
 
 
+def process_umask() -> int:
+    """The process's umask, read without changing it (`os.umask` sets it process-wide for a
+    moment: another thread's file created then would get the wrong mode)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _share_mode(fd: int) -> None:
+    """Give a `mkstemp` file (0600) the mode a plain `open` gets: a cache folder shared by a
+    service user and a developer was unreadable to the other, who overwrote every entry."""
+    os.fchmod(fd, 0o666 & ~process_umask())
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        _share_mode(fd)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -112,10 +132,25 @@ def _atomic_write_text(path: Path, text: str) -> None:
         _log.warning("text cache: cannot write %s: %s", path, err)
 
 
+DIGESTS_FILE = "file_digests.json"
+
+
+def is_cache_file(path: Path) -> bool:
+    """Whether a file is this cache's own (an entry, its digest memo, a temporary file):
+    never part of a checkpoint, even with the cache folder set to the checkpoint's."""
+    return (TextEmbeddingCache.is_entry(path) or path.name == DIGESTS_FILE
+            or path.name.startswith(".tmp-"))
+
+
 def checkpoint_files(folder: Path) -> list[Path]:
-    """The files of a checkpoint folder that its fingerprint covers (sorted by name)."""
+    """The files of a checkpoint folder that its fingerprint covers (sorted by name).
+
+    The text cache's own files are left out: with `text_cache_dir` set to the checkpoint's
+    folder, each stored entry changed the checkpoint's fingerprint (no hit after a restart,
+    an ONNX artifact of "another checkpoint").
+    """
     return sorted(p for p in folder.iterdir()
-                  if p.suffix in _FINGERPRINT_SUFFIXES and p.is_file())
+                  if p.suffix in _FINGERPRINT_SUFFIXES and p.is_file() and not is_cache_file(p))
 
 
 def checkpoint_stamps(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
@@ -158,7 +193,7 @@ class TextEmbeddingCache:
         self.max_entries = int(max_entries)
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
-        self._digests = _FileDigests(self.directory / "file_digests.json")
+        self._digests = _FileDigests(self.directory / DIGESTS_FILE)
         self._fingerprints: dict[str, str] = {}
         self.hits = 0
         self.misses = 0
@@ -248,6 +283,8 @@ class TextEmbeddingCache:
             os.close(fd)
             try:
                 save_file(tensors, tmp, metadata={_METADATA_KEY: self.entry_key(model_key, text)})
+                # After writing: safetensors creates the file anew (mkstemp's 0600 again).
+                os.chmod(tmp, 0o666 & ~process_umask())
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

@@ -426,8 +426,10 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         Artifact,
         artifact_stem,
         current_key,
+        loaded_key,
         make_session,
         read_artifact,
+        verify_contents,
         write_sidecar,
     )
 
@@ -467,7 +469,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         _log(f"note: the checkpoint's processor runs at {processor_size} px; the backend loads "
              f"this {size} px artifact only for a model run at {size} px")
     _log("hashing the checkpoint's weights and config")
-    key = current_key(model, size, precision, attention)
+    key = loaded_key(loaded, size, precision, attention)
     names = output_names(loaded.detector.vision_encoder)
     frames = load_frames(frames_dir, check_frames, seed=0)
 
@@ -491,6 +493,8 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
             try:
                 candidate = read_artifact(existing)
                 reuse = candidate if not candidate.key.mismatches(fp32_key) else None
+                if reuse is not None:
+                    verify_contents(reuse)
             except ModelLoadError:
                 reuse = None
         if reuse is not None:
