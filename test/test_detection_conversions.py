@@ -80,7 +80,7 @@ def test_message_fields():
     assert list(second.mask_bits) == expected
     empty = msg.detections[2]
     assert empty.mask_area_px == 0 and len(empty.mask_bits) == 0 and empty.mask_roi.width == 0
-    assert (empty.centroid_x, empty.centroid_y) == (2.5, 2.5)  # box centre
+    assert (empty.centroid_x, empty.centroid_y) == (2.0, 2.0)  # box centre, pixel centres
 
 
 def test_every_detection_field_is_set():
@@ -140,7 +140,8 @@ def test_detections_without_masks():
     msg = conv.detections_to_msg(det, Header())
     first = msg.detections[0]
     assert not msg.has_masks
-    assert first.mask_area_px == 0 and (first.centroid_x, first.centroid_y) == (5.0, 10.0)
+    # The box's centre in the centroid's convention (pixel u's centre at u).
+    assert first.mask_area_px == 0 and (first.centroid_x, first.centroid_y) == (4.5, 9.5)
     assert conv.msg_to_detections(conv.detections_to_msg(det, Header())).masks is None
 
 
@@ -311,3 +312,15 @@ def test_random_blob_detections_are_realistic():
     assert (np.diff(det.scores) <= 0).all()
     areas = det.masks.sum(axis=(1, 2))
     assert (areas > 0).all() and (areas < 0.1 * 720 * 1280).all()  # blobs, not full images
+
+
+def test_masks_larger_than_the_limit_are_refused_before_allocating():
+    msg = conv.detections_to_msg(_detections(), Header())
+    msg.image_width = msg.image_height = 65535  # 3 x 4.3 GB of masks asked for
+    with pytest.raises(InvalidDetectionsError, match="more than max_mask_bytes"):
+        conv.msg_to_detections(msg)
+    small = conv.detections_to_msg(_detections(), Header())
+    limit = len(small.detections) * small.image_height * small.image_width
+    assert len(conv.msg_to_detections(small, max_mask_bytes=limit)) == 3
+    with pytest.raises(InvalidDetectionsError, match="more than max_mask_bytes"):
+        conv.msg_to_detections(small, max_mask_bytes=limit - 1)

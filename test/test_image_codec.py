@@ -571,3 +571,23 @@ def test_iter_image_folder_refuses_a_count_below_one(tmp_path):
     for count in (0, -1):
         with pytest.raises(InvalidImageError, match="count must be >= 1"):
             next(iter_image_folder(str(tmp_path), count, 1000, 1 << 20))
+
+
+@pytest.mark.parametrize(
+    ("format_str", "channels", "expected"),
+    [("rgb8; png compressed rgb8", 3, "rgb8"), ("rgba8; png compressed rgba8", 4, "rgba8"),
+     ("rgb8; png compressed bgr8", 3, "bgr8"), ("bgr8; png compressed bgr8", 3, "bgr8"),
+     ("png", 3, "bgr8"), ("", 4, "bgra8"), ("rgb8; png compressed", 3, "bgr8")])
+def test_the_decoded_channel_order_named_by_the_format_is_read(format_str, channels, expected):
+    # A publisher that encodes an RGB array as it is says so ("compressed rgb8"): read as
+    # bgr8, red came out blue for the model and the overlay.
+    red = np.zeros((8, 8, channels), np.uint8)
+    red[..., 0] = 255  # red in the order the format names
+    if channels == 4:
+        red[..., 3] = 255
+    ok, png = cv2.imencode(".png", red if expected.startswith("rgb") else red[..., [2, 1, 0,
+                                                                                  3][:channels]])
+    assert ok
+    decoded, encoding = decode_compressed(png.tobytes(), format_str)
+    assert encoding == expected
+    np.testing.assert_array_equal(to_rgb8(decoded, encoding)[0, 0], [255, 0, 0])

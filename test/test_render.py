@@ -116,7 +116,9 @@ def test_empty_mask_gives_empty_crop_and_box_centre():
     crop = mask_crops(_detections(np.zeros((1, H, W), bool), [[10, 20, 30, 40]]))[0]
     assert crop.mask.shape == (0, 0) and crop.area_px == 0
     assert (crop.width, crop.height, crop.x_offset, crop.y_offset) == (0, 0, 0, 0)
-    assert crop.centroid_xy == (20.0, 30.0)
+    # The box [10, 30) x [20, 40) covers pixels 10..29 x 20..39: centre (19.5, 29.5), as a
+    # full mask's centroid would be (it was (20, 30), half a pixel off).
+    assert crop.centroid_xy == (19.5, 29.5)
 
 
 def test_no_instances_and_no_masks():

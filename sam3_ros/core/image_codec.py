@@ -28,6 +28,7 @@ __all__ = [
     "compressed_format_string",
     "decode_compressed",
     "decode_raw",
+    "decoded_channel_order",
     "encode_compressed",
     "encode_raw",
     "host_is_bigendian",
@@ -346,6 +347,17 @@ def parse_compressed_format(format_str: str) -> tuple[str | None, str | None, bo
     return codec, original, compressed_depth
 
 
+def decoded_channel_order(format_str: str) -> str:
+    """"rgb" when a `CompressedImage.format` names an RGB-ordered decoded encoding
+    ("rgb8; jpeg compressed rgb8": a publisher that encoded an RGB array as it was), else
+    "bgr" (what image_transport's publisher writes for colour: "... compressed bgr8")."""
+    words = (format_str or "").split(";")[-1].replace(",", " ").lower().split()
+    for i, word in enumerate(words[:-1]):
+        if word == "compressed":
+            return "rgb" if words[i + 1].startswith("rgb") else "bgr"
+    return "bgr"
+
+
 def check_image_size(width: int, height: int, max_pixels: int | None,
                      limit_name: str = "parameter max_image_pixels") -> None:
     """Raise InvalidImageError when a declared width x height exceeds `max_pixels` (None: no
@@ -507,9 +519,9 @@ def decode_compressed(data: Any, format_str: str = "",
         grey16 = "16UC1" if original == "16UC1" else "mono16"
         encoding = grey16 if bits == 16 else "mono8"
     elif channels == 3:
-        encoding = f"bgr{bits}"
+        encoding = f"{decoded_channel_order(format_str)}{bits}"
     elif channels == 4:
-        encoding = f"bgra{bits}"
+        encoding = f"{decoded_channel_order(format_str)}a{bits}"
     else:
         raise InvalidImageError(f"decoded image has unsupported channel count {channels}")
     return decoded, encoding

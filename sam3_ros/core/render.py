@@ -118,7 +118,9 @@ def _crop_one(mask: np.ndarray, box: Sequence[float]) -> MaskCrop:
         cols = cv2.reduce(mask_u8, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
         area = int(cols.sum())
     if area == 0:
-        centre = ((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0)
+        # In the centroid's convention (pixel u's centre at u), not the box's (edges at u and
+        # u + 1): a box [3, 9) covers pixels 3..8, centre 5.5.
+        centre = ((box[0] + box[2]) / 2.0 - 0.5, (box[1] + box[3]) / 2.0 - 0.5)
         return MaskCrop(0, 0, np.zeros((0, 0), bool), 0, centre)
     nonzero_cols = np.flatnonzero(cols)
     c0, c1 = int(nonzero_cols[0]), int(nonzero_cols[-1]) + 1

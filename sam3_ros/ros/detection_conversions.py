@@ -46,7 +46,8 @@ def detections_to_msg(detections: Detections, header: Header, prompt_generation:
             `label_image`), else computed here.
 
     Returns:
-        The message. Without masks in `detections`: area 0 and the box centre as centroid.
+        The message. Without masks in `detections`: area 0 and the box centre as centroid
+        (in the centroid's convention: pixel u's centre at u).
     """
     n = len(detections)
     if detections.masks is not None and crops is None:
@@ -69,7 +70,8 @@ def detections_to_msg(detections: Detections, header: Header, prompt_generation:
                         y_min=y_min, x_max=x_max, y_max=y_max, state=states[i],
                         age_frames=ages[i])
         if crops is None:
-            det.centroid_x, det.centroid_y = (x_min + x_max) / 2, (y_min + y_max) / 2
+            # The centroid's convention (pixel u's centre at u), not the box's edges.
+            det.centroid_x, det.centroid_y = (x_min + x_max) / 2 - 0.5, (y_min + y_max) / 2 - 0.5
         else:
             crop = crops[i]
             det.mask_area_px = crop.area_px
@@ -124,20 +126,33 @@ def _unpack_into(full: np.ndarray, det: Any) -> None:
              roi.x_offset:roi.x_offset + roi.width] = crop
 
 
-def msg_to_detections(msg: DetectionArray) -> Detections:
+MAX_MASK_BYTES = 1 << 30
+"""Default bound on the full-size masks `msg_to_detections` allocates (n x H x W bytes)."""
+
+
+def msg_to_detections(msg: DetectionArray, max_mask_bytes: int = MAX_MASK_BYTES) -> Detections:
     """Rebuild `Detections` with full-size masks from a DetectionArray (exact inverse).
 
     Masks are None when the message carries none (`has_masks` false); an empty array with
     `has_masks` gives (0, H, W) masks.
 
+    Args:
+        msg: The message.
+        max_mask_bytes: Most bytes of (N, H, W) bool masks to allocate: a message declaring
+            65535 x 65535 with 100 detections asked for 429 GB.
+
     Raises:
         InvalidDetectionsError: a mask's bytes disagree with its mask_roi (count, padding
-            bits) or its mask_area_px, the mask_roi leaves the image, or a detection carries a
-            mask while `has_masks` is false.
+            bits) or its mask_area_px, the mask_roi leaves the image, a detection carries a
+            mask while `has_masks` is false, or the masks would exceed `max_mask_bytes`.
     """
     height, width = int(msg.image_height), int(msg.image_width)
     dets = msg.detections
     n = len(dets)
+    if msg.has_masks and n * height * width > max_mask_bytes:
+        raise InvalidDetectionsError(
+            f"{n} masks of {width}x{height} would take {n * height * width} bytes, more than "
+            f"max_mask_bytes {max_mask_bytes}")
     if not msg.has_masks:
         for i, det in enumerate(dets):
             if len(det.mask_bits) or det.mask_roi.width or det.mask_roi.height:
