@@ -408,8 +408,12 @@ def test_a_failed_frame_resets_the_stream_and_the_next_frames_work(loaded, monke
     monkeypatch.setattr(session, "_track", fail_once)
     with pytest.raises(RuntimeError, match="injected"):
         session.process_frame(frames[1], FRAME_NS)
+    # The request the frame had taken is named and counted (it was neither): its service
+    # call had succeeded.
     assert session.last_reset_reason == (
-        "a frame failed (RuntimeError: CUDA out of memory (injected))")
+        "a frame failed (RuntimeError: CUDA out of memory (injected)); 1 queued request(s) "
+        "dropped (add [2]): send them again")
+    assert session.requests_dropped_by_reset == 1
     assert session.object_ids == [] and session.memory_stats()["pending_requests"] == 0
     assert session.process_frame(frames[2], 2 * FRAME_NS).object_ids.tolist() == []
     session.add_objects([_point(3)])

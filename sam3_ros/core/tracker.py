@@ -62,6 +62,7 @@ from sam3_ros.core.tracker_objects import (
     CameraStamps,
     ObjectPromptSpec,
     ObjectTable,
+    Request,
     check_add_request,
     check_remove_request,
     describe_requests,
@@ -227,6 +228,7 @@ class TrackerSession:
         self.detector_calls = 0
         self._camera_stamps = CameraStamps()
         self._table = ObjectTable()
+        self._taken_requests: list[Request] = []  # what this frame took off the queue
         self.reset()
 
     # ------------------------------------------------------------------------------ state
@@ -244,14 +246,16 @@ class TrackerSession:
             self._camera_stamps.forget_processed()
 
     def _reset_locked(self, keep_next_frame_adds: bool = False,
-                      automatic: bool = False) -> str:
+                      automatic: bool = False, taken: Sequence[Request] = ()) -> str:
         """Start the stream afresh; returns "" or what queued requests it dropped.
 
         An automatic reset (time jump) keeps objects a caller queued for "the next frame"
         (see ObjectTable.reset), and ids keep counting up: nobody asked for it, so a
         consumer keying its state by id must not see an old id on a new object.
         """
-        dropped = self._table.reset(keep_next_frame_adds, restart_ids=not automatic)
+        # `taken`: requests a failed frame took off the queue (their objects go too).
+        dropped = [*taken, *self._table.reset(keep_next_frame_adds, restart_ids=not automatic)]
+        self._taken_requests = []
         # The vision features of every held frame stay cached: a prompt on a held frame runs
         # the model there (a frame's features are cached after its queued prompts ran).
         self._session = session_state.new_session(self.loaded.device, self.loaded.dtype,
@@ -452,6 +456,7 @@ class TrackerSession:
         if pixel_values is None:
             pixel_values = self._segmenter.preprocess(rgb)
         with self._lock:
+            self._taken_requests = []
             try:
                 detections = self._process_locked(rgb, stamp_ns, frame_key, pixel_values,
                                                   height, width)
@@ -459,7 +464,7 @@ class TrackerSession:
                 # The frame's requests were taken off the queue and the object table and the
                 # model's session may be half updated: every later frame would fail (missing
                 # memory features). Start the stream afresh; the caller reports the error.
-                dropped = self._reset_locked(automatic=True)
+                dropped = self._reset_locked(automatic=True, taken=self._taken_requests)
                 self._table.image_size_hw = (height, width)  # as after a manual reset
                 self.last_reset_reason = (f"a frame failed ({type(err).__name__}: {err})"
                                           f"{dropped}")
@@ -561,7 +566,10 @@ class TrackerSession:
         session = self._session
         height, width = self._table.image_size_hw
         staged: dict[int, tuple[Any, Any]] = {}  # this frame's points per object, in order
+        self._taken_requests = taken = []
         while (request := self._table.pop_request()) is not None:
+            if request.kind != "remove":
+                taken.append(request)
             if request.kind == "remove":
                 self._remove(request.ids)
                 for oid in request.ids:
