@@ -10,6 +10,7 @@ mask threshold may flip).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -610,7 +611,6 @@ def test_an_artifact_with_other_contents_of_the_same_size_is_refused(loaded, art
     # Another checkpoint's export of the same architecture has the same file sizes; so does
     # corruption in place. Sizes alone let it load.
     sidecar = _copy_fp32(artifacts, tmp_path)
-    assert oct(sidecar.stat().st_mode & 0o777) == oct(0o666 & ~_umask_now())
     create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
     data = tmp_path / "sam3_backbone_112px_fp32_mha.onnx.data"
     raw = bytearray(data.read_bytes())
@@ -625,10 +625,31 @@ def test_an_artifact_with_other_contents_of_the_same_size_is_refused(loaded, art
         create_backbone("onnxruntime", loaded, {"artifact_dir": str(tmp_path)})
 
 
-def _umask_now() -> int:
-    previous = os.umask(0)
-    os.umask(previous)
-    return previous
+def test_sidecars_are_written_whole_under_a_name_of_their_own_with_a_plain_mode(tmp_path):
+    # A fixed `<stem>.json.tmp`: two exports of one stem collided; mkstemp's 0600 would hide
+    # the sidecar from nodes running as other users.
+    from sam3_ros.core.onnx_backbone import ArtifactKey, write_sidecar
+
+    graph = tmp_path / "sam3_backbone_112px_fp32_mha.onnx"
+    graph.write_bytes(b"graph")
+    key = ArtifactKey("0" * 64, 112, "fp32", "1.0")
+    previous = os.umask(0o027)
+    try:
+        sidecar = write_sidecar(graph, key, ["last_hidden_state"], [[1, 2]], {})
+    finally:
+        os.umask(previous)
+    assert sidecar.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([graph.name, sidecar.name])
+    artifact = read_artifact(sidecar)
+    assert artifact.meta["sha256"] == {graph.name: hashlib.sha256(b"graph").hexdigest()}
+    # A sidecar that does not list a file the graph reads is refused (an emptied `files`).
+    (tmp_path / (graph.name + ".data")).write_bytes(b"weights")
+    with pytest.raises(ModelLoadError, match=r"\.onnx\.data'\] are not listed"):
+        read_artifact(sidecar)
+    data = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**data, "files": {}}))
+    with pytest.raises(ModelLoadError, match="are not listed"):
+        read_artifact(sidecar)
 
 
 def test_checkpoint_files_replaced_after_loading_are_refused(tiny_checkpoint, artifacts,

@@ -119,6 +119,9 @@ def test_empty_mask_gives_empty_crop_and_box_centre():
     # The box [10, 30) x [20, 40) covers pixels 10..29 x 20..39: centre (19.5, 29.5), as a
     # full mask's centroid would be (it was (20, 30), half a pixel off).
     assert crop.centroid_xy == (19.5, 29.5)
+    # The tracker's occluded objects: empty mask, all-zero box: (0, 0), never -0.5.
+    occluded = mask_crops(_detections(np.zeros((1, H, W), bool), [[0, 0, 0, 0]]))[0]
+    assert occluded.centroid_xy == (0.0, 0.0)
 
 
 def test_no_instances_and_no_masks():

@@ -387,14 +387,14 @@ def test_a_cache_in_the_checkpoint_folder_leaves_its_fingerprint_alone(tiny_chec
 def test_cache_files_get_the_mode_of_a_plain_open(tiny_checkpoint, tmp_path):
     # mkstemp's 0600: a folder shared by a service user and a developer was unreadable to
     # the other one, who then overwrote every entry with an owner-only file of its own.
-    previous = os.umask(0o022)
+    previous = os.umask(0o027)  # not the fallback's 0o022: the process's umask is read
     try:
         cache = TextEmbeddingCache(tmp_path)
         cache.store({"checkpoint_sha256": "x"}, "mug", torch.ones(32, 8),
                     torch.ones(32, dtype=torch.int64))
         (entry,) = cache.entries()
-        assert entry.stat().st_mode & 0o777 == 0o644
+        assert entry.stat().st_mode & 0o777 == 0o640
         cache.fingerprint(tiny_checkpoint)  # writes the digest memo
-        assert (tmp_path / "file_digests.json").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "file_digests.json").stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(previous)

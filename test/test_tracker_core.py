@@ -325,7 +325,6 @@ def test_objects_queued_for_the_next_frame_survive_a_time_jump_reset(loaded):
     session.process_frame(frames[0], 0)
     session.add_objects([_point(2, 80, 60)])
     session.add_objects([_point(1, 30, 30)], refine=True)  # refers to the old stream
-    session.remove_objects([1])  # honoured: the reset ends object 1 too
     det = session.process_frame(frames[1], 10 * 10**9)
     assert "exceeds" in session.last_reset_reason and session.reset_count == 1
     # The refinement's service call had succeeded: the reason tells what was dropped.
@@ -581,3 +580,19 @@ def test_prompts_after_a_reset_are_still_checked_against_the_image_size(loaded, 
     session.reset()
     with pytest.raises(InvalidPromptError, match="outside"):
         session.add_objects([prompt])
+
+
+def test_a_new_image_size_right_after_a_manual_reset_is_no_automatic_reset(loaded):
+    # The size is kept for prompt checks after a reset; with nothing queued a camera that
+    # changed its resolution meanwhile has nothing to reset (no warning, no count).
+    session = _session(loaded)
+    session.process_frame(_frames(1)[0], 0)
+    session.reset()
+    smaller = np.zeros((H // 2, W // 2, 3), np.uint8)
+    session.process_frame(smaller, FRAME_NS)
+    assert session.reset_count == 0 and session.last_reset_reason is None
+    session.add_objects([_point(-1, 10, 10)])  # checked against the new size
+    with pytest.raises(InvalidPromptError, match="outside"):
+        session.add_objects([_point(-1, W - 1, 10)])
+    session.process_frame(np.zeros((H, W, 3), np.uint8), 2 * FRAME_NS)  # a frame in: counts
+    assert session.reset_count == 1 and "image size changed" in session.last_reset_reason

@@ -598,3 +598,17 @@ def test_after_a_wrap_past_int32_max_assigned_ids_count_on():
     # later object, while INT32_MAX was tracked).
     assert _add(table, [_point()]) == [2]
     assert _add(table, [_point()]) == [3]
+
+
+def test_a_reset_does_not_report_requests_the_caller_cancelled_by_a_removal():
+    table = ObjectTable()
+    table.hold_frame(0, 0)
+    _add(table, [_point(0), _point(1)])
+    _apply(table, 0)
+    _add(table, [_point(0)], refine=True)
+    _add(table, [_point(1)], refine=True)
+    _add(table, [_point(1)], stamp=0, refine=True, held_points=lambda oid, frame: 0)
+    table.queue_remove([0])
+    # Refining 0 is moot (removed later: "send it again" would meet an unknown id); 1's stay.
+    dropped = table.reset(keep_next_frame_adds=True, restart_ids=False)
+    assert describe_requests(dropped) == "refine [1, 1]"

@@ -449,9 +449,9 @@ def decode_compressed(data: Any, format_str: str = "",
     """Decode a jpeg or png buffer (a `CompressedImage` payload) to an array and its encoding.
 
     Decodes with cv2.IMREAD_UNCHANGED, so grayscale stays one channel, 16-bit png stays
-    16-bit and png alpha is kept. Colour comes out in OpenCV's BGR order and is reported as
-    such (image_transport's format says "... compressed bgr8" for the same reason), whatever
-    the original encoding was.
+    16-bit and png alpha is kept. Colour comes out in the data's own channel order: BGR
+    (OpenCV's; image_transport's format says "... compressed bgr8"), or RGB when the format
+    names an RGB decoded encoding ("rgb8; png compressed rgb8", `decoded_channel_order`).
 
     Args:
         data: the compressed bytes (bytes, array.array('B'), memoryview, uint8 ndarray).
@@ -464,7 +464,7 @@ def decode_compressed(data: Any, format_str: str = "",
     Returns:
         (array, encoding): (H, W) uint8 "mono8", (H, W) uint16 "mono16" ("16UC1" when the
         format says the original was 16UC1), (H, W, 3) "bgr8" / "bgr16" or (H, W, 4)
-        "bgra8" / "bgra16".
+        "bgra8" / "bgra16" (rgb8 / rgb16 / rgba8 / rgba16 for an RGB decoded order).
 
     Raises:
         InvalidImageError: unsupported codec, empty or corrupt data, or larger than max_pixels.

@@ -52,11 +52,11 @@ PROVIDER_ATTENTION = {"cpu": "mha", "cuda": "mha", "tensorrt": "explicit"}
 TensorRT (fused attention in FP16 TensorRT broke SAM3's features in DART's measurements)."""
 
 ARTIFACT_FORMAT = 3
-"""3: the sidecar holds each file's sha256 (2 held sizes only: another checkpoint's export
-of the same architecture has the same sizes)."""
 """Version of the artifact layout (sidecar fields, graph inputs/outputs). 2: attention form in
 the key (format-1 artifacts held the ONNX Attention op, which ORT's CPU kernel runs with the
-full score matrix in memory: export again)."""
+full score matrix in memory: export again). 3: the sidecar holds each file's sha256 (format 2
+held sizes only, and another checkpoint's export of the same architecture has the same
+sizes)."""
 
 SIDECAR_KIND = "sam3_ros.vision_backbone"
 
@@ -290,6 +290,13 @@ def read_artifact(sidecar_path: Path) -> Artifact:
         paths = {name: sidecar_path.with_name(name) for name in files}  # no paths: ValueError
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ModelLoadError(f"{sidecar_path}: not a sam3_ros backbone sidecar ({err})") from None
+    # Every file the graph reads is listed (and so size- and sha256-checked): an edited
+    # sidecar with `files` emptied loaded whatever graph lay there.
+    data_name = onnx_path.name + ".data"
+    needed = {onnx_path.name} | ({data_name} if onnx_path.with_name(data_name).exists() else set())
+    if not needed <= set(files):
+        raise ModelLoadError(f"{sidecar_path}: its files {sorted(needed - set(files))} are not "
+                             f"listed (an edited sidecar): export again")
     for name, size in files.items():
         path = paths[name]
         if not path.is_file():

@@ -97,6 +97,15 @@ def _holds_whole_mask(mask_u8: np.ndarray, window: Window, count_in_window: int)
     return count_in_window == cv2.countNonZero(mask_u8)
 
 
+def box_centre_px(box: Sequence[float]) -> tuple[float, float]:
+    """A box's centre in the mask centroid's convention (pixel u's centre at u; the box has
+    pixel u's edges at u and u + 1): [3, 9) covers pixels 3..8, centre 5.5. Never before the
+    box's start: an empty box (the tracker's occluded objects: all zero) gives its corner,
+    not -0.5."""
+    return (max(float(box[0]), (box[0] + box[2]) / 2.0 - 0.5),
+            max(float(box[1]), (box[1] + box[3]) / 2.0 - 0.5))
+
+
 def _mask_window(mask_u8: np.ndarray, box: Sequence[float]) -> Window:
     """A window (x0, y0, x1, y1) that holds every pixel of `mask_u8` (its box, else the image)."""
     height, width = mask_u8.shape
@@ -118,9 +127,7 @@ def _crop_one(mask: np.ndarray, box: Sequence[float]) -> MaskCrop:
         cols = cv2.reduce(mask_u8, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
         area = int(cols.sum())
     if area == 0:
-        # In the centroid's convention (pixel u's centre at u), not the box's (edges at u and
-        # u + 1): a box [3, 9) covers pixels 3..8, centre 5.5.
-        centre = ((box[0] + box[2]) / 2.0 - 0.5, (box[1] + box[3]) / 2.0 - 0.5)
+        centre = box_centre_px(box)
         return MaskCrop(0, 0, np.zeros((0, 0), bool), 0, centre)
     nonzero_cols = np.flatnonzero(cols)
     c0, c1 = int(nonzero_cols[0]), int(nonzero_cols[-1]) + 1

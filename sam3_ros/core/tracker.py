@@ -66,6 +66,7 @@ from sam3_ros.core.tracker_objects import (
     check_add_request,
     check_remove_request,
     describe_requests,
+    without_ids,
 )
 from sam3_ros.core.vision_features import VisionFeatureCache
 
@@ -479,7 +480,9 @@ class TrackerSession:
 
         table = self._table
         reason = self._camera_stamps.jump_before(int(stamp_ns), self.config.max_time_gap_s)
-        if table.image_size_hw not in (None, (height, width)):
+        if table.image_size_hw not in (None, (height, width)) and (
+                self._frame_idx >= 0 or table.pending):
+            # (Right after a manual reset with nothing queued there is nothing to reset.)
             reason = f"the image size changed from {table.image_size_hw} to {(height, width)}"
         if reason is not None:
             # Old objects, prompts in pixels and the memory bank no longer apply.
@@ -571,6 +574,8 @@ class TrackerSession:
             if request.kind != "remove":
                 taken.append(request)
             if request.kind == "remove":
+                # Objects the caller removed are not lost if this frame fails.
+                taken[:] = without_ids(taken, request.ids)
                 self._remove(request.ids)
                 for oid in request.ids:
                     staged.pop(oid, None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sam3_ros.core.errors import InvalidPromptError
@@ -174,6 +174,19 @@ def check_object(spec: ObjectPromptSpec, what: str, max_points_per_object: int,
         raise InvalidPromptError(f"{what}: coordinates must be numbers ({err})") from None
 
 
+def without_ids(requests: Sequence[Request], object_ids: Iterable[int]) -> list[Request]:
+    """`requests` without their objects of `object_ids` (a request left empty goes)."""
+    gone = set(object_ids)
+    kept = []
+    for request in requests:
+        objects = [o for o in request.objects if o.object_id not in gone]
+        if len(objects) == len(request.objects):
+            kept.append(request)
+        elif objects:
+            kept.append(Request(request.kind, objects, frame_idx=request.frame_idx))
+    return kept
+
+
 def free_id(used: set[int], start: int) -> int:
     """The first id >= `start` not in `used`, within int32.
 
@@ -260,8 +273,10 @@ class ObjectTable:
         kept: list[Request] = []
         dropped: list[Request] = []
         seen: set[int] = set()
+        removed_later: set[int] = set()
         for request in reversed(pending):  # the last add of an id is the one that counts
             if request.kind == "remove":
+                removed_later.update(request.ids)
                 continue
             if request.kind == "add" and request.frame_idx is None:
                 objects = [o for o in request.objects
@@ -273,7 +288,9 @@ class ObjectTable:
                     request = Request("add", objects)
                 (kept if keep_next_frame_adds else dropped).append(request)
             else:
-                dropped.append(request)
+                # A refinement (or a prompt on a held frame) of an object the caller removed
+                # later is not lost: "send it again" would meet an unknown id.
+                dropped.extend(without_ids([request], removed_later))
         kept.reverse()
         dropped.reverse()
         self.objects: dict[int, TrackedObject] = {}

@@ -16,7 +16,7 @@ from std_msgs.msg import Header
 from sam3_ros.core.detections import Detections
 from sam3_ros.core.errors import InvalidDetectionsError
 from sam3_ros.core.mask_bits import pack_mask_bits, unpack_mask_bits
-from sam3_ros.core.render import MaskCrop, draw_overlay, label_image, mask_crops
+from sam3_ros.core.render import MaskCrop, box_centre_px, draw_overlay, label_image, mask_crops
 from sam3_ros.msg import Detection, DetectionArray, LabelInfo
 
 
@@ -70,8 +70,7 @@ def detections_to_msg(detections: Detections, header: Header, prompt_generation:
                         y_min=y_min, x_max=x_max, y_max=y_max, state=states[i],
                         age_frames=ages[i])
         if crops is None:
-            # The centroid's convention (pixel u's centre at u), not the box's edges.
-            det.centroid_x, det.centroid_y = (x_min + x_max) / 2 - 0.5, (y_min + y_max) / 2 - 0.5
+            det.centroid_x, det.centroid_y = box_centre_px(xyxy[i])
         else:
             crop = crops[i]
             det.mask_area_px = crop.area_px

@@ -151,9 +151,10 @@ def compressed_msg_to_numpy(msg: CompressedImage | CompressedImageFields,
 
     The codec comes from `msg.format` ("jpeg", "png", "rgb8; jpeg compressed bgr8",
     "16UC1; png compressed", "16UC1; compressedDepth png") or, when the format names none,
-    from the data's signature. Colour is returned in OpenCV's BGR order and labelled so
-    (image_transport's format also says the decoded data is bgr8), even when the original
-    encoding was rgb8; `image_codec.to_rgb8` takes it from there.
+    from the data's signature. Colour is returned in the data's channel order and labelled so:
+    BGR (image_transport's format says the decoded data is bgr8, even when the original
+    encoding was rgb8), or RGB when the format names an RGB decoded encoding
+    (`image_codec.decoded_channel_order`); `image_codec.to_rgb8` takes it from there.
 
     Args:
         msg: the message (or its `image_fields`).
@@ -161,7 +162,7 @@ def compressed_msg_to_numpy(msg: CompressedImage | CompressedImageFields,
 
     Returns:
         (array, encoding): mono8 / mono16 / 16UC1 (H, W), bgr8 / bgr16 (H, W, 3) or
-        bgra8 / bgra16 (H, W, 4).
+        bgra8 / bgra16 (H, W, 4), or their rgb forms.
 
     Raises:
         InvalidImageError: unsupported format, empty or corrupt data, too large.

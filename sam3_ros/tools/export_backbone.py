@@ -40,6 +40,7 @@ the outlier channels of trained ViTs): the report says so next to its figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -425,7 +426,6 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         PRECISIONS,
         Artifact,
         artifact_stem,
-        current_key,
         loaded_key,
         make_session,
         read_artifact,
@@ -486,7 +486,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
     try:
         fp32_stem = artifact_stem("fp32", size, attention)
         fp32_path = staging / f"{fp32_stem}.onnx"
-        fp32_key = current_key(model, size, "fp32", attention)
+        fp32_key = dataclasses.replace(key, precision="fp32")  # hashed once, checked
         existing = out_dir / f"{fp32_stem}.json"
         reuse = None
         if precision != "fp32" and existing.is_file():
