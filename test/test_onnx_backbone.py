@@ -679,3 +679,35 @@ def test_tensorrt_engines_get_a_folder_per_artifact_precision_and_gpu(loaded):
                 trt_engine_dir("/cache", key, flags, "Orin")}) == 5
     assert trt_engine_dir("", key, flags, "Orin") == ""
     assert trt_engine_dir("~/trt", key, flags, "Orin").startswith(os.path.expanduser("~/trt/"))
+
+
+def test_int8_static_is_checked_on_frames_it_was_not_calibrated_on(tiny_checkpoint, tmp_path,
+                                                                   monkeypatch):
+    # Both took the folder's first files: the fidelity gate was passed on calibration frames.
+    import cv2
+
+    from sam3_ros.tools import export_backbone as tool
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, value in enumerate((0, 100, 200)):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((48, 64, 3), value, np.uint8))
+    seen = {}
+
+    def stop(fp32_path, out_path, precision, calibration, parts):
+        seen["calibration"] = [round(float(t.mean()), 2) for t in calibration]
+        raise ModelLoadError("stopped by the test")
+
+    monkeypatch.setattr(tool, "quantize", stop)
+    with pytest.raises(ModelLoadError, match="stopped by the test"):
+        tool.export_backbone(str(tiny_checkpoint), str(tmp_path / "out"), "int8-static",
+                             check_frames=1, calibration_frames=3, frames_dir=str(folder),
+                             prompts=[])
+    # Normalised (x / 255 - 0.5) / 0.5: file 0 (checked) is -1.0, files 1 and 2 calibrate.
+    assert seen["calibration"] == [-0.22, 0.57, -0.22]
+    (folder / "1.png").unlink()
+    (folder / "2.png").unlink()
+    with pytest.raises(ModelLoadError, match="needs more than --check-frames 1"):
+        tool.export_backbone(str(tiny_checkpoint), str(tmp_path / "out"), "int8-static",
+                             check_frames=1, calibration_frames=3, frames_dir=str(folder),
+                             prompts=[])

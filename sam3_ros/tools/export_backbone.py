@@ -110,9 +110,11 @@ def synthetic_frames(count: int, seed: int = 0, height: int = 480,
     return frames
 
 
-def load_frames(folder: str | None, count: int, seed: int = 0) -> list[np.ndarray]:
-    """`count` RGB frames: the first png/jpeg files of `folder` by name (cycled if fewer; the
-    size limits of `image_codec.iter_image_folder`), or synthetic ones without it.
+def load_frames(folder: str | None, count: int, seed: int = 0,
+                cycle: bool = True) -> list[np.ndarray]:
+    """`count` RGB frames: the first png/jpeg files of `folder` by name (cycled if fewer, or
+    only those with `cycle` False; the size limits of `image_codec.iter_image_folder`), or
+    synthetic ones without it.
 
     Raises:
         ModelLoadError: the folder, or an image in it, cannot be used (the file is named).
@@ -126,7 +128,7 @@ def load_frames(folder: str | None, count: int, seed: int = 0) -> list[np.ndarra
         files = [rgb for _, rgb in iter_image_folder(folder, count)]
     except InvalidImageError as err:
         raise ModelLoadError(f"--frames: {err}") from None
-    return [files[i % len(files)] for i in range(count)]
+    return [files[i % len(files)] for i in range(count)] if cycle else files
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -472,6 +474,21 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
     key = loaded_key(loaded, size, precision, attention)
     names = output_names(loaded.detector.vision_encoder)
     frames = load_frames(frames_dir, check_frames, seed=0)
+    calibration_source: list[np.ndarray] | None = None
+    if precision == "int8-static":
+        calibration_source = load_frames(frames_dir, calibration_frames, seed=1)
+        if frames_dir:
+            # Checked on other frames than it was calibrated on (the first files would be
+            # both): the check frames first, the calibration cycling over the rest.
+            distinct = load_frames(frames_dir, check_frames + calibration_frames, cycle=False)
+            if len(distinct) <= check_frames:
+                raise ModelLoadError(
+                    f"--frames {frames_dir}: {len(distinct)} image(s); int8-static needs more "
+                    f"than --check-frames {check_frames}, so that the frames it is checked on "
+                    f"are not frames it was calibrated on")
+            frames = distinct[:check_frames]
+            rest = distinct[check_frames:]
+            calibration_source = [rest[i % len(rest)] for i in range(calibration_frames)]
 
     def preprocess(rgb: np.ndarray) -> Any:
         px = loaded.processor.image_processor(
@@ -513,8 +530,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         if precision != "fp32":
             calibration = []
             if precision == "int8-static":
-                calibration = [preprocess(f) for f in
-                               load_frames(frames_dir, calibration_frames, seed=1)]
+                calibration = [preprocess(f) for f in calibration_source or ()]
             quantize(fp32_path, path, precision, calibration, calibration_parts)
         _log(f"checking {path.name} against the torch backbone on {len(frames)} frames")
         session = make_session(path, "cpu")
