@@ -49,6 +49,12 @@ def test_tools_refuse_bad_counts_in_one_line(tmp_path):
                  ("sam3_ros.tools.multi_camera_benchmark", "--cameras", "0"),
                  ("sam3_ros.tools.endurance", "lifecycle", "--cycles", "0"),
                  ("sam3_ros.tools.stage_benchmark", "--width", "0"),
+                 ("sam3_ros.tools.tracker_soak", "--report", "0"),
+                 ("sam3_ros.tools.tracker_soak", "--model", str(tmp_path / "missing")),
+                 ("sam3_ros.tools.demo", "--rate", "0"),
+                 ("sam3_ros.tools.demo", "--frames", "0"),
+                 ("sam3_ros.tools.quantization_report", "--model", str(tmp_path / "weights"),
+                  "--json", str(tmp_path / "no" / "such" / "dir" / "r.json")),
                  ("sam3_ros.tools.make_tiny_checkpoint", str(tmp_path / "weights"))):
         done = _run(*args, timeout_s=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr)
@@ -92,3 +98,13 @@ def test_benchmark_refuses_a_mistyped_set_parameter(given):
 
     with pytest.raises(ValueError):
         node_param_reader(given)(next(iter(given)))
+
+
+def test_tracker_soak_reports_the_rate_of_each_lap(tiny_checkpoint):
+    # The last, partial lap was divided by --report frames: 124.5 frames/s for 2.5.
+    done = _run("sam3_ros.tools.tracker_soak", "--model", str(tiny_checkpoint), "--frames", "3",
+                "--report", "500", "--width", "64", "--height", "48", timeout_s=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lap = float(re.search(r"frame      3: .*?, +([0-9.]+) frames/s", done.stdout).group(1))
+    total = float(re.search(r"\(([0-9.]+) frames/s\)", done.stdout).group(1))
+    assert lap == pytest.approx(total, rel=0.5), done.stdout

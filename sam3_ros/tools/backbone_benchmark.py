@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -265,6 +266,10 @@ def step_checkpoint(args: argparse.Namespace) -> None:
     from sam3_ros.tools.make_tiny_checkpoint import _tokenizer_vocab_and_merges
 
     folder = args.workdir / "checkpoint"
+    # Written beside and renamed at the end: save_pretrained writes config.json first, and
+    # a run killed during the 3.4 GB of weights left a folder later runs took as complete.
+    partial = args.workdir / "checkpoint.partial"
+    shutil.rmtree(partial, ignore_errors=True)
     vocab, merges = _tokenizer_vocab_and_merges()
     torch.manual_seed(0)
     config = Sam3Config(text_config={"bos_token_id": vocab["<|startoftext|>"],
@@ -273,17 +278,19 @@ def step_checkpoint(args: argparse.Namespace) -> None:
     model = Sam3Model(config).eval()
     _log(f"Sam3Model built ({sum(p.numel() for p in model.parameters()) / 1e6:.0f} M "
          f"parameters)")
-    model.save_pretrained(folder)
+    model.save_pretrained(partial)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=32)
     Sam3Processor(image_processor=Sam3ImageProcessor(), tokenizer=tokenizer).save_pretrained(
-        folder)
+        partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
     _log(f"wrote {folder}")
 
 
 def step_table(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in (args.workdir / "results.jsonl").read_text().splitlines()
             if line.strip()]
-    print("| backbone | s/frame (median of 3) | runs (s) | min output cosine vs torch | "
+    print("| backbone | s/frame (median of the runs) | runs (s) | min output cosine vs torch | "
           "max abs error | peak RSS (GB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -53,6 +53,8 @@ def run_demo(model: str, prompts: list[str], device: str, frames: int, rate_hz: 
     from sam3_ros.tools.ros_runner import Client, NodeProcess, node_command, wait_for
 
     output.mkdir(parents=True, exist_ok=True)
+    for old in output.glob("overlay_*.png"):  # an earlier run's frames would mix with these
+        old.unlink()
     ns = "/sam3_demo"
     node = NodeProcess(node_command("segmenter", {
         "model": model, "device": device, "autostart": True, "prompts": prompts,
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", action="store_true",
                         help="3D outputs with real depth (see sam3_ros.tools.depth_demo)")
     args = parser.parse_args(argv)
+    if args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
+    if not args.rate > 0:
+        parser.error(f"--rate must be > 0 Hz, got {args.rate}")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from sam3_ros.ros.fastdds import use_large_frames_profile
 

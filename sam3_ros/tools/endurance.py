@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 import time
 
@@ -121,8 +122,15 @@ def soak(args: argparse.Namespace) -> int:
         print(f"frame      0: pipeline RSS {start_rss:8.1f} MB", flush=True)
         tracked: list[int] = []
         changes = [0]
+        failures: list[str] = []
 
         def change(i: int) -> None:
+            try:
+                change_once(i)
+            except Exception as err:  # a refused or unanswered call fails the soak
+                failures.append(f"change {changes[0]}: {type(err).__name__}: {err}")
+
+        def change_once(i: int) -> None:
             # Off the camera loop, as a behaviour tree would call: frames keep flowing.
             changes[0] += 1
             texts = phrases[changes[0] % len(phrases)]
@@ -147,6 +155,11 @@ def soak(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         i = 0
         while counts["tracker"] < args.processed:
+            if not node.alive():
+                print(f"the pipeline died:\n{node.output()[-3000:]}", file=sys.stderr)
+                return 1
+            if failures:
+                break
             i += 1
             send(i)
             if i % args.change_every == 0 and (changer is None or not changer.is_alive()):
@@ -163,11 +176,18 @@ def soak(args: argparse.Namespace) -> int:
             else:
                 t0 -= delay
         time.sleep(2.0)
-        assert node.alive(), node.output()[-3000:]
+        if changer is not None:
+            changer.join(120)
+        if not node.alive():
+            print(f"the pipeline died:\n{node.output()[-3000:]}", file=sys.stderr)
+            return 1
         print(f"{i} frames sent at {args.rate_hz:g} Hz; processed: segmenter "
               f"{counts['segmenter']}, tracker {counts['tracker']}; pipeline RSS "
               f"{start_rss:.1f} -> {_rss_mb(node.proc.pid):.1f} MB; resets logged: "
               f"{node.output().count('tracker reset')}")
+        if failures:
+            print("soak FAILED: " + "; ".join(failures), file=sys.stderr)
+            return 1
     finally:
         client.close()
         node.stop()

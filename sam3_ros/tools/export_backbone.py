@@ -458,6 +458,9 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ModelLoadError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        # Before minutes of loading and hashing at full size, not at the staging folder.
+        raise ModelLoadError(f"--out {out}: the folder is not writable by this user")
     _log(f"loading {model} (cpu, float32)")
     loaded = load_sam3(model, device="cpu", dtype="float32")
     size = int(image_size if image_size is not None

@@ -205,6 +205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from sam3_ros.core.errors import Sam3RosError
 
+    if args.json:
+        # Checked before the models load: a report lost at the end of a long run, and an
+        # exit status of 1 (the fidelity failure's), said nothing of the real cause.
+        import os
+
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK) or (
+                os.path.exists(args.json) and not os.access(args.json, os.W_OK)):
+            print(f"quantization_report: --json {args.json}: cannot write there",
+                  file=sys.stderr)
+            return 2
     try:
         report = build_report(args.model, args.backend, args.quantization, args.dtype,
                               load_frames(args.frames, args.check_frames), args.prompts,
@@ -214,8 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_report(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        try:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        except OSError as err:
+            print(f"quantization_report: --json {args.json}: {err.strerror}", file=sys.stderr)
+            return 2
     return 0 if report["passed"] else 1
 
 

@@ -5,6 +5,7 @@ Used by the node tests, the demo and the benchmark (ros2cli is not needed).
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -54,12 +55,25 @@ def _die_with_parent() -> None:
         pass
 
 
+_LOGS: list[Path] = []
+
+
+@atexit.register
+def _remove_logs() -> None:
+    # Read through `output()` while the process lives (failures quote them); left behind,
+    # every test run and benchmark added files to /tmp (hundreds of them).
+    for path in _LOGS:
+        path.unlink(missing_ok=True)
+
+
 class NodeProcess:
-    """A node running in its own process; its output is kept for assertions and failures."""
+    """A node running in its own process; its output is kept for assertions and failures
+    (in a log file removed when this process exits)."""
 
     def __init__(self, cmd: list[str]):
         tmp = Path(os.environ.get("TMPDIR", "/tmp"))
         self.log_path = tmp / f"sam3_node_{os.getpid()}_{id(self)}.log"
+        _LOGS.append(self.log_path)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"),

@@ -13,6 +13,7 @@ session's `memory_stats()`.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -38,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", action="append", default=[],
                         help="also track every detected instance of this phrase (repeatable)")
     args = parser.parse_args(argv)
+    for name in ("frames", "report", "height", "width"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.objects < 0:
+        parser.error(f"--objects must be >= 0, got {args.objects}")
 
+    from sam3_ros.core.errors import Sam3RosError
     from sam3_ros.core.model_loading import load_sam3
     from sam3_ros.core.tracker import ObjectPromptSpec, TrackerConfig, TrackerSession
 
@@ -47,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         from sam3_ros.tools.make_tiny_checkpoint import temporary_tiny_checkpoint
 
         model = temporary_tiny_checkpoint()
-    loaded = load_sam3(model, device=args.device, with_tracker=True)
+    try:
+        loaded = load_sam3(model, device=args.device, with_tracker=True)
+    except Sam3RosError as err:
+        print(f"tracker_soak: {err}", file=sys.stderr)
+        return 2
     # With --text the random tiny detector needs a zero threshold to detect anything.
     session = TrackerSession(loaded, TrackerConfig(
         max_objects=args.objects + 4 * bool(args.text), score_threshold=0.0 if args.text else 0.5,
@@ -57,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (args.height, args.width, 3), dtype=np.uint8)
     points = rng.uniform([0, 0], [args.width, args.height], (args.objects, 2))
-    session.add_objects([ObjectPromptSpec(i, f"obj{i}", ((float(x), float(y), True),))
-                         for i, (x, y) in enumerate(points)])
+    if args.objects:
+        session.add_objects([ObjectPromptSpec(i, f"obj{i}", ((float(x), float(y), True),))
+                             for i, (x, y) in enumerate(points)])
     start_rss = rss_mb()
     print(f"frame      0: RSS {start_rss:8.1f} MB (model loaded, before the first frame)")
     started = lap = time.perf_counter()
+    lap_frame = 0
     for frame_idx in range(1, args.frames + 1):
         frame = np.roll(base, frame_idx % args.width, axis=1)
         detections = session.process_frame(frame, stamp_ns=frame_idx * 33_000_000)
@@ -70,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             stats = session.memory_stats()
             held = ", ".join(f"{k} {v}" for k, v in stats.items())
             print(f"frame {frame_idx:6d}: RSS {rss_mb():8.1f} MB, "
-                  f"{args.report / (now - lap):5.1f} frames/s, tracked {len(detections)}; {held}",
-                  flush=True)
-            lap = now
+                  f"{(frame_idx - lap_frame) / (now - lap):5.1f} frames/s, tracked "
+                  f"{len(detections)}; {held}", flush=True)
+            lap, lap_frame = now, frame_idx
     elapsed = time.perf_counter() - started
     print(f"{args.frames} frames in {elapsed:.1f} s ({args.frames / elapsed:.1f} frames/s); "
           f"RSS start {start_rss:.1f} MB, end {rss_mb():.1f} MB")
