@@ -6,15 +6,23 @@ the arguments and maps the plan onto `launch_ros` actions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+)
+from launch.event_handlers import OnShutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
-from sam3_ros.launch_plan import LAUNCH_ARGUMENTS, parameter_file_paths, plan
+from sam3_ros.launch_plan import LAUNCH_ARGUMENTS, KeyedParameters, parameter_file_paths, plan
 
 
 def _default_profile() -> str:
@@ -30,11 +38,22 @@ def _actions(context: LaunchContext) -> list:
     actions: list = [LogInfo(msg=f"[sam3_ros] WARNING: {text}") for text in launch_plan.warnings]
     actions += [SetEnvironmentVariable(key, value)
                 for key, value in launch_plan.environment.items()]
+    # Files, not dicts: launch_ros would key a dict itself (see launch_plan).
+    parameter_files = parameter_file_paths(launch_plan.parameters)
+    written = [path for path, entry in zip(parameter_files, launch_plan.parameters, strict=True)
+               if isinstance(entry, KeyedParameters)]
+
+    def remove_written(_event: object, _context: LaunchContext) -> None:
+        # Read by the node at its start; left behind, every launch added files to /tmp.
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    actions.append(RegisterEventHandler(OnShutdown(on_shutdown=remove_written)))
     common = {
         "package": "sam3_ros",
         "executable": launch_plan.executable,
-        # Files, not dicts: launch_ros would key a dict itself (see launch_plan).
-        "parameters": parameter_file_paths(launch_plan.parameters),
+        "parameters": parameter_files,
         "remappings": launch_plan.remappings,
         "ros_arguments": launch_plan.ros_arguments,
         "arguments": launch_plan.arguments,

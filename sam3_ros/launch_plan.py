@@ -107,7 +107,7 @@ class KeyedParameters:
 def parameter_file_paths(parameters: list[Any], directory: str | None = None) -> list[str]:
     """A plan's `parameters` as the parameter-file paths to hand the process, in order: the
     user's file as it is, each `KeyedParameters` written to a new file (in `directory`, or the
-    temporary directory; left there, as launch_ros leaves its own)."""
+    temporary directory; the launch description removes them at shutdown)."""
     import tempfile
 
     paths = []
