@@ -340,7 +340,7 @@ def calibration_pixels(image_processor: Any, folder: str, count: int) -> list[An
     except InvalidImageError as err:
         raise ModelLoadError(f"backend 'torch_int8': calibration frames: {err}") from None
     if len(pixels) < count:
-        _log.warning("torch_int8: %s has %d image(s), fewer than int8_calibration_frames "
+        _log.warning("torch_int8: %s has %d image(s), fewer than torch_int8_calibration_frames "
                      "(%d): calibrating on %d", folder, len(pixels), count, len(pixels))
     return pixels
 

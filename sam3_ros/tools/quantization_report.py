@@ -126,7 +126,10 @@ def build_report(model: str, backend: str, quantization: str, dtype: str, frames
     lowest = min(m["cosine"] for m in features.values())
     return {
         "model": model, "backend": backend, "quantization": quantization, "dtype": dtype,
-        "backbone": backbone.describe(), "setup_s": round(setup_s, 1),
+        # describe() names the backbone, not the torchao mode the loader applied to it.
+        "backbone": backbone.describe() + (f", torchao {quantization}"
+                                           if quantization not in ("", "none") else ""),
+        "setup_s": round(setup_s, 1),
         "check_frames": len(frames),
         "vit_weights_mb": {"fp32": round(fp32_mb, 1),
                            "quantised": round(held_weights_mb(backbone, loaded), 1)},
