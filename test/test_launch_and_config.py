@@ -67,14 +67,18 @@ def test_launch_parameters_are_declared_by_every_node():
         assert set(_PARAMETER_ARGUMENTS) <= declared, node
 
 
-def test_launch_description_runs_where_launch_exists():
-    """On a ROS install with launch_ros (not in CI): every launch file builds its actions."""
+def test_launch_description_runs_where_launch_exists(tmp_path, monkeypatch):
+    """On a ROS install with launch_ros (not in CI): every launch file builds its actions, and
+    removes the parameter files it wrote at shutdown (every launch left two in /tmp)."""
     pytest.importorskip("launch_ros")
     import importlib.util
+    import tempfile
 
     from launch import LaunchContext
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
+    from launch.events import Shutdown
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     for path in _launch_files():
         spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
         module = importlib.util.module_from_spec(spec)
@@ -88,6 +92,11 @@ def test_launch_description_runs_where_launch_exists():
         assert len(opaque) == 1
         actions = opaque[0].execute(context)
         assert any(type(a).__name__ in ("Node", "LifecycleNode") for a in actions), path
+        written = list(tmp_path.glob("sam3_ros_params_*.yaml"))
+        assert written, path
+        (handler,) = [a.event_handler for a in actions if isinstance(a, RegisterEventHandler)]
+        handler.handle(Shutdown(), context)
+        assert not any(p.exists() for p in written), path
 
 
 @pytest.mark.parametrize("node", sorted(NODE_PARAM_TABLES))

@@ -55,9 +55,13 @@ def test_tools_refuse_bad_counts_in_one_line(tmp_path):
                  ("sam3_ros.tools.demo", "--frames", "0"),
                  ("sam3_ros.tools.quantization_report", "--model", str(tmp_path / "weights"),
                   "--json", str(tmp_path / "no" / "such" / "dir" / "r.json")),
+                 ("sam3_ros.tools.quantization_report", "--model", str(tmp_path / "weights"),
+                  "--json", str(tmp_path)),
                  ("sam3_ros.tools.make_tiny_checkpoint", str(tmp_path / "weights"))):
         done = _run(*args, timeout_s=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr)
+        if "--json" in args:  # before the checkpoint (not one here) is even looked at
+            assert "cannot write there" in done.stderr, done.stderr
     # A mistyped path to a real checkpoint does not get random weights.
     assert (tmp_path / "weights" / "model.safetensors").read_bytes() == b"real weights"
 

@@ -270,6 +270,7 @@ def step_checkpoint(args: argparse.Namespace) -> None:
     # a run killed during the 3.4 GB of weights left a folder later runs took as complete.
     partial = args.workdir / "checkpoint.partial"
     shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)  # rewritten anyway: not twice 3.4 GB on disk
     vocab, merges = _tokenizer_vocab_and_merges()
     torch.manual_seed(0)
     config = Sam3Config(text_config={"bos_token_id": vocab["<|startoftext|>"],
@@ -282,7 +283,6 @@ def step_checkpoint(args: argparse.Namespace) -> None:
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=32)
     Sam3Processor(image_processor=Sam3ImageProcessor(), tokenizer=tokenizer).save_pretrained(
         partial)
-    shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
     _log(f"wrote {folder}")
 

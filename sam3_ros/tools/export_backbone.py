@@ -461,6 +461,24 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
     if not os.access(out_dir, os.W_OK | os.X_OK):
         # Before minutes of loading and hashing at full size, not at the staging folder.
         raise ModelLoadError(f"--out {out}: the folder is not writable by this user")
+    # Frames before the model too (a folder that cannot serve is refused at once).
+    calibration_source: list[np.ndarray] | None = None
+    if precision == "int8-static" and frames_dir:
+        # Checked on other frames than it was calibrated on (the first files would be both):
+        # the check frames first, the calibration cycling over the rest.
+        distinct = load_frames(frames_dir, check_frames + calibration_frames, cycle=False)
+        if len(distinct) <= check_frames:
+            raise ModelLoadError(
+                f"--frames {frames_dir}: {len(distinct)} image(s); int8-static needs more "
+                f"than --check-frames {check_frames}, so that the frames it is checked on are "
+                f"not frames it was calibrated on")
+        frames_before_load = distinct[:check_frames]
+        rest = distinct[check_frames:]
+        calibration_source = [rest[i % len(rest)] for i in range(calibration_frames)]
+    else:
+        frames_before_load = load_frames(frames_dir, check_frames, seed=0)
+        if precision == "int8-static":
+            calibration_source = load_frames(None, calibration_frames, seed=1)
     _log(f"loading {model} (cpu, float32)")
     loaded = load_sam3(model, device="cpu", dtype="float32")
     size = int(image_size if image_size is not None
@@ -476,22 +494,7 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
     _log("hashing the checkpoint's weights and config")
     key = loaded_key(loaded, size, precision, attention)
     names = output_names(loaded.detector.vision_encoder)
-    frames = load_frames(frames_dir, check_frames, seed=0)
-    calibration_source: list[np.ndarray] | None = None
-    if precision == "int8-static":
-        calibration_source = load_frames(frames_dir, calibration_frames, seed=1)
-        if frames_dir:
-            # Checked on other frames than it was calibrated on (the first files would be
-            # both): the check frames first, the calibration cycling over the rest.
-            distinct = load_frames(frames_dir, check_frames + calibration_frames, cycle=False)
-            if len(distinct) <= check_frames:
-                raise ModelLoadError(
-                    f"--frames {frames_dir}: {len(distinct)} image(s); int8-static needs more "
-                    f"than --check-frames {check_frames}, so that the frames it is checked on "
-                    f"are not frames it was calibrated on")
-            frames = distinct[:check_frames]
-            rest = distinct[check_frames:]
-            calibration_source = [rest[i % len(rest)] for i in range(calibration_frames)]
+    frames = frames_before_load
 
     def preprocess(rgb: np.ndarray) -> Any:
         px = loaded.processor.image_processor(

@@ -215,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK) or (
+                os.path.isdir(args.json)) or (
                 os.path.exists(args.json) and not os.access(args.json, os.W_OK)):
             print(f"quantization_report: --json {args.json}: cannot write there",
                   file=sys.stderr)

@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("frames", "report", "height", "width"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.objects < 0:
-        parser.error(f"--objects must be >= 0, got {args.objects}")
+    if args.objects < (0 if args.text else 1):
+        parser.error(f"--objects must be >= {0 if args.text else 1} (0 only with --text), got "
+                     f"{args.objects}")
 
     from sam3_ros.core.errors import Sam3RosError
     from sam3_ros.core.model_loading import load_sam3
