@@ -450,7 +450,8 @@ def test_a_failed_export_is_a_load_error_with_the_reason():
     (["--backend", "torch_int8"], "torch_int8 (cpu, int8 dynamic linears, fp32, neck eager)"),
     (["--backend", "torch_int8", "--calibration", "{calibration}", "--calibration-frames", "2"],
      "torch_int8 (cpu, int8 static linears calibrated on 2 frames, fp32, neck eager)"),
-    (["--backend", "torch", "--quantization", "int8_weight_only"], "torch (cpu, float32), torchao int8_weight_only"),
+    (["--backend", "torch", "--quantization", "int8_weight_only"],
+     "torch (cpu, float32), torchao int8_weight_only"),
 ])
 def test_quantization_report_for_the_torch_modes(tiny_checkpoint, calibration_frames_dir,
                                                  tmp_path, capsys, args, backbone):
