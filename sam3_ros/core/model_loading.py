@@ -95,6 +95,19 @@ class LoadedSam3:
     model_type: str = "sam3"
     checkpoint_stamps: tuple | None = None
 
+    def files_changed(self) -> bool:
+        """Whether the checkpoint folder's files changed since they were loaded (False when
+        no stamps were taken).
+
+        Raises:
+            OSError: the folder can no longer be listed.
+        """
+        if self.checkpoint_stamps is None or self.checkpoint_dir is None:
+            return False
+        from sam3_ros.core.text_cache import checkpoint_stamps
+
+        return checkpoint_stamps(self.checkpoint_dir) != self.checkpoint_stamps
+
     def release(self) -> None:
         """Drop the weights and free cached GPU memory (lifecycle cleanup)."""
         import gc

@@ -198,18 +198,13 @@ def loaded_key(loaded: Any, image_size: int, precision: str, attention: str = "m
         ModelLoadError: as `current_key`, or the files changed after loading.
     """
     key = current_key(loaded.source, image_size, precision, attention)
-    stamps = getattr(loaded, "checkpoint_stamps", None)
-    folder = getattr(loaded, "checkpoint_dir", None)
-    if stamps is not None and folder is not None:
-        from sam3_ros.core.text_cache import checkpoint_stamps
-
-        try:
-            changed = checkpoint_stamps(folder) != stamps
-        except OSError:
-            changed = True
-        if changed:
-            raise ModelLoadError(f"the files of checkpoint '{loaded.source}' changed after it "
-                                 f"was loaded: load it again")
+    try:
+        changed = loaded.files_changed()
+    except OSError:
+        changed = True
+    if changed:
+        raise ModelLoadError(f"the files of checkpoint '{loaded.source}' changed after it was "
+                             f"loaded: load it again")
     return key
 
 
@@ -248,14 +243,14 @@ def write_sidecar(onnx_path: Path, key: ArtifactKey, output_names: list[str],
         "output_shapes_batch1": [list(s) for s in output_shapes],
         **dict(meta),
     }
-    from sam3_ros.core.text_cache import process_umask
+    from sam3_ros.core.text_cache import plain_file_mode
 
     path = onnx_path.with_suffix(".json")
     # A name of its own: two exports of one stem into a folder both wrote `<stem>.json.tmp`
     # and the second rename failed (or one sidecar held the other's text).
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~process_umask())  # as a plain open: nodes of other users
+        os.fchmod(fd, plain_file_mode())  # as a plain open: nodes of other users read it
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(sidecar, indent=2) + "\n")
         os.replace(tmp, path)

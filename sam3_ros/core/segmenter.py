@@ -246,11 +246,8 @@ class Sam3Segmenter:
             device = loaded.device.type
             if device == "cuda":
                 device += ":" + torch.cuda.get_device_name(loaded.device)
-            from sam3_ros.core.text_cache import checkpoint_stamps
-
             try:
-                if loaded.checkpoint_stamps is not None and \
-                        checkpoint_stamps(loaded.checkpoint_dir) != loaded.checkpoint_stamps:
+                if loaded.files_changed():
                     # The hash would describe the new files, the weights in memory are the
                     # old ones: their embeddings must not be stored under the new key.
                     _log.warning("text cache off: the files of checkpoint '%s' changed after "

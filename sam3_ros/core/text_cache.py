@@ -112,17 +112,18 @@ def process_umask() -> int:
     return 0o022
 
 
-def _share_mode(fd: int) -> None:
-    """Give a `mkstemp` file (0600) the mode a plain `open` gets: a cache folder shared by a
-    service user and a developer was unreadable to the other, who overwrote every entry."""
-    os.fchmod(fd, 0o666 & ~process_umask())
+def plain_file_mode() -> int:
+    """The mode a plain `open` gives a new file, for `mkstemp` files (0600) renamed into
+    place: a cache folder shared by a service user and a developer was unreadable to the
+    other, who overwrote every entry."""
+    return 0o666 & ~process_umask()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        _share_mode(fd)
+        os.fchmod(fd, plain_file_mode())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -284,7 +285,7 @@ class TextEmbeddingCache:
             try:
                 save_file(tensors, tmp, metadata={_METADATA_KEY: self.entry_key(model_key, text)})
                 # After writing: safetensors creates the file anew (mkstemp's 0600 again).
-                os.chmod(tmp, 0o666 & ~process_umask())
+                os.chmod(tmp, plain_file_mode())
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

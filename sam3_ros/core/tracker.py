@@ -571,8 +571,6 @@ class TrackerSession:
         staged: dict[int, tuple[Any, Any]] = {}  # this frame's points per object, in order
         self._taken_requests = taken = []
         while (request := self._table.pop_request()) is not None:
-            if request.kind != "remove":
-                taken.append(request)
             if request.kind == "remove":
                 # Objects the caller removed are not lost if this frame fails.
                 taken[:] = without_ids(taken, request.ids)
@@ -580,6 +578,7 @@ class TrackerSession:
                 for oid in request.ids:
                     staged.pop(oid, None)
                 continue
+            taken.append(request)
             for spec in request.objects:
                 self._table.enter(request, spec, frame_idx)
                 coords, labels = self._to_model_points(spec, height, width)

@@ -581,17 +581,17 @@ def export_backbone(model: str, out: str, precision: str = "fp32",
         # move graph + weights in, write the sidecar last.
         # Only the checked artifact is installed: an fp32 graph exported on the way to int8
         # (no fp32 artifact in DIR) was not checked itself and is dropped with the staging.
+        from sam3_ros.core.text_cache import plain_file_mode
+
         installed = []
         for src in [path]:
             final = out_dir / src.name
             final.with_suffix(".json").unlink(missing_ok=True)
-            umask = os.umask(0)
-            os.umask(umask)
             for part in (src, src.with_name(src.name + ".data")):
                 if part.is_file():
                     # onnxruntime's quantiser writes its weights owner-only (0600): a node
                     # running as another user could not load them.
-                    os.chmod(part, 0o666 & ~umask)
+                    os.chmod(part, plain_file_mode())
                     os.replace(part, out_dir / part.name)
             installed.append(final)
         meta = {"exporter": report["exporter"], "torch_version": torch.__version__,
